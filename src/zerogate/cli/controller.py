@@ -1,0 +1,133 @@
+"""``zerogate controller``: create and serve a deployment."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from zerogate.cli.common import emit, errors_to_exit, fail, out
+from zerogate.controller.config import ConfigError, ControllerSettings, load_settings
+from zerogate.controller.deployment import DeploymentError, check_deployment, init_deployment
+from zerogate.store.db import DatabaseError, redact_url
+
+app = typer.Typer(help="Create and run the controller (identity, policy, keys, audit).", no_args_is_help=True)
+
+DataDir = typer.Option(Path("/var/lib/zerogate/controller"), "--data-dir", "-d", help="Deployment directory.")
+
+
+def _listen(value: str | None) -> dict[str, object]:
+    if not value:
+        return {}
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        fail(f"--listen {value!r}: expected HOST:PORT, e.g. 0.0.0.0:443 or 127.0.0.1:8443")
+    return {"listen_host": host.strip("[]"), "listen_port": int(port)}
+
+
+@app.command()
+def init(
+    data_dir: Path = DataDir,
+    database: str = typer.Option(
+        "",
+        "--database",
+        help="Database URL (default: SQLite in the data dir; or postgresql://USER:PASS@HOST:PORT/DB).",
+    ),
+    listen: str = typer.Option(None, "--listen", help="HOST:PORT for the HTTPS API (default 0.0.0.0:443)."),
+    server_name: list[str] = typer.Option(
+        None,
+        "--server-name",
+        help="DNS name or IP for the server certificate; repeat for several (default: localhost, 127.0.0.1).",
+    ),
+    public_url: str = typer.Option(
+        "",
+        "--public-url",
+        help="URL devices use, e.g. https://zt.example.com (default from first server name and port).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Create a deployment: CA, server certificate, database, bootstrap code.
+
+    The bootstrap code is printed once; use it with 'zerogate admin bootstrap'
+    to create the first admin.
+    """
+    overrides: dict[str, object] = {
+        "database": database or None,
+        "public_url": public_url or None,
+        **_listen(listen),
+    }
+    if server_name:
+        overrides["server_names"] = server_name
+    try:
+        result = init_deployment(data_dir.resolve(), overrides)
+    except (ConfigError, DeploymentError, DatabaseError) as exc:
+        fail(str(exc))
+    s = result.settings
+    info = {
+        "data_dir": str(s.data_dir),
+        "database": redact_url(s.database_url),
+        "url": s.url,
+        "ca_pin": result.ca_pin,
+        "bootstrap_code": result.bootstrap_code,
+    }
+    if as_json:
+        emit(info, True)
+        return
+    out.print(f"[green]Deployment created[/] in {s.data_dir}")
+    emit({k: v for k, v in info.items() if k != "bootstrap_code"}, False)
+    out.print(
+        f"\nOne-time bootstrap code (shown only now, valid 7 days): [bold]{result.bootstrap_code}[/]\n"
+        f"Start the controller:  zerogate controller run --data-dir {s.data_dir}\n"
+        f"Create the first admin: zerogate admin bootstrap --url {s.url} --pin {result.ca_pin}"
+    )
+
+
+@app.command()
+def run(
+    data_dir: Path = DataDir,
+    listen: str = typer.Option(
+        None, "--listen", help="HOST:PORT to listen on (overrides the config; port 0 picks a free one)."
+    ),
+    database: str = typer.Option(None, "--database", help="Database URL (overrides the config)."),
+    log_level: str = typer.Option(None, "--log-level", help="debug, info, warning or error."),
+    check: bool = typer.Option(
+        False, "--check", help="Validate config, keys and database URL, then exit without serving."
+    ),
+) -> None:
+    """Serve the API over TLS 1.3 until stopped (SIGTERM / Ctrl-C)."""
+    from zerogate.controller.server import serve
+
+    try:
+        settings = load_settings(
+            data_dir.resolve(), {"database": database, "log_level": log_level, **_listen(listen)}
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    problems = check_deployment(settings)
+    if check:
+        if problems:
+            for p in problems:
+                out.print(f"[red]FAIL[/] {p}")
+            raise typer.Exit(1)
+        out.print(
+            f"[green]OK[/] configuration in {settings.data_dir} is valid (database {redact_url(settings.database_url)})"
+        )
+        return
+    if problems:
+        fail("; ".join(problems))
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    def listening(s: ControllerSettings) -> None:
+        out.print(
+            f"zerogate controller listening on https://{s.listen_host}:{s.listen_port} (devices use {s.url}); API docs at {s.url}/docs",
+            highlight=False,
+        )
+
+    with errors_to_exit():
+        try:
+            serve(settings, on_listening=listening)
+        except (DeploymentError, DatabaseError) as exc:
+            fail(str(exc))

@@ -1,0 +1,597 @@
+"""Enrollment, devices and config distribution.
+
+Provisioning keys (per connector group or per gateway) are shown once and
+stored as SHA-256. ``POST /v1/enroll`` takes a key, the device's CSR and
+WireGuard public key (its private keys never leave it) and returns a device
+certificate and a bearer credential. Each device then fetches and watches
+``GET /v1/snapshot``: exactly the config its role needs, at a monotonic
+revision; ``?after=N&wait=S`` long-polls until the revision passes N.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from ipaddress import IPv4Address, ip_network
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from zerogate import __version__
+from zerogate.controller import schemas as s
+from zerogate.controller.api_objects import by_name, default_pool
+from zerogate.controller.auth import Admin, AnyAccount, DeviceCaller, State, client_source
+from zerogate.controller.policy_inputs import load_policy_inputs
+from zerogate.controller.state import (
+    Conflict,
+    ControllerState,
+    Forbidden,
+    NotFound,
+    Principal,
+    Unauthorized,
+    Unprocessable,
+)
+from zerogate.pki.ca import InvalidCSR, ca_pin, sign_device_csr
+from zerogate.pki.credentials import new_token, token_digest, token_hint
+from zerogate.pki.install_string import InstallString
+from zerogate.policy.compiler import compile_policy
+from zerogate.policy.pool import AddressPool, PoolError, gateway_address
+from zerogate.store.db import as_utc, utcnow
+from zerogate.store.models import (
+    Account,
+    AddressPoolRow,
+    ApiToken,
+    Application,
+    Connector,
+    ConnectorGroup,
+    Device,
+    Gateway,
+    ProvisioningKey,
+)
+
+router = APIRouter(prefix="/v1", tags=["devices"])
+
+
+@router.get("/ca", response_class=PlainTextResponse, tags=["meta"])
+async def ca_certificate(state: State) -> PlainTextResponse:
+    """The deployment CA (public). Devices check it against the pin they were given."""
+    return PlainTextResponse(state.ca_pem.decode(), media_type="application/x-pem-file")
+
+
+@router.get("/health", tags=["meta"])
+async def health(state: State) -> dict[str, Any]:
+    await state.db.ping()
+    return {"status": "ok", "revision": state.watch.current, "version": __version__}
+
+
+# ----------------------------------------------------------------- provisioning keys
+
+
+def _key_state(k: ProvisioningKey) -> str:
+    if k.revoked_at is not None:
+        return "revoked"
+    if as_utc(k.expires_at) <= utcnow():
+        return "expired"
+    if k.uses >= k.max_uses:
+        return "used up"
+    return "usable"
+
+
+async def _key_out(session: AsyncSession, k: ProvisioningKey) -> s.ProvisioningKeyOut:
+    if k.connector_group_id is not None:
+        group = await session.get(ConnectorGroup, k.connector_group_id)
+        target = f"connector-group:{group.name if group else k.connector_group_id}"
+    else:
+        gw = await session.get(Gateway, k.gateway_id)
+        target = f"gateway:{gw.name if gw else k.gateway_id}"
+    return s.ProvisioningKeyOut(
+        id=k.id,
+        hint=k.hint,
+        description=k.description,
+        target=target,
+        max_uses=k.max_uses,
+        uses=k.uses,
+        expires_at=k.expires_at,
+        revoked_at=k.revoked_at,
+        state=_key_state(k),
+        created_by=k.created_by,
+        created_at=k.created_at,
+    )
+
+
+async def _create_key(
+    state: ControllerState,
+    admin: Principal,
+    body: s.ProvisioningKeyCreate,
+    *,
+    connector_group: str | None = None,
+    gateway: str | None = None,
+) -> s.ProvisioningKeyCreated:
+    key = new_token("zgk")
+    ttl = body.ttl_minutes or state.settings.provisioning_key_ttl_minutes
+    async with state.mutation(admin, "create-provisioning-key", "provisioning-key") as m:
+        session = m.tx.session
+        row = ProvisioningKey(
+            digest=token_digest(key),
+            hint=token_hint(key),
+            description=body.description,
+            max_uses=body.max_uses,
+            expires_at=utcnow() + timedelta(minutes=ttl),
+            created_by=admin.actor,
+            created_at=utcnow(),
+        )
+        if connector_group is not None:
+            row.connector_group_id = (
+                await by_name(session, ConnectorGroup, connector_group, "connector group")
+            ).id
+        else:
+            assert gateway is not None
+            row.gateway_id = (await by_name(session, Gateway, gateway, "gateway")).id
+        session.add(row)
+        await session.flush()
+        m.object_id = row.id
+        m.config_change = False
+        m.details = {
+            "hint": row.hint,
+            "max_uses": row.max_uses,
+            "ttl_minutes": ttl,
+            "connector_group": connector_group,
+            "gateway": gateway,
+        }
+        out = await _key_out(session, row)
+    install = InstallString(controller_url=state.settings.url, ca_pin=ca_pin(state.ca_pem), key=key)
+    return s.ProvisioningKeyCreated(**out.model_dump(), key=key, install_string=install.encode())
+
+
+@router.post(
+    "/connector-groups/{name}/provisioning-keys",
+    response_model=s.ProvisioningKeyCreated,
+    status_code=201,
+    tags=["provisioning-keys"],
+)
+async def create_connector_key(
+    name: str, body: s.ProvisioningKeyCreate, admin: Admin, state: State
+) -> s.ProvisioningKeyCreated:
+    """A key (and install string) that enrolls connectors into this group. Shown once."""
+    return await _create_key(state, admin, body, connector_group=name)
+
+
+@router.post(
+    "/gateways/{name}/provisioning-keys",
+    response_model=s.ProvisioningKeyCreated,
+    status_code=201,
+    tags=["provisioning-keys"],
+)
+async def create_gateway_key(
+    name: str, body: s.ProvisioningKeyCreate, admin: Admin, state: State
+) -> s.ProvisioningKeyCreated:
+    """A key (and install string) that enrolls the host running this gateway. Shown once."""
+    return await _create_key(state, admin, body, gateway=name)
+
+
+@router.get("/provisioning-keys", response_model=list[s.ProvisioningKeyOut], tags=["provisioning-keys"])
+async def list_keys(admin: Admin, state: State) -> list[s.ProvisioningKeyOut]:
+    async with state.db.read() as session:
+        rows = await session.scalars(select(ProvisioningKey).order_by(ProvisioningKey.id))
+        return [await _key_out(session, k) for k in rows]
+
+
+@router.delete("/provisioning-keys/{key_id}", status_code=204, tags=["provisioning-keys"])
+async def revoke_key(key_id: int, admin: Admin, state: State) -> None:
+    async with state.mutation(admin, "revoke-provisioning-key", "provisioning-key", key_id) as m:
+        row = await m.tx.session.get(ProvisioningKey, key_id)
+        if row is None:
+            raise NotFound(f"no provisioning key with id {key_id}")
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+        m.config_change = False
+
+
+# ----------------------------------------------------------------- enrollment
+
+
+def _sign(state: ControllerState, csr: str, name: str, role: str) -> tuple[str, str]:
+    try:
+        cert, serial = sign_device_csr(
+            state.ca_key_pem, state.ca_pem, csr.encode(), common_name=name, role=role
+        )
+    except InvalidCSR as exc:
+        raise Unprocessable(f"csr: {exc}") from None
+    return cert.decode(), format(serial, "x")
+
+
+async def _new_device(
+    state: ControllerState,
+    session: AsyncSession,
+    *,
+    role: str,
+    name: str,
+    csr: str,
+    wg_public_key: str,
+    account_id: int | None = None,
+) -> tuple[Device, str]:
+    if await session.scalar(
+        select(func.count()).select_from(Device).where(Device.wg_public_key == wg_public_key)
+    ):
+        raise Conflict("this WireGuard public key is already enrolled; generate a new key pair")
+    cert, serial = _sign(state, csr, name, role)
+    credential = new_token("zgd")
+    device = Device(
+        role=role,
+        name=name,
+        credential_digest=token_digest(credential),
+        wg_public_key=wg_public_key,
+        cert_serial=serial,
+        cert_pem=cert,
+        account_id=account_id,
+        created_at=utcnow(),
+    )
+    session.add(device)
+    await session.flush()
+    return device, credential
+
+
+@router.post("/enroll", response_model=s.EnrollResponse, tags=["enrollment"])
+async def enroll(body: s.EnrollRequest, request: Request, state: State) -> s.EnrollResponse:
+    """Enroll a connector or gateway with a provisioning key."""
+    who = Principal(kind="anonymous", name=body.name, source=client_source(request))
+    hint = token_hint(body.key)
+    async with state.mutation(who, "enroll", "device") as m:
+        m.details = {"key": hint, "name": body.name}
+        session = m.tx.session
+        key = await session.scalar(
+            select(ProvisioningKey).where(ProvisioningKey.digest == token_digest(body.key))
+        )
+        if key is None:
+            raise Unauthorized("provisioning key not recognised: copy the whole install string again")
+        if key.revoked_at is not None:
+            raise Forbidden("provisioning key was revoked: ask an admin for a new install string")
+        if as_utc(key.expires_at) <= utcnow():
+            raise Forbidden(
+                f"provisioning key expired at {as_utc(key.expires_at):%Y-%m-%d %H:%M} UTC: "
+                "ask an admin for a new install string"
+            )
+        if key.uses >= key.max_uses:
+            raise Forbidden(f"provisioning key already used {key.uses} of {key.max_uses} times")
+        key.uses += 1
+        if key.connector_group_id is not None:
+            role = "connector"
+            await _free_connector_name(session, body.name)
+            device, credential = await _new_device(
+                state, session, role=role, name=body.name, csr=body.csr, wg_public_key=body.wg_public_key
+            )
+            session.add(
+                Connector(
+                    name=body.name,
+                    connector_group_id=key.connector_group_id,
+                    device_id=device.id,
+                    created_at=utcnow(),
+                )
+            )
+        else:
+            role = "gateway"
+            gw = await session.get(Gateway, key.gateway_id)
+            if gw is None:
+                raise NotFound("the gateway this key was made for no longer exists")
+            if gw.device is not None and gw.device.status == "active":
+                gw.device.status, gw.device.revoked_at = "revoked", utcnow()
+                m.details["replaced_device"] = gw.device.id
+            device, credential = await _new_device(
+                state, session, role=role, name=gw.name, csr=body.csr, wg_public_key=body.wg_public_key
+            )
+            gw.device_id = device.id
+        m.object_id = device.id
+        m.details["role"] = role
+        return s.EnrollResponse(
+            device_id=device.id,
+            role=role,
+            name=device.name,
+            credential=credential,
+            certificate=device.cert_pem,
+            ca_certificate=state.ca_pem.decode(),
+        )
+
+
+async def _free_connector_name(session: AsyncSession, name: str) -> None:
+    if await session.scalar(select(func.count()).select_from(Connector).where(Connector.name == name)):
+        raise Conflict(f"a connector named {name!r} already exists; enroll with another --name")
+
+
+@router.post("/clients", response_model=s.ClientRegisterResponse, tags=["enrollment"])
+async def register_client(
+    body: s.ClientRegisterRequest, who: AnyAccount, state: State
+) -> s.ClientRegisterResponse:
+    """Register the signed-in user's device and give it a pool address.
+
+    If the default block collides with one of the device's own networks, the
+    address comes from the first alternate block that does not.
+    """
+    if who.kind != "user":
+        raise Forbidden("client devices belong to users, not admins")
+    async with state.mutation(who, "register-client", "device") as m:
+        session = m.tx.session
+        token = await session.get(ApiToken, who.token_id)
+        assert token is not None
+        pool_row = await default_pool(session)
+        pool = AddressPool(blocks=tuple(ip_network(b) for b in pool_row.blocks))  # type: ignore[misc]
+        taken = {
+            IPv4Address(a)
+            for a in await session.scalars(select(Device.address).where(Device.address.is_not(None)))
+        }
+        local = [ip_network(n) for n in body.local_networks]
+        try:
+            address = pool.allocate(taken, avoid=local)
+        except PoolError as exc:
+            raise Conflict(str(exc)) from None
+        block = pool.block_of(address)
+        assert block is not None
+        device, credential = await _new_device(
+            state,
+            session,
+            role="client",
+            name=body.name,
+            csr=body.csr,
+            wg_public_key=body.wg_public_key,
+            account_id=who.id,
+        )
+        device.address = str(address)
+        device.local_networks = [str(n) for n in local]
+        device.session_expires_at = token.expires_at
+        m.object_id = device.id
+        m.details = {"address": str(address), "block": str(block)}
+        return s.ClientRegisterResponse(
+            device_id=device.id,
+            role="client",
+            name=device.name,
+            credential=credential,
+            certificate=device.cert_pem,
+            ca_certificate=state.ca_pem.decode(),
+            address=str(address),
+            address_block=str(block),
+            moved_from_default_block=block != pool.blocks[0],
+            session_expires_at=token.expires_at,
+        )
+
+
+# ----------------------------------------------------------------- devices and connectors
+
+
+async def _owners(session: AsyncSession) -> dict[int, str]:
+    return {a.id: a.username for a in await session.scalars(select(Account))}
+
+
+def _device_out(d: Device, owners: dict[int, str]) -> s.DeviceOut:
+    return s.DeviceOut(
+        id=d.id,
+        role=d.role,
+        name=d.name,
+        status=d.status,
+        owner=owners.get(d.account_id) if d.account_id else None,
+        address=d.address,
+        wg_public_key=d.wg_public_key,
+        cert_serial=d.cert_serial,
+        created_at=d.created_at,
+        revoked_at=d.revoked_at,
+        last_seen_at=d.last_seen_at,
+    )
+
+
+@router.get("/devices", response_model=list[s.DeviceOut], tags=["devices"])
+async def list_devices(
+    admin: Admin, state: State, role: str | None = Query(None, pattern="^(gateway|connector|client)$")
+) -> list[s.DeviceOut]:
+    async with state.db.read() as session:
+        q = select(Device).order_by(Device.id)
+        if role:
+            q = q.where(Device.role == role)
+        owners = await _owners(session)
+        return [_device_out(d, owners) for d in await session.scalars(q)]
+
+
+@router.post("/devices/{device_id}/revoke", response_model=s.DeviceOut, tags=["devices"])
+async def revoke_device(device_id: int, admin: Admin, state: State) -> s.DeviceOut:
+    """Cut the device off: its credential stops working and gateways drop its peer."""
+    async with state.mutation(admin, "revoke-device", "device", device_id) as m:
+        device = await m.tx.session.get(Device, device_id)
+        if device is None:
+            raise NotFound(f"no device with id {device_id}")
+        if device.status != "revoked":
+            device.status, device.revoked_at = "revoked", utcnow()
+        m.details = {"role": device.role, "name": device.name}
+        return _device_out(device, await _owners(m.tx.session))
+
+
+def _connector_out(c: Connector, group: str) -> s.ConnectorOut:
+    return s.ConnectorOut(
+        id=c.id,
+        name=c.name,
+        description=c.description,
+        location=c.location,
+        bandwidth_class=c.bandwidth_class,
+        owner=c.owner,
+        connector_group=group,
+        device_id=c.device_id,
+        status=c.device.status,
+        last_seen_at=c.device.last_seen_at,
+        created_at=c.created_at,
+    )
+
+
+async def _group_names(session: AsyncSession) -> dict[int, str]:
+    return {g.id: g.name for g in await session.scalars(select(ConnectorGroup))}
+
+
+@router.get("/connectors", response_model=list[s.ConnectorOut], tags=["connectors"])
+async def list_connectors(admin: Admin, state: State) -> list[s.ConnectorOut]:
+    async with state.db.read() as session:
+        groups = await _group_names(session)
+        rows = await session.scalars(select(Connector).order_by(Connector.name))
+        return [_connector_out(c, groups.get(c.connector_group_id, "")) for c in rows]
+
+
+@router.get("/connectors/{name}", response_model=s.ConnectorOut, tags=["connectors"])
+async def show_connector(name: str, admin: Admin, state: State) -> s.ConnectorOut:
+    async with state.db.read() as session:
+        c = await by_name(session, Connector, name, "connector")
+        return _connector_out(c, (await _group_names(session)).get(c.connector_group_id, ""))
+
+
+@router.patch("/connectors/{name}", response_model=s.ConnectorOut, tags=["connectors"])
+async def update_connector(name: str, body: s.ConnectorUpdate, admin: Admin, state: State) -> s.ConnectorOut:
+    async with state.mutation(admin, "update-connector", "connector") as m:
+        c = await by_name(m.tx.session, Connector, name, "connector")
+        m.object_id = c.id
+        for field, value in body.model_dump(exclude_none=True).items():
+            setattr(c, field, value)
+        m.details = body.model_dump(exclude_none=True)
+        m.config_change = False
+        return _connector_out(c, (await _group_names(m.tx.session)).get(c.connector_group_id, ""))
+
+
+@router.delete("/connectors/{name}", status_code=204, tags=["connectors"])
+async def delete_connector(name: str, admin: Admin, state: State) -> None:
+    """Revoke the connector's device and remove the connector."""
+    async with state.mutation(admin, "delete-connector", "connector") as m:
+        c = await by_name(m.tx.session, Connector, name, "connector")
+        m.object_id, m.details = c.id, {"name": name}
+        c.device.status, c.device.revoked_at = "revoked", utcnow()
+        await m.tx.session.delete(c)
+
+
+# ----------------------------------------------------------------- snapshots
+
+
+async def build_snapshot(session: AsyncSession, device: Device, revision: int) -> dict[str, Any]:
+    """Exactly what this device needs, nothing about anyone else's secrets."""
+    pool_row = await session.scalar(select(AddressPoolRow).where(AddressPoolRow.name == "default"))
+    blocks = pool_row.blocks if pool_row else []
+    gateways = [
+        {
+            "name": g.name,
+            "endpoint": g.public_endpoint,
+            "port": g.port_first,
+            "wg_public_key": g.device.wg_public_key,
+        }
+        for g in await session.scalars(select(Gateway).order_by(Gateway.name))
+        if g.device is not None and g.device.status == "active"
+    ]
+    groups = {g.id: g for g in await session.scalars(select(ConnectorGroup))}
+    base: dict[str, Any] = {
+        "revision": revision,
+        "role": device.role,
+        "device_id": device.id,
+        "name": device.name,
+    }
+    if device.role == "gateway":
+        inputs = await load_policy_inputs(session)
+        compiled = compile_policy(inputs, now=utcnow())
+        connectors = [
+            {
+                "name": c.name,
+                "device_id": c.device_id,
+                "wg_public_key": c.device.wg_public_key,
+                "connector_group": groups[c.connector_group_id].name,
+                "subnets": groups[c.connector_group_id].subnets,
+            }
+            for c in await session.scalars(select(Connector).order_by(Connector.name))
+            if c.device.status == "active"
+        ]
+        client_devices = {d.device_id: d for d in inputs.devices}
+        clients = [
+            {
+                "device_id": d.id,
+                "wg_public_key": d.wg_public_key,
+                "address": d.address,
+                "session_expires_at": as_utc(d.session_expires_at).isoformat()
+                if d.session_expires_at
+                else None,
+            }
+            for d in await session.scalars(select(Device).where(Device.role == "client").order_by(Device.id))
+            if d.id in client_devices
+        ]
+        gw = await session.scalar(select(Gateway).where(Gateway.device_id == device.id))
+        return base | {
+            "gateway": {"name": gw.name, "port_first": gw.port_first, "port_last": gw.port_last}
+            if gw
+            else None,
+            "tunnel_addresses": [str(gateway_address(ip_network(b))) for b in blocks],  # type: ignore[arg-type]
+            "client_blocks": blocks,
+            "connectors": connectors,
+            "clients": clients,
+            "policy": {
+                "classes": {
+                    str(k): [[str(r.destination), r.protocol, r.first_port, r.last_port] for r in rules]
+                    for k, rules in compiled.classes.items()
+                },
+                "sources": {str(a): c for a, c in compiled.source_class.items()},
+                "valid_until": compiled.next_change.isoformat() if compiled.next_change else None,
+            },
+        }
+    if device.role == "connector":
+        c = await session.scalar(select(Connector).where(Connector.device_id == device.id))
+        if c is None:
+            raise NotFound("this connector was removed")
+        g = groups[c.connector_group_id]
+        return base | {
+            "connector_group": {
+                "name": g.name,
+                "subnets": g.subnets,
+                "snat": g.snat,
+                "vrrp_virtual_ip": g.vrrp_virtual_ip,
+            },
+            "client_blocks": blocks,
+            "gateways": gateways,
+        }
+    # client: its address and the destinations its user's policies allow
+    inputs = await load_policy_inputs(session)
+    compiled = compile_policy(inputs, now=utcnow())
+    cls = compiled.source_class.get(IPv4Address(device.address)) if device.address else None
+    rules = compiled.classes.get(cls, ()) if cls is not None else ()
+    app_names = {a.id: a.name for a in await session.scalars(select(Application))}
+    policy_apps = {p.id: sorted(app_names[i] for i in p.app_ids) for p in inputs.policies}
+    return base | {
+        "address": device.address,
+        "session_expires_at": as_utc(device.session_expires_at).isoformat()
+        if device.session_expires_at
+        else None,
+        "gateways": gateways,
+        "routes": sorted({str(r.destination) for r in rules}),
+        "applications": sorted({n for r in rules for n in policy_apps.get(r.policy_id, [])}),
+    }
+
+
+@router.get("/snapshot", tags=["config"])
+async def snapshot(
+    who: DeviceCaller,
+    state: State,
+    response: Response,
+    after: int = Query(-1, ge=-1, description="return as soon as the revision is above this"),
+    wait: float = Query(0, ge=0, le=600, description="seconds to wait for a newer revision"),
+) -> Any:
+    """The device's config snapshot; with ``after``/``wait`` a long-poll watch.
+
+    204 when nothing newer arrived within ``wait`` seconds.
+    """
+    if after >= 0 and state.watch.current <= after and wait > 0:
+        await state.watch.wait_past(after, min(wait, state.settings.watch_max_seconds))
+    async with state.db.read() as session:
+        device = await session.get(Device, who.id)
+        if device is None or device.status != "active":
+            raise Unauthorized("device was revoked")
+        revision = await state.db.revision()
+        if after >= 0 and revision <= after:
+            return Response(status_code=204)
+        snap = await build_snapshot(session, device, revision)
+    body = json.dumps(snap, sort_keys=True)
+    return Response(
+        content=body,
+        media_type="application/json",
+        headers={
+            "ETag": hashlib.sha256(body.encode()).hexdigest()[:32],
+            "X-Zerogate-Revision": str(revision),
+        },
+    )

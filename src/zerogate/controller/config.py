@@ -1,0 +1,177 @@
+"""Controller settings: one typed object from file, then environment, then flags.
+
+The file is ``DATA_DIR/controller.toml`` (written by ``zerogate controller
+init``; see ``controller.example.toml`` for every key). An environment
+variable ``ZEROGATE_<KEY>`` (upper case) overrides the file; a command-line
+flag overrides both.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from zerogate.store.db import DatabaseError, async_url
+
+CONFIG_NAME = "controller.toml"
+EXAMPLE_CONFIG = Path(__file__).with_name("controller.example.toml")
+
+
+class ConfigError(Exception):
+    """The configuration is missing or invalid; the message says which key and why."""
+
+
+class ControllerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path
+    database: str = ""
+    listen_host: str = "0.0.0.0"  # noqa: S104 - the controller is the public rendezvous point
+    listen_port: int = Field(default=443, ge=1, le=65535)
+    public_url: str = ""
+    server_names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    session_ttl_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    api_token_max_days: int = Field(default=90, ge=1, le=3650)
+    provisioning_key_ttl_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
+    activation_ttl_hours: int = Field(default=72, ge=1, le=24 * 30)
+    login_failures_per_account: int = Field(default=5, ge=1, le=1000)
+    login_failures_per_source: int = Field(default=20, ge=1, le=10000)
+    login_failure_window_seconds: int = Field(default=900, ge=10, le=86400)
+    watch_max_seconds: int = Field(default=60, ge=1, le=600)
+    log_level: str = "info"
+
+    @field_validator("database")
+    @classmethod
+    def _database_usable(cls, value: str) -> str:
+        if value:
+            try:
+                async_url(value)
+            except DatabaseError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _https_url(cls, value: str) -> str:
+        if value and not value.startswith("https://"):
+            raise ValueError("public_url must start with https:// (devices pin the controller's CA)")
+        return value.rstrip("/")
+
+    @field_validator("server_names")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("server_names needs at least one DNS name or IP address")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level must be debug, info, warning or error")
+        return value.lower()
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data_dir / 'zerogate.db'}"
+
+    @property
+    def url(self) -> str:
+        """The URL devices use (goes into install strings)."""
+        if self.public_url:
+            return self.public_url
+        host = self.server_names[0]
+        try:
+            if ip_address(host).version == 6:
+                host = f"[{host}]"
+        except ValueError:
+            pass
+        return f"https://{host}:{self.listen_port}"
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.data_dir / "ca.pem"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.data_dir / "ca.key"
+
+    @property
+    def server_cert_path(self) -> Path:
+        return self.data_dir / "server.pem"
+
+    @property
+    def server_key_path(self) -> Path:
+        return self.data_dir / "server.key"
+
+
+_FIELDS = set(ControllerSettings.model_fields)
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        raw = environ.get(f"ZEROGATE_{name.upper()}")
+        if raw is None:
+            continue
+        values[name] = [s.strip() for s in raw.split(",") if s.strip()] if name == "server_names" else raw
+    return values
+
+
+def load_settings(
+    data_dir: Path, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> ControllerSettings:
+    """Settings for the deployment in ``data_dir`` (file, then env, then overrides)."""
+    path = data_dir / CONFIG_NAME
+    values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            values.update(tomllib.loads(path.read_text()).get("controller", {}))
+        except (tomllib.TOMLDecodeError, OSError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    values.update(_from_env(dict(os.environ) if environ is None else environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values["data_dir"] = data_dir
+    try:
+        return ControllerSettings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def render_settings_file(settings: ControllerSettings) -> str:
+    """The deployment's controller.toml as written by init: only what differs from defaults."""
+    defaults = ControllerSettings(data_dir=settings.data_dir)
+    lines = [
+        "# zerogate controller settings, written by 'zerogate controller init'.",
+        f"# Every key and its meaning: {EXAMPLE_CONFIG.name} in the zerogate package.",
+        "[controller]",
+    ]
+    for name in ControllerSettings.model_fields:
+        if name == "data_dir":
+            continue
+        value = getattr(settings, name)
+        if value == getattr(defaults, name) and name not in ("database", "listen_port"):
+            continue
+        if name == "database":
+            value = settings.database_url
+        lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

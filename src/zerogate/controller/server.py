@@ -1,0 +1,68 @@
+"""Serve the controller: migrate, bind, TLS 1.3 only, run until signalled."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+import uvicorn
+
+from zerogate.controller.app import create_app
+from zerogate.controller.config import ControllerSettings
+from zerogate.controller.deployment import read_material
+from zerogate.controller.state import ControllerState, LoginThrottle, RevisionWatch
+from zerogate.store.db import Database, upgrade_schema
+
+log = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    settings: ControllerSettings, on_listening: Callable[[ControllerSettings], None] | None = None
+) -> None:
+    ca_pem, ca_key = read_material(settings)
+    upgrade_schema(settings.database_url)
+    sock = bind(settings.listen_host, settings.listen_port)
+    actual_port = sock.getsockname()[1]
+    if actual_port != settings.listen_port:
+        settings = settings.model_copy(update={"listen_port": actual_port})
+    db = Database(settings.database_url)
+    state = ControllerState(
+        settings=settings,
+        db=db,
+        ca_pem=ca_pem,
+        ca_key_pem=ca_key,
+        throttle=LoginThrottle(
+            settings.login_failures_per_account,
+            settings.login_failures_per_source,
+            settings.login_failure_window_seconds,
+        ),
+        watch=RevisionWatch(db),
+    )
+    config = uvicorn.Config(
+        create_app(state),
+        ssl_certfile=str(settings.server_cert_path),
+        ssl_keyfile=str(settings.server_key_path),
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    config.load()
+    assert config.ssl is not None
+    config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
+    server = uvicorn.Server(config)
+    if on_listening is not None:
+        on_listening(settings)
+    server.run(sockets=[sock])

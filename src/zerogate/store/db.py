@@ -1,0 +1,215 @@
+"""Database access: engines for SQLite and PostgreSQL, write transactions,
+migrations.
+
+Every change goes through :meth:`Database.write`, which serialises writers (an
+in-process lock, plus a row lock on ``deployment_state`` for PostgreSQL where
+several controllers may share the database). Inside it a mutation may bump the
+config revision and appends its audit record, so the change, the revision and
+the audit chain commit together or not at all.
+
+Errors: :class:`DatabaseError` for a URL we cannot use or a database we cannot
+reach or migrate; SQLAlchemy errors from queries propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from zerogate.model.audit import AuditEntry, entry_hash
+from zerogate.store.models import AuditRecord, DeploymentState
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+class DatabaseError(Exception):
+    """The database URL is unusable or the database cannot be reached/migrated."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(at: datetime) -> datetime:
+    """SQLite returns naive datetimes for what we stored as UTC; make them aware."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
+def async_url(url: str) -> str:
+    """Map a user-facing URL (sqlite:///..., postgresql://...) to its async driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseError(f"not a database URL: {url!r} ({exc})") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise DatabaseError("SQLite needs a file path: sqlite:////var/lib/zerogate/zerogate.db")
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise DatabaseError(
+        f"unsupported database {backend!r}: use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may appear in logs and output: never with its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(async_url(url), pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets the API read while a writer commits; foreign keys are off
+            # by default in SQLite and we rely on them.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+    return engine
+
+
+@dataclass
+class WriteTx:
+    """One write transaction. ``audit`` adds to the chain; ``bump`` marks that
+    the distributed config changed, so watchers get a new revision."""
+
+    session: AsyncSession
+    state: DeploymentState
+    bumped: bool = False
+    _entries: list[AuditEntry] = field(default_factory=list)
+
+    def bump(self) -> None:
+        if not self.bumped:
+            self.state.revision += 1
+            self.bumped = True
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str = "success",
+        object_type: str = "",
+        object_id: str | int = "",
+        source: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        entry = AuditEntry(
+            id=self.state.audit_head_id + 1,
+            at=utcnow(),
+            actor=actor,
+            source=source,
+            action=action,
+            object_type=object_type,
+            object_id=str(object_id),
+            outcome=outcome,
+            details=details or {},
+            prev_hash=self.state.audit_head_hash,
+        )
+        digest = entry_hash(entry)
+        self.session.add(
+            AuditRecord(
+                id=entry.id,
+                at=entry.at,
+                actor=entry.actor,
+                source=entry.source,
+                action=entry.action,
+                object_type=entry.object_type,
+                object_id=entry.object_id,
+                outcome=entry.outcome,
+                details=entry.details,
+                prev_hash=entry.prev_hash,
+                hash=digest,
+            )
+        )
+        self.state.audit_head_id = entry.id
+        self.state.audit_head_hash = digest
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = asyncio.Lock()
+        self.on_revision: Callable[[int], None] | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[WriteTx]:
+        async with self._write_lock, self.sessions() as session, session.begin():
+            query = select(DeploymentState).where(DeploymentState.id == 1)
+            if not self.is_sqlite:
+                query = query.with_for_update()
+            state = (await session.execute(query)).scalar_one_or_none()
+            if state is None:
+                raise DatabaseError("the database is not initialised: run 'zerogate controller init'")
+            tx = WriteTx(session=session, state=state)
+            yield tx
+        if tx.bumped and self.on_revision is not None:
+            self.on_revision(tx.state.revision)
+
+    async def revision(self) -> int:
+        async with self.read() as session:
+            rev = await session.scalar(select(DeploymentState.revision).where(DeploymentState.id == 1))
+        return int(rev or 0)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def upgrade_schema(url: str) -> None:
+    """Apply every pending Alembic migration (synchronous; call outside an event loop)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["database_url"] = async_url(url)
+    try:
+        command.upgrade(cfg, "head")
+    except DatabaseError:
+        raise
+    except Exception as exc:  # translate driver errors at the boundary
+        raise DatabaseError(f"cannot migrate {redact_url(url)}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,251 @@
+"""SQLAlchemy tables: the controller's whole state.
+
+One table per object the API exposes, plus the singleton ``deployment_state``
+row that carries the config revision and the audit-chain head. JSON columns
+hold small value lists (subnets, destinations) that are always read whole.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class DeploymentState(Base):
+    """Singleton row (id=1): config revision, bootstrap code, audit head."""
+
+    __tablename__ = "deployment_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision: Mapped[int] = mapped_column(default=1)
+    bootstrap_digest: Mapped[str | None] = mapped_column(String(64))
+    bootstrap_expires_at: Mapped[datetime | None]
+    audit_head_id: Mapped[int] = mapped_column(default=0)
+    audit_head_hash: Mapped[str] = mapped_column(String(64), default="0" * 64)
+    created_at: Mapped[datetime]
+
+
+group_members = Table(
+    "group_members",
+    Base.metadata,
+    Column("group_id", ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+)
+
+policy_groups = Table(
+    "policy_groups",
+    Base.metadata,
+    Column("policy_id", ForeignKey("policies.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", ForeignKey("groups.id", ondelete="RESTRICT"), primary_key=True),
+)
+
+policy_applications = Table(
+    "policy_applications",
+    Base.metadata,
+    Column("policy_id", ForeignKey("policies.id", ondelete="CASCADE"), primary_key=True),
+    Column("application_id", ForeignKey("applications.id", ondelete="RESTRICT"), primary_key=True),
+)
+
+
+class Account(Base):
+    """An admin (manages the deployment) or a user (reaches applications)."""
+
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "admin" | "user"
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(100), default="")
+    email: Mapped[str] = mapped_column(String(254), default="")
+    # "pending" (no password/TOTP yet), "active", "disabled"
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    totp_last_step: Mapped[int | None]
+    activation_digest: Mapped[str | None] = mapped_column(String(64))
+    activation_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    groups: Mapped[list[Group]] = relationship(
+        secondary=group_members, back_populates="members", lazy="selectin"
+    )
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime]
+    members: Mapped[list[Account]] = relationship(
+        secondary=group_members, back_populates="groups", lazy="selectin"
+    )
+
+
+class ConnectorGroup(Base):
+    """Connectors that front the same subnets; any one of them can carry the traffic."""
+
+    __tablename__ = "connector_groups"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    subnets: Mapped[list[str]] = mapped_column(JSON)
+    snat: Mapped[bool] = mapped_column(Boolean, default=True)
+    vrrp_virtual_ip: Mapped[str | None] = mapped_column(String(45))
+    created_at: Mapped[datetime]
+
+
+class Device(Base):
+    """An enrolled identity: a gateway, a connector or a client device.
+
+    The private keys stay on the device; we keep its public WireGuard key, the
+    certificate we issued for its CSR and a digest of its bearer credential.
+    """
+
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # gateway | connector | client
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | revoked
+    credential_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    wg_public_key: Mapped[str] = mapped_column(String(44), unique=True)
+    cert_serial: Mapped[str] = mapped_column(String(40))
+    cert_pem: Mapped[str] = mapped_column(Text)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    address: Mapped[str | None] = mapped_column(String(45), unique=True)
+    local_networks: Mapped[list[str]] = mapped_column(JSON, default=list)
+    session_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    last_seen_at: Mapped[datetime | None]
+
+
+class Connector(Base):
+    __tablename__ = "connectors"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    location: Mapped[str] = mapped_column(String(100), default="")
+    bandwidth_class: Mapped[str] = mapped_column(String(16), default="50mbps")
+    owner: Mapped[str] = mapped_column(String(100), default="")
+    connector_group_id: Mapped[int] = mapped_column(ForeignKey("connector_groups.id", ondelete="RESTRICT"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="RESTRICT"))
+    created_at: Mapped[datetime]
+    device: Mapped[Device] = relationship(lazy="joined")
+
+
+class Gateway(Base):
+    __tablename__ = "gateways"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    public_endpoint: Mapped[str] = mapped_column(String(255))
+    port_first: Mapped[int] = mapped_column(default=51820)
+    port_last: Mapped[int] = mapped_column(default=53000)
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime]
+    device: Mapped[Device | None] = relationship(lazy="joined")
+
+
+class Application(Base):
+    __tablename__ = "applications"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    connector_group_id: Mapped[int] = mapped_column(ForeignKey("connector_groups.id", ondelete="RESTRICT"))
+    # [{"prefix": "10.1.0.10/32", "protocol": "tcp", "ports": ["80", "8000-8080"]}]
+    destinations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    require_mfa: Mapped[bool] = mapped_column(Boolean, default=False)
+    # {"days": [0..6], "start": "HH:MM", "end": "HH:MM", "tz": "UTC"} or None
+    time_window: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    groups: Mapped[list[Group]] = relationship(secondary=policy_groups, lazy="selectin")
+    applications: Mapped[list[Application]] = relationship(secondary=policy_applications, lazy="selectin")
+
+
+class AddressPoolRow(Base):
+    """Client address blocks: the first is the default, the rest alternates."""
+
+    __tablename__ = "address_pools"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    blocks: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class ProvisioningKey(Base):
+    __tablename__ = "provisioning_keys"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    connector_group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("connector_groups.id", ondelete="CASCADE")
+    )
+    gateway_id: Mapped[int | None] = mapped_column(ForeignKey("gateways.id", ondelete="CASCADE"))
+    max_uses: Mapped[int] = mapped_column(default=1)
+    uses: Mapped[int] = mapped_column(default=0)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    """A bearer token for an account: a login session or a named API token."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64), default="")
+    kind: Mapped[str] = mapped_column(String(8))  # session | api
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    mfa: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    account: Mapped[Account] = relationship(lazy="joined")
+
+
+class AuditRecord(Base):
+    """Append-only and hash-chained; database triggers refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("prev_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(32), default="")
+    object_id: Mapped[str] = mapped_column(String(64), default="")
+    outcome: Mapped[str] = mapped_column(String(16))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

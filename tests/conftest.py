@@ -1,0 +1,86 @@
+"""Shared pytest fixtures for the zerogate test suite.
+
+Sections below group fixtures by what they provide; add new ones to the section
+they belong to (or a new section) rather than to the end of the file.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests run with --import-mode=importlib, which does not put tests/ on sys.path.
+# Helper modules that live next to this file (pgserver.py) are imported as
+# top-level modules; test files may then also `from pgserver import ...`.
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from pgserver import PostgresServer  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# Databases: a private PostgreSQL server and per-test databases
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server per test process (per xdist worker).
+
+    Started lazily, the first time a test asks for it; stopped and its
+    directory removed at the end of the session (also on Ctrl-C / SIGTERM).
+    """
+    with PostgresServer() as server:
+        yield server
+
+
+def _database_name(nodeid: str) -> str:
+    """A unique, valid database name that still says which test made it."""
+    test = nodeid.rsplit("::", 1)[-1].lower()
+    slug = re.sub(r"[^a-z0-9_]+", "_", test).strip("_")[:40]
+    return f"t_{slug}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL (``postgresql://postgres@127.0.0.1:PORT/DB``) of a new, empty database.
+
+    The database is dropped after the test, disconnecting any session the test
+    left open.
+    """
+    name = _database_name(request.node.nodeid)
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    ids=["sqlite", "postgresql"],
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run the test once against SQLite and once against PostgreSQL.
+
+    Returns ``sqlite:///<tmp_path>/zerogate.db`` or the URL of a new, empty
+    PostgreSQL database; the application converts either to its async driver.
+    Deselect the PostgreSQL half with ``-m "not postgres"``.
+    """
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'zerogate.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+# ---------------------------------------------------------------------------
+# Controller / API fixtures (to be added)
+# ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# PKI / network / namespace fixtures (to be added)
+# ---------------------------------------------------------------------------
