@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,8 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from pgserver import PostgresServer  # noqa: E402
+
+from zerogate.controller.localrun import AccountSession, LocalController
 
 # ---------------------------------------------------------------------------
 # Databases: a private PostgreSQL server and per-test databases
@@ -77,8 +79,43 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Controller / API fixtures (to be added)
+# Controller / API fixtures
 # ---------------------------------------------------------------------------
+# One real controller per test module and database engine (a subprocess of
+# `zerogate controller run` on 127.0.0.1), with a signed-in admin. Tests in a
+# module share it, so they use unique object names (see `unique`).
+
+
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def controller(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalController]:
+    base = tmp_path_factory.mktemp("controller")
+    database = ""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        database = server.create_database(f"zg_{uuid.uuid4().hex[:12]}")
+    lc = LocalController(base / "data", database=database).init()
+    try:
+        lc.start()
+        yield lc
+    finally:
+        lc.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(controller: LocalController) -> AccountSession:
+    """The first admin, bootstrapped and signed in (password + TOTP)."""
+    return controller.bootstrap_admin()
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """unique("grp") -> "grp-1a2b3c": object names that never clash within a module."""
+    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ flag overrides both.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from ipaddress import ip_address
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from zerogate.pki.install_string import InvalidInstallString, normalize_controller_url
 from zerogate.store.db import DatabaseError, async_url
 
 CONFIG_NAME = "controller.toml"
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 EXAMPLE_CONFIG = Path(__file__).with_name("controller.example.toml")
 
 
@@ -32,7 +35,7 @@ class ControllerSettings(BaseModel):
     data_dir: Path
     database: str = ""
     listen_host: str = "0.0.0.0"  # noqa: S104 - the controller is the public rendezvous point
-    listen_port: int = Field(default=443, ge=1, le=65535)
+    listen_port: int = Field(default=443, ge=0, le=65535)  # 0: any free port (tests)
     public_url: str = ""
     server_names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
     session_ttl_hours: float = Field(default=12.0, gt=0, le=24 * 30)
@@ -58,16 +61,32 @@ class ControllerSettings(BaseModel):
     @field_validator("public_url")
     @classmethod
     def _https_url(cls, value: str) -> str:
-        if value and not value.startswith("https://"):
-            raise ValueError("public_url must start with https:// (devices pin the controller's CA)")
-        return value.rstrip("/")
+        if not value:
+            return value
+        try:
+            # The same rule install strings apply, so init never writes a URL
+            # that enrollment would later refuse.
+            return normalize_controller_url(value)
+        except InvalidInstallString as exc:
+            raise ValueError(f"public_url: {exc}") from None
 
     @field_validator("server_names")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("server_names needs at least one DNS name or IP address")
-        return value
+        names = []
+        for name in value:
+            bare = name.strip().strip("[]").lower()
+            try:
+                names.append(str(ip_address(bare)))
+                continue
+            except ValueError:
+                pass
+            if not _DNS_NAME.match(bare):
+                raise ValueError(f"server name {name!r} is neither an IP address nor a DNS name")
+            names.append(bare)
+        return names
 
     @field_validator("log_level")
     @classmethod

@@ -106,6 +106,7 @@ def init_deployment(data_dir: Path, overrides: dict[str, Any]) -> InitResult:
                 write_private(path, data)
             else:
                 path.write_bytes(data)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         upgrade_schema(settings.database_url)
         if settings.database_url.startswith("sqlite"):
             made.extend(data_dir.glob("zerogate.db*"))

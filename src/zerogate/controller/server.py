@@ -32,6 +32,7 @@ def serve(
     settings: ControllerSettings, on_listening: Callable[[ControllerSettings], None] | None = None
 ) -> None:
     ca_pem, ca_key = read_material(settings)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     upgrade_schema(settings.database_url)
     sock = bind(settings.listen_host, settings.listen_port)
     actual_port = sock.getsockname()[1]

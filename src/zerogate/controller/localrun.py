@@ -1,0 +1,179 @@
+"""Run a real controller on this machine: for the demo, the tests and the benchmarks.
+
+:class:`LocalController` initialises a deployment in a directory, starts
+``zerogate controller run`` as a child process on 127.0.0.1 (a free port),
+waits until it answers, and stops it (by its PID) on exit. The bootstrap
+helpers play the part of the admin's authenticator app: they compute TOTP
+codes from the secret the controller handed out, exactly as a phone would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from zerogate.netops.controller_api import ControllerClient, fetch_ca
+from zerogate.pki.totp import time_step, totp_code
+
+_LISTENING = re.compile(r"listening on https://[^:]+:(\d+)")
+
+
+class LocalControllerError(Exception):
+    """The controller did not initialise or start; the message includes its output."""
+
+
+def zerogate_argv() -> list[str]:
+    return [sys.executable, "-m", "zerogate.cli.main"]
+
+
+@dataclass
+class Authenticator:
+    """TOTP codes for one account, never reusing a time step (the server refuses replays)."""
+
+    secret: str
+    last_step: int = -1
+
+    def code(self) -> str:
+        while True:
+            now = time.time()
+            step = time_step(now)
+            # The server accepts one step either side; use the next unused one.
+            for candidate in (step - 1, step, step + 1):
+                if candidate > self.last_step:
+                    self.last_step = candidate
+                    return totp_code(self.secret, candidate * 30 + 1)
+            time.sleep(max(0.05, (step + 1) * 30 - now))
+
+
+@dataclass
+class AccountSession:
+    username: str
+    password: str
+    authenticator: Authenticator
+    token: str
+    client: ControllerClient
+
+
+@dataclass
+class LocalController:
+    data_dir: Path
+    database: str = ""
+    log_path: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+    ca_pin: str = ""
+    ca_pem: bytes = b""
+    bootstrap_code: str = ""
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    # -- lifecycle
+
+    def init(self) -> Self:
+        argv = [*zerogate_argv(), "controller", "init", "--data-dir", str(self.data_dir),
+                "--listen", "127.0.0.1:0", "--server-name", "127.0.0.1", "--server-name", "localhost", "--json"]
+        if self.database:
+            argv += ["--database", self.database]
+        r = subprocess.run(argv, capture_output=True, text=True, env=self._env(), timeout=120, check=False)
+        if r.returncode != 0:
+            raise LocalControllerError(f"controller init failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+        info = json.loads(r.stdout)
+        self.ca_pin, self.bootstrap_code = info["ca_pin"], info["bootstrap_code"]
+        return self
+
+    def start(self, timeout: float = 30.0) -> Self:
+        log_path = self.log_path or self.data_dir.parent / f"{self.data_dir.name}-controller.log"
+        self.log_path = log_path
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed by stop()
+        argv = [*zerogate_argv(), "controller", "run", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"]
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env())
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LocalControllerError(f"controller exited with {self.process.returncode}:\n{self.output()}")
+            m = _LISTENING.search(self.output())
+            if m:
+                self.port = int(m.group(1))
+                self.url = f"https://127.0.0.1:{self.port}"
+                break
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise LocalControllerError(f"controller did not start within {timeout:.0f} s:\n{self.output()}")
+        self.ca_pem = fetch_ca(self.url, self.ca_pin)
+        with self.client() as c:
+            while True:
+                try:
+                    c.get("/v1/health")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self.stop()
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace") if self.log_path else ""
+        except FileNotFoundError:
+            return ""
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROGATE_")}
+        return env | {"LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"} | self.extra_env
+
+    # -- API access
+
+    def client(self, token: str | None = None) -> ControllerClient:
+        return ControllerClient(self.url, self.ca_pem, token=token, timeout=30)
+
+    def bootstrap_admin(self, username: str = "admin", password: str = "correct horse battery staple") -> AccountSession:
+        with self.client() as c:
+            enrollment = c.post("/v1/auth/bootstrap", {"code": self.bootstrap_code, "username": username, "password": password})
+        return self._finish_enrollment(username, password, enrollment)
+
+    def activate(self, username: str, activation_code: str, password: str = "user password 12345") -> AccountSession:
+        with self.client() as c:
+            enrollment = c.post("/v1/auth/activate", {"username": username, "activation_code": activation_code, "password": password})
+        return self._finish_enrollment(username, password, enrollment)
+
+    def _finish_enrollment(self, username: str, password: str, enrollment: dict[str, Any]) -> AccountSession:
+        auth = Authenticator(enrollment["totp_secret"])
+        with self.client() as c:
+            c.post("/v1/auth/totp/confirm", {"username": username, "password": password, "totp": auth.code()})
+        return self.login(username, password, auth)
+
+    def login(self, username: str, password: str, auth: Authenticator) -> AccountSession:
+        with self.client() as c:
+            r = c.post("/v1/auth/login", {"username": username, "password": password, "totp": auth.code()})
+        return AccountSession(username, password, auth, r["token"], self.client(r["token"]))
+
+    def create_user(self, admin: AccountSession, username: str, groups: list[str]) -> AccountSession:
+        created = admin.client.post("/v1/users", {"username": username, "groups": groups})
+        return self.activate(username, created["activation_code"])
