@@ -23,6 +23,7 @@ from zerogate.model.policy import (
 )
 from zerogate.policy.compiler import (
     AllowTuple,
+    PolicyGrant,
     Rule,
     compile_policy,
     explain,
@@ -69,44 +70,71 @@ def device(n: int, user: int, mfa: bool = True) -> ClientDevice:
 # --- compile_policy ---------------------------------------------------------------
 
 
-def test_compile_merges_ports_and_shares_classes() -> None:
+def test_compile_builds_one_grant_per_policy() -> None:
     inputs = base_inputs(
         PolicySpec(100, "web", frozenset({10, 20}), frozenset({1})),
         PolicySpec(101, "ssh", frozenset({10}), frozenset({2})),
         devices=(device(1, 1), device(2, 1), device(3, 2), device(4, 3), device(5, 4)),
     )
     compiled = compile_policy(inputs, now=NOW)
-    a1, a2, b = (IPv4Address(f"100.64.0.{n}") for n in (2, 3, 4))
-    # Disabled carol and group-less dave get nothing and are absent.
-    assert set(compiled.source_class) == {a1, a2, b}
-    assert compiled.source_class[a1] == compiled.source_class[a2] != compiled.source_class[b]
-    assert compiled.classes[compiled.source_class[a1]] == (
+    a1, a2, b, carol = (IPv4Address(f"100.64.0.{n}") for n in (2, 3, 4, 5))
+    # Disabled carol and group-less dave are in no grant.
+    assert compiled.policies == {
+        100: PolicyGrant(
+            100, "web", (a1, a2, b), (Rule(LAN, "tcp", 80, 80, 100), Rule(LAN, "tcp", 443, 443, 100))
+        ),
+        101: PolicyGrant(101, "ssh", (a1, a2), (Rule(LAN, "tcp", 22, 22, 101),)),
+    }
+    assert compiled.next_change is None
+    assert compiled.rules_for_source(a1) == (
         Rule(LAN, "tcp", 22, 22, 101),
         Rule(LAN, "tcp", 80, 80, 100),
         Rule(LAN, "tcp", 443, 443, 100),
     )
-    assert compiled.next_change is None
-    tuples = sorted(compiled.expand())
+    assert compiled.rules_for_source(carol) == ()
+    tuples = list(compiled.expand())
+    assert tuples == sorted(tuples)
     assert AllowTuple(b, LAN, "tcp", 443, 443) in tuples
     assert len(tuples) == compiled.count_tuples() == 3 + 3 + 2
+
+
+def test_policies_without_sources_or_rules_get_no_grant() -> None:
+    inputs = base_inputs(
+        PolicySpec(1, "nobody", frozenset({99}), frozenset({1})),
+        PolicySpec(2, "dangling", frozenset({10}), frozenset({42})),
+        PolicySpec(3, "carol-only", frozenset({10}), frozenset({1})),
+        devices=(device(1, 3),),  # carol is disabled
+    )
+    compiled = compile_policy(inputs, now=NOW)
+    assert compiled.policies == {}
+    assert list(compiled.expand()) == [] and compiled.count_tuples() == 0
 
 
 def test_adjacent_ranges_merge_within_and_across_policies() -> None:
     wide = AppSpec(5, "wide", 1, (Destination(LAN, "tcp", ports("1000-1999", "2000-2100")),))
     all_tcp = AppSpec(6, "all", 1, (Destination(LAN, "tcp"),))
+    low = AppSpec(7, "low", 1, (Destination(DB, "tcp", ports("5000-5432")),))
+    high = AppSpec(8, "high", 1, (Destination(DB, "tcp", ports("5433")),))
     inputs = PolicyInputs(
         users=(ALICE,),
-        apps=(wide, SSH, all_tcp),
+        apps=(wide, SSH, all_tcp, low, high),
         policies=(
-            PolicySpec(1, "a", frozenset({10}), frozenset({5})),
-            PolicySpec(2, "b", frozenset({10}), frozenset({2, 6})),
+            PolicySpec(1, "a", frozenset({10}), frozenset({5, 7})),
+            PolicySpec(2, "b", frozenset({10}), frozenset({2, 6, 8})),
         ),
         devices=(device(1, 1),),
     )
     compiled = compile_policy(inputs, now=NOW)
-    (rules,) = compiled.classes.values()
-    assert rules == (Rule(LAN, "tcp", 0, 65535, 2), Rule(LAN, "tcp", 1000, 2100, 1))
-    assert [(t.first_port, t.last_port) for t in compiled.expand()] == [(0, 65535)]
+    assert compiled.policies[1].rules == (
+        Rule(LAN, "tcp", 1000, 2100, 1),
+        Rule(DB, "tcp", 5000, 5432, 1),
+    )
+    assert compiled.policies[2].rules == (Rule(LAN, "tcp", 0, 65535, 2), Rule(DB, "tcp", 5433, 5433, 2))
+    assert [(t.destination, t.first_port, t.last_port) for t in compiled.expand()] == [
+        (LAN, 0, 65535),
+        (DB, 5000, 5433),
+    ]
+    assert compiled.count_tuples() == 2
 
 
 def test_mfa_window_and_connector_group_filters() -> None:
@@ -117,30 +145,31 @@ def test_mfa_window_and_connector_group_filters() -> None:
         PolicySpec(4, "v6-off", frozenset({10}), frozenset({4}), enabled=False),
         devices=(device(1, 1, mfa=True), device(2, 1, mfa=False)),
     )
+    with_mfa, without = IPv4Address("100.64.0.2"), IPv4Address("100.64.0.3")
     compiled = compile_policy(inputs, now=NOW)
-    with_mfa = compiled.classes[compiled.source_class[IPv4Address("100.64.0.2")]]
-    without = compiled.classes[compiled.source_class[IPv4Address("100.64.0.3")]]
-    assert {r.policy_id for r in with_mfa} == {1, 2}
-    assert {r.policy_id for r in without} == {2}
-    assert Rule(DB, "icmp", 0, 65535, 1) in with_mfa  # icmp means every "port"
+    assert set(compiled.policies) == {1, 2}
+    assert compiled.policies[1].sources == (with_mfa,)
+    assert compiled.policies[2].sources == (with_mfa, without)
+    assert Rule(DB, "icmp", 0, 65535, 1) in compiled.policies[1].rules  # icmp means every "port"
+    assert {r.policy_id for r in compiled.rules_for_source(without)} == {2}
     # Office hours end at 17:00 before the night window opens at 22:00.
     assert compiled.next_change == NOW.replace(hour=17)
     only_group_2 = compile_policy(inputs, now=NOW, connector_group_ids=frozenset({2}))
-    assert {r.policy_id for rules in only_group_2.classes.values() for r in rules} == {1}
+    assert set(only_group_2.policies) == {1}
     assert only_group_2.next_change is None  # windowed policies have no apps here
     night = compile_policy(inputs, now=NOW.replace(hour=23))
-    assert {r.policy_id for r in night.classes[night.source_class[IPv4Address("100.64.0.3")]]} == {3}
+    assert set(night.policies) == {1, 3}
+    assert {r.policy_id for r in night.rules_for_source(without)} == {3}
 
 
-def test_class_ids_depend_only_on_class_content() -> None:
+def test_grants_keep_their_key_when_other_policies_change() -> None:
     p1 = PolicySpec(1, "web", frozenset({10}), frozenset({1}))
     p2 = PolicySpec(2, "ssh", frozenset({20}), frozenset({2}))
     before = compile_policy(base_inputs(p1, devices=(device(1, 1),)), now=NOW)
     after = compile_policy(base_inputs(p1, p2, devices=(device(1, 1), device(2, 2))), now=NOW)
     assert before == compile_policy(base_inputs(p1, devices=(device(1, 1),)), now=NOW)
-    alice = IPv4Address("100.64.0.2")
-    assert before.source_class[alice] == after.source_class[alice]
-    assert len(after.classes) == 2
+    assert before.policies[1] == after.policies[1]
+    assert set(after.policies) == {1, 2}
 
 
 def test_compile_requires_aware_now() -> None:
@@ -391,13 +420,19 @@ def test_expand_matches_reference(
 ) -> None:
     compiled = compile_policy(inputs, now=now, connector_group_ids=groups)
     expanded = list(compiled.expand())
-    assert len(expanded) == len(set(expanded)) == compiled.count_tuples()
+    assert expanded == sorted(set(expanded))  # sorted, no tuple twice
+    assert len(expanded) == compiled.count_tuples()
     assert set(expanded) == reference_expand(inputs, now, groups)
-    # Classes: every class is used, and equal rule sets share one class.
-    assert set(compiled.source_class.values()) == set(compiled.classes)
-    assert len(set(compiled.classes.values())) == len(compiled.classes)
-    for rules in compiled.classes.values():
-        assert list(rules) == sorted(set(rules))
+    # A client's rules are exactly what the gateway lets it reach.
+    for d in inputs.devices:
+        own = {
+            (t.destination, t.protocol, t.first_port, t.last_port) for t in expanded if t.source == d.address
+        }
+        spans: dict[tuple[object, str], list[tuple[int, int]]] = defaultdict(list)
+        for rule in compiled.rules_for_source(d.address):
+            spans[(rule.destination, rule.protocol)].append((rule.first_port, rule.last_port))
+        merged = {(net, proto, *r) for (net, proto), rs in spans.items() for r in merge_port_ranges(rs)}
+        assert merged == own
     # Nothing changes before next_change.
     if compiled.next_change is not None:
         assert compiled.next_change > now
@@ -406,7 +441,51 @@ def test_expand_matches_reference(
         later = now + dt.timedelta(days=10) * probe
     if later < (compiled.next_change or later + dt.timedelta(1)):
         same = compile_policy(inputs, now=later, connector_group_ids=groups)
-        assert (same.classes, same.source_class) == (compiled.classes, compiled.source_class)
+        assert same.policies == compiled.policies
+
+
+@settings(max_examples=250, deadline=None)
+@given(inputs=policy_inputs(), now=nows, groups=st.none() | st.frozensets(st.integers(1, 2)))
+def test_grants_follow_policy_semantics(
+    inputs: PolicyInputs, now: dt.datetime, groups: frozenset[int] | None
+) -> None:
+    compiled = compile_policy(inputs, now=now, connector_group_ids=groups)
+    users = {u.id: u for u in inputs.users}
+    devices = {d.address: d for d in inputs.devices}
+    served = {a.id for a in inputs.apps if groups is None or a.connector_group_id in groups}
+    expected = {}
+    for p in inputs.policies:
+        if not p.enabled or not p.app_ids & served:
+            continue
+        if p.window is not None and not p.window.contains(now):
+            continue
+        sources = tuple(
+            sorted(
+                d.address
+                for d in inputs.devices
+                if d.user_id in users
+                and users[d.user_id].enabled
+                and users[d.user_id].group_ids & p.group_ids
+                and (d.mfa or not p.require_mfa)
+            )
+        )
+        if sources:
+            expected[p.id] = (p, sources)
+    assert set(compiled.policies) == set(expected)
+    for policy_id, grant in compiled.policies.items():
+        policy, sources = expected[policy_id]
+        assert (grant.policy_id, grant.name) == (policy.id, policy.name)
+        assert grant.sources == sources
+        for source in grant.sources:  # an enabled user in one of the policy's groups
+            user = users[devices[source].user_id]
+            assert user.enabled and user.group_ids & policy.group_ids
+            assert devices[source].mfa or not policy.require_mfa
+        assert grant.rules and list(grant.rules) == sorted(set(grant.rules))
+        assert {r.policy_id for r in grant.rules} == {policy_id}
+        by_dest: dict[tuple[object, str], list[tuple[int, int]]] = defaultdict(list)
+        for rule in grant.rules:
+            by_dest[(rule.destination, rule.protocol)].append((rule.first_port, rule.last_port))
+        assert all(merge_port_ranges(rs) == rs for rs in by_dest.values())  # merged already
 
 
 @settings(max_examples=250, deadline=None)

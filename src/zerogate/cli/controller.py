@@ -9,7 +9,7 @@ import typer
 
 from zerogate.cli.common import emit, errors_to_exit, fail, out
 from zerogate.controller.config import ConfigError, ControllerSettings, load_settings
-from zerogate.controller.deployment import DeploymentError, check_deployment, init_deployment
+from zerogate.controller.deployment import DeploymentError, check_deployment, init_deployment, reset_bootstrap
 from zerogate.store.db import DatabaseError, redact_url
 
 app = typer.Typer(help="Create and run the controller (identity, policy, keys, audit).", no_args_is_help=True)
@@ -131,3 +131,16 @@ def run(
             serve(settings, on_listening=listening)
         except (DeploymentError, DatabaseError) as exc:
             fail(str(exc))
+
+
+@app.command("reset-bootstrap")
+def reset_bootstrap_code(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print a new one-time bootstrap code (only while no admin is active)."""
+    try:
+        code = reset_bootstrap(load_settings(data_dir.resolve()))
+    except (ConfigError, DeploymentError, DatabaseError) as exc:
+        fail(str(exc))
+    if as_json:
+        emit({"bootstrap_code": code}, True)
+    else:
+        out.print(f"New one-time bootstrap code (valid 7 days): [bold]{code}[/]")

@@ -35,7 +35,7 @@ from zerogate.controller.state import (
     Unauthorized,
     Unprocessable,
 )
-from zerogate.pki.ca import InvalidCSR, ca_pin, sign_device_csr
+from zerogate.pki.ca import PKIError, ca_pin, sign_device_csr
 from zerogate.pki.credentials import new_token, token_digest, token_hint
 from zerogate.pki.install_string import InstallString
 from zerogate.policy.compiler import compile_policy
@@ -199,7 +199,7 @@ def _sign(state: ControllerState, csr: str, name: str, role: str) -> tuple[str, 
         cert, serial = sign_device_csr(
             state.ca_key_pem, state.ca_pem, csr.encode(), common_name=name, role=role
         )
-    except InvalidCSR as exc:
+    except PKIError as exc:  # a bad CSR, or a name the certificate cannot carry
         raise Unprocessable(f"csr: {exc}") from None
     return cert.decode(), format(serial, "x")
 
@@ -523,11 +523,17 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
             "connectors": connectors,
             "clients": clients,
             "policy": {
-                "classes": {
-                    str(k): [[str(r.destination), r.protocol, r.first_port, r.last_port] for r in rules]
-                    for k, rules in compiled.classes.items()
-                },
-                "sources": {str(a): c for a, c in compiled.source_class.items()},
+                "grants": [
+                    {
+                        "policy_id": g.policy_id,
+                        "name": g.name,
+                        "sources": [str(a) for a in g.sources],
+                        "rules": [
+                            [str(r.destination), r.protocol, r.first_port, r.last_port] for r in g.rules
+                        ],
+                    }
+                    for g in compiled.policies.values()
+                ],
                 "valid_until": compiled.next_change.isoformat() if compiled.next_change else None,
             },
         }
@@ -549,8 +555,7 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
     # client: its address and the destinations its user's policies allow
     inputs = await load_policy_inputs(session)
     compiled = compile_policy(inputs, now=utcnow())
-    cls = compiled.source_class.get(IPv4Address(device.address)) if device.address else None
-    rules = compiled.classes.get(cls, ()) if cls is not None else ()
+    rules = compiled.rules_for_source(IPv4Address(device.address)) if device.address else ()
     app_names = {a.id: a.name for a in await session.scalars(select(Application))}
     policy_apps = {p.id: sorted(app_names[i] for i in p.app_ids) for p in inputs.policies}
     return base | {

@@ -704,6 +704,12 @@ async def explain(body: s.ExplainRequest, admin: Admin, state: State) -> s.Expla
     """Would this user reach this destination, and which policy decides it?"""
     async with state.db.read() as session:
         user = await by_name(session, Account, body.username, "user")
+        if user.kind != "user":
+            raise NotFound(f"no user named {body.username!r} ({body.username} is an admin; admins reach no applications)")
+        if user.status == "pending":
+            return s.ExplainResponse(
+                allowed=False, policy=None, reason=f"user {user.username!r} has not activated the account yet"
+            )
         inputs = await load_policy_inputs(session)
     decision = explain_policy(
         inputs,

@@ -145,7 +145,7 @@ async def bootstrap(body: s.BootstrapRequest, request: Request, state: State) ->
         if st.bootstrap_digest is None:
             raise Forbidden("the bootstrap code was already used; sign in as an admin instead")
         if st.bootstrap_expires_at is not None and as_utc(st.bootstrap_expires_at) <= utcnow():
-            raise Forbidden("the bootstrap code expired; run 'zerogate controller reset-bootstrap'")
+            raise Forbidden("the bootstrap code expired; run 'zerogate controller reset-bootstrap' on the controller host")
         if token_digest(normalize_code(body.code)) != st.bootstrap_digest:
             raise Unauthorized("wrong bootstrap code")
         now = utcnow()

@@ -132,6 +132,39 @@ def init_deployment(data_dir: Path, overrides: dict[str, Any]) -> InitResult:
     return InitResult(settings=settings, bootstrap_code=code, ca_pin=ca_pin(ca_cert))
 
 
+def reset_bootstrap(settings: ControllerSettings) -> str:
+    """A new one-time bootstrap code, allowed only while no admin is active.
+
+    For a deployment whose first code expired or was lost before anyone signed
+    in; once an admin exists, admins create accounts instead.
+    """
+    import asyncio
+
+    from zerogate.store.models import Account
+
+    code = new_bootstrap_code()
+
+    async def run() -> None:
+        db = Database(settings.database_url)
+        try:
+            async with db.write() as tx:
+                active = await tx.session.scalar(
+                    select(Account).where(Account.kind == "admin", Account.status == "active")
+                )
+                if active is not None:
+                    raise DeploymentError(
+                        f"admin {active.username!r} is active: sign in and create accounts instead"
+                    )
+                tx.state.bootstrap_digest = token_digest(normalize_code(code))
+                tx.state.bootstrap_expires_at = utcnow() + BOOTSTRAP_TTL
+                tx.audit(actor="cli:controller-reset-bootstrap", action="reset-bootstrap", object_type="deployment")
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    return code
+
+
 def read_material(settings: ControllerSettings) -> tuple[bytes, bytes]:
     """(ca_pem, ca_key_pem), refusing keys that others can read."""
     for path in (settings.ca_key_path, settings.server_key_path):

@@ -46,8 +46,10 @@ class Authenticator:
         while True:
             now = time.time()
             step = time_step(now)
-            # The server accepts one step either side; use the next unused one.
-            for candidate in (step - 1, step, step + 1):
+            # The server accepts one step either side of its own clock. Never use
+            # the previous step: a step boundary passing mid-request would make
+            # it two steps old. The next step stays valid across a boundary.
+            for candidate in (step, step + 1):
                 if candidate > self.last_step:
                     self.last_step = candidate
                     return totp_code(self.secret, candidate * 30 + 1)
@@ -93,7 +95,7 @@ class LocalController:
     def start(self, timeout: float = 30.0) -> Self:
         log_path = self.log_path or self.data_dir.parent / f"{self.data_dir.name}-controller.log"
         self.log_path = log_path
-        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed by stop()
+        log = open(log_path, "ab")  # handed to the child; our copy is closed right after
         argv = [*zerogate_argv(), "controller", "run", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"]
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env())
         log.close()
@@ -153,12 +155,16 @@ class LocalController:
     def client(self, token: str | None = None) -> ControllerClient:
         return ControllerClient(self.url, self.ca_pem, token=token, timeout=30)
 
-    def bootstrap_admin(self, username: str = "admin", password: str = "correct horse battery staple") -> AccountSession:
+    def bootstrap_admin(
+        self, username: str = "admin", password: str = "correct horse battery staple"  # noqa: S107 - throwaway local deployments
+    ) -> AccountSession:
         with self.client() as c:
             enrollment = c.post("/v1/auth/bootstrap", {"code": self.bootstrap_code, "username": username, "password": password})
         return self._finish_enrollment(username, password, enrollment)
 
-    def activate(self, username: str, activation_code: str, password: str = "user password 12345") -> AccountSession:
+    def activate(
+        self, username: str, activation_code: str, password: str = "user password 12345"  # noqa: S107
+    ) -> AccountSession:
         with self.client() as c:
             enrollment = c.post("/v1/auth/activate", {"username": username, "activation_code": activation_code, "password": password})
         return self._finish_enrollment(username, password, enrollment)

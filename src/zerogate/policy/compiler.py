@@ -3,25 +3,28 @@
 The gateway enforces the result; the compiler is pure and deterministic.
 
 Representation. Expanding every (device, destination) pair does not scale
-(10,000 devices x hundreds of destinations), so the output is grouped into
-*classes*: all devices whose effective rule set is identical share one class
-id, and the gateway maps source address -> class -> rules. Rules keep the id of
-the policy that produced them (for counters and audit), so a class is exactly
-"the set of policies that apply", and the rules of one class are the disjoint
-union of those policies' rules.
+(10,000 devices x hundreds of destinations is millions of rules), and grouping
+devices with identical rule sets barely helps when users sit in a few random
+groups: almost every device ends up with a set of its own. So the output is
+one :class:`PolicyGrant` per policy that applies now: the client addresses it
+grants (devices of enabled users in its groups, only MFA devices when it
+requires MFA) and that policy's own rules. A gateway renders one named set of
+sources per policy and one rule per (policy, rule) matching that set, so its
+ruleset grows with the sum of the policies' sizes, not with their product.
+Grants are keyed by policy id, so two compiles diff policy by policy.
 
 Decisions the gateway renderer must know:
 
 * Ports ``0..65535`` (:data:`ALL_PORTS`) mean "no port match" for every
   protocol: ICMP, "any", and TCP/UDP destinations without ports.
-* Port ranges are merged (overlap or adjacency) per destination, protocol and
-  policy in :attr:`CompiledPolicy.classes`, and across policies in
-  :meth:`CompiledPolicy.expand`. Different prefixes are never merged, even when
-  one contains the other; "any" and "tcp" rules for one prefix stay separate.
-* Class ids are derived from the class content (a 53-bit hash of its rules), so
-  a class keeps its id across compiles as long as its rules do not change;
-  that keeps diffs between two compiles small. 53 bits keep ids exact in JSON.
-  Collisions are resolved deterministically by probing.
+* A grant's port ranges are merged (overlap or adjacency) per destination and
+  protocol; :meth:`CompiledPolicy.expand` merges them across policies as
+  well. Different prefixes are never merged, even when one contains the other;
+  "any" and "tcp" rules for one prefix stay separate.
+* A policy appears only when it is enabled, its window contains ``now``, it
+  has at least one rule (after the connector group filter) and at least one
+  source. :attr:`CompiledPolicy.next_change` says when windows make a
+  recompile necessary.
 
 Errors: :class:`ValueError` for malformed arguments (naive datetimes, a port
 on an ICMP query, ...). Dangling references in the inputs grant nothing.
@@ -31,8 +34,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
-from collections import defaultdict
+from bisect import bisect_left
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -47,6 +50,7 @@ __all__ = [
     "AllowTuple",
     "CompiledPolicy",
     "Decision",
+    "PolicyGrant",
     "Rule",
     "compile_policy",
     "explain",
@@ -54,10 +58,10 @@ __all__ = [
 ]
 
 ALL_PORTS = (0, 65535)
-_ID_MASK = (1 << 53) - 1  # exact in JSON numbers (IEEE doubles)
 
 Network = IPv4Network | IPv6Network
 _DestKey = tuple[int, int, int]
+_Span = tuple[Network, Protocol, int, int]
 
 
 def _dest_key(net: Network) -> _DestKey:
@@ -129,50 +133,116 @@ def merge_port_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]
     return merged
 
 
-def _merged_class(rules: tuple[Rule, ...]) -> list[tuple[Network, Protocol, int, int]]:
-    """A class's rules with policy ids dropped and port ranges merged across policies."""
-    spans: dict[tuple[Network, Protocol], list[tuple[int, int]]] = {}
-    for rule in rules:  # sorted, so keys come out in order
-        spans.setdefault((rule.destination, rule.protocol), []).append((rule.first_port, rule.last_port))
-    return [
-        (net, proto, first, last)
-        for (net, proto), ranges in spans.items()
-        for first, last in merge_port_ranges(ranges)
-    ]
+@dataclass(frozen=True, slots=True)
+class PolicyGrant:
+    """One policy as a gateway enforces it: ``sources`` may use ``rules``.
+
+    ``sources`` are sorted client addresses; ``rules`` are sorted, with port
+    ranges merged per destination and protocol, and all carry ``policy_id``.
+    """
+
+    policy_id: int
+    name: str
+    sources: tuple[IPv4Address, ...]
+    rules: tuple[Rule, ...]
+
+
+class _SpanMerger:
+    """Unions the rules of several policies, dropping policy ids.
+
+    Every distinct rule gets a rank in sort order once, so the union for a
+    set of policies sorts plain ints and merges in one pass.
+    """
+
+    def __init__(self, grants: Mapping[int, PolicyGrant]) -> None:
+        spans = {
+            (r.destination, r.protocol, r.first_port, r.last_port)
+            for grant in grants.values()
+            for r in grant.rules
+        }
+        self._spans: list[_Span] = sorted(spans, key=lambda s: (_dest_key(s[0]), s[1], s[2], s[3]))
+        rank = {span: i for i, span in enumerate(self._spans)}
+        self._ranks = {
+            pid: [rank[(r.destination, r.protocol, r.first_port, r.last_port)] for r in grant.rules]
+            for pid, grant in grants.items()
+        }
+
+    def merged(self, policy_ids: tuple[int, ...]) -> list[_Span]:
+        """The union of these policies' rules, sorted, port ranges merged."""
+        if len(policy_ids) == 1:  # one policy's rules are merged already
+            return [self._spans[i] for i in self._ranks[policy_ids[0]]]
+        merged: list[_Span] = []
+        for i in sorted(set(chain.from_iterable(self._ranks[p] for p in policy_ids))):
+            net, proto, first, last = span = self._spans[i]
+            if merged:
+                prev_net, prev_proto, prev_first, prev_last = merged[-1]
+                if prev_net == net and prev_proto == proto and first <= prev_last + 1:
+                    if last > prev_last:
+                        merged[-1] = (net, proto, prev_first, last)
+                    continue
+            merged.append(span)
+        return merged
+
+
+def _contains(sources: tuple[IPv4Address, ...], address: IPv4Address) -> bool:
+    i = bisect_left(sources, address)
+    return i < len(sources) and sources[i] == address
 
 
 @dataclass(frozen=True)
 class CompiledPolicy:
-    """What one gateway enforces: source address -> class id -> rules."""
+    """What one gateway enforces: policy id -> grant, valid until ``next_change``."""
 
-    classes: Mapping[int, tuple[Rule, ...]]
-    source_class: Mapping[IPv4Address, int]
+    policies: Mapping[int, PolicyGrant]
     next_change: dt.datetime | None
 
-    def members(self) -> dict[int, list[IPv4Address]]:
-        """Class id -> sorted source addresses in that class."""
-        members: dict[int, list[IPv4Address]] = {cid: [] for cid in self.classes}
-        for source in sorted(self.source_class):
-            members[self.source_class[source]].append(source)
-        return members
+    def rules_for_source(self, address: IPv4Address) -> tuple[Rule, ...]:
+        """Every rule that lets ``address`` through, sorted, with its policy id.
+
+        Rules of different policies are not merged, so a client can name the
+        policies (and through them the applications) that grant each route.
+        """
+        found = [
+            rule
+            for grant in self.policies.values()
+            if _contains(grant.sources, address)
+            for rule in grant.rules
+        ]
+        found.sort(key=Rule.sort_key)
+        return tuple(found)
+
+    def _policies_by_source(self) -> dict[int, tuple[int, ...]]:
+        """Source address (as int) -> ids of the policies granting it, ascending."""
+        by_source: defaultdict[int, list[int]] = defaultdict(list)
+        for pid in sorted(self.policies):
+            for source in self.policies[pid].sources:
+                by_source[int(source)].append(pid)
+        return {source: tuple(pids) for source, pids in by_source.items()}
 
     def expand(self) -> Iterator[AllowTuple]:
-        """Every allowed (source, destination, protocol, ports), ports merged.
+        """Every allowed (source, destination, protocol, ports), in sorted order.
 
-        Yields class by class (ascending class id), sources ascending inside a
-        class; only one class's merged rules are held at a time.
+        Rules of all policies granting a source are unioned, so a tuple never
+        repeats and port ranges are merged across policies. Streams source by
+        source; only one source's merged rules are held at a time.
         """
-        for class_id, sources in self.members().items():
-            merged = _merged_class(self.classes[class_id])
-            for source in sources:
-                for net, proto, first, last in merged:
-                    yield AllowTuple(source, net, proto, first, last)
+        merger = _SpanMerger(self.policies)
+        by_source = self._policies_by_source()
+        previous: tuple[int, ...] = ()
+        spans: list[_Span] = []
+        for source in sorted(by_source):
+            pids = by_source[source]
+            if pids != previous:
+                previous, spans = pids, merger.merged(pids)
+            address = IPv4Address(source)
+            for net, proto, first, last in spans:
+                yield AllowTuple(address, net, proto, first, last)
 
     def count_tuples(self) -> int:
         """``sum(1 for _ in self.expand())`` without building the tuples."""
-        return sum(
-            len(_merged_class(self.classes[cid])) * len(sources) for cid, sources in self.members().items()
-        )
+        merger = _SpanMerger(self.policies)
+        sets = Counter(self._policies_by_source().values())
+        return sum(len(merger.merged(pids)) * count for pids, count in sets.items())
 
 
 def _require_aware(now: dt.datetime) -> None:
@@ -201,42 +271,13 @@ def _policy_rules(policy: PolicySpec, apps: Mapping[int, AppSpec]) -> tuple[Rule
     return tuple(rules)
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
-def _rules_digest(rules: tuple[Rule, ...]) -> bytes:
-    text = "\n".join(
-        f"{r.destination}|{r.protocol}|{r.first_port}|{r.last_port}|{r.policy_id}" for r in rules
-    )
-    return _digest(text.encode())
-
-
-def _assign_class_ids(
-    digests: Mapping[frozenset[int], bytes],
-) -> dict[frozenset[int], int]:
-    """Content-derived ids; ties (hash collisions) probe upward in a fixed order."""
-    wanted = sorted(
-        (int.from_bytes(digest[:8], "big") & _ID_MASK, tuple(sorted(pids)), pids)
-        for pids, digest in digests.items()
-    )
-    ids: dict[frozenset[int], int] = {}
-    used: set[int] = set()
-    for class_id, _, pids in wanted:
-        while class_id in used:
-            class_id = (class_id + 1) & _ID_MASK
-        used.add(class_id)
-        ids[pids] = class_id
-    return ids
-
-
 def compile_policy(
     inputs: PolicyInputs,
     *,
     now: dt.datetime,
     connector_group_ids: frozenset[int] | None = None,
 ) -> CompiledPolicy:
-    """Compile the rules one gateway enforces at ``now``.
+    """Compile the grants one gateway enforces at ``now``.
 
     ``connector_group_ids`` are the connector groups the gateway serves
     (``None``: all). Only enabled users and policies count, only policies
@@ -248,11 +289,25 @@ def compile_policy(
         for a in inputs.apps
         if connector_group_ids is None or a.connector_group_id in connector_group_ids
     }
-    policy_rules: dict[int, tuple[Rule, ...]] = {}
-    plain: defaultdict[int, list[int]] = defaultdict(list)  # group -> policy ids
-    needs_mfa: defaultdict[int, list[int]] = defaultdict(list)
+    # Group -> device addresses as ints (cheap to union and sort).
+    users = {u.id: u for u in inputs.users if u.enabled}
+    addresses: dict[int, IPv4Address] = {}
+    any_device: defaultdict[int, list[int]] = defaultdict(list)
+    mfa_device: defaultdict[int, list[int]] = defaultdict(list)
+    for device in inputs.devices:
+        user = users.get(device.user_id)
+        if user is None:
+            continue
+        number = int(device.address)
+        addresses[number] = device.address
+        for group_id in user.group_ids:
+            any_device[group_id].append(number)
+            if device.mfa:
+                mfa_device[group_id].append(number)
+
+    grants: dict[int, PolicyGrant] = {}
     next_change: dt.datetime | None = None
-    for policy in inputs.policies:
+    for policy in sorted(inputs.policies, key=lambda p: p.id):
         if not policy.enabled:
             continue
         rules = _policy_rules(policy, apps)
@@ -264,49 +319,15 @@ def compile_policy(
                 next_change = boundary
             if not policy.window.contains(now):
                 continue
-        policy_rules[policy.id] = rules
+        members = mfa_device if policy.require_mfa else any_device
+        sources: set[int] = set()
         for group_id in policy.group_ids:
-            (needs_mfa if policy.require_mfa else plain)[group_id].append(policy.id)
-
-    users = {u.id: u for u in inputs.users if u.enabled}
-    policy_sets: dict[tuple[frozenset[int], bool], frozenset[int]] = {}
-    members: defaultdict[frozenset[int], list[IPv4Address]] = defaultdict(list)
-    for device in inputs.devices:
-        user = users.get(device.user_id)
-        if user is None:
-            continue
-        key = (user.group_ids, device.mfa)
-        pids = policy_sets.get(key)
-        if pids is None:
-            found: set[int] = set()
-            for group_id in user.group_ids:
-                found.update(plain.get(group_id, ()))
-                if device.mfa:
-                    found.update(needs_mfa.get(group_id, ()))
-            pids = policy_sets[key] = frozenset(found)
-        if pids:
-            members[pids].append(device.address)
-
-    # Rank every rule once so each class sorts plain ints, not Rule objects.
-    ordered = sorted(chain.from_iterable(policy_rules.values()), key=Rule.sort_key)
-    rank = {rule: i for i, rule in enumerate(ordered)}
-    policy_ranks = {pid: [rank[r] for r in rules] for pid, rules in policy_rules.items()}
-    policy_digest = {pid: _rules_digest(rules) for pid, rules in policy_rules.items()}
-
-    # A class's rules are fully determined by its policies and their rules, so
-    # hashing the per-policy digests in id order is a hash of the class content.
-    digests = {pids: _digest(b"".join(policy_digest[p] for p in sorted(pids))) for pids in members}
-    class_ids = _assign_class_ids(digests)
-    classes: dict[int, tuple[Rule, ...]] = {}
-    for pids, class_id in sorted(class_ids.items(), key=lambda item: item[1]):
-        ranks = sorted(chain.from_iterable(policy_ranks[p] for p in pids))
-        classes[class_id] = tuple(ordered[i] for i in ranks)
-    source_class = {address: class_ids[pids] for pids, addresses in members.items() for address in addresses}
-    return CompiledPolicy(
-        classes=MappingProxyType(classes),
-        source_class=MappingProxyType(dict(sorted(source_class.items()))),
-        next_change=next_change,
-    )
+            sources.update(members.get(group_id, ()))
+        if sources:
+            grants[policy.id] = PolicyGrant(
+                policy.id, policy.name, tuple(addresses[n] for n in sorted(sources)), rules
+            )
+    return CompiledPolicy(policies=MappingProxyType(grants), next_change=next_change)
 
 
 @dataclass(frozen=True, slots=True)
