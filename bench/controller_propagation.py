@@ -109,10 +109,13 @@ class Watcher:
 
     def wait_past(self, revision: int, deadline: float) -> bool:
         with self.changed:
-            return self.changed.wait_for(
-                lambda: self.revision > revision or not self.alive(),
-                timeout=max(0.0, deadline - time.monotonic()),
-            ) and self.revision > revision
+            return (
+                self.changed.wait_for(
+                    lambda: self.revision > revision or not self.alive(),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                )
+                and self.revision > revision
+            )
 
     def alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
@@ -209,6 +212,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             revision_steps.add(produced - previous)
             previous = produced
         watcher.close()
+        admin.close()
         if watcher.errors:
             raise RuntimeError(f"watcher failed: {watcher.errors}")
         if not propagation:

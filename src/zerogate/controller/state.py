@@ -133,6 +133,7 @@ class RevisionWatch:
         self.current = 0
         self._cond = asyncio.Condition()
         self._poller: asyncio.Task[None] | None = None
+        self._wakers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.current = await self.db.revision()
@@ -156,7 +157,15 @@ class RevisionWatch:
     def notify(self, revision: int) -> None:
         if revision > self.current:
             self.current = revision
-            asyncio.get_running_loop().create_task(self._wake()).add_done_callback(lambda t: None)
+            task = asyncio.get_running_loop().create_task(self._wake())
+            # Keep a reference until it ran: the loop holds tasks only weakly.
+            self._wakers.add(task)
+            task.add_done_callback(self._waker_done)
+
+    def _waker_done(self, task: asyncio.Task[None]) -> None:
+        self._wakers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("waking revision watchers failed: %s", task.exception())
 
     async def _wake(self) -> None:
         async with self._cond:
