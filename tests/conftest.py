@@ -22,8 +22,7 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from pgserver import PostgresServer  # noqa: E402
-
-from zerogate.controller.localrun import AccountSession, LocalController
+from zerogate.controller.localrun import AccountSession, LocalController  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Databases: a private PostgreSQL server and per-test databases
@@ -109,7 +108,7 @@ def controller(
 @pytest.fixture(scope="module")
 def admin(controller: LocalController) -> AccountSession:
     """The first admin, bootstrapped and signed in (password + TOTP)."""
-    return controller.bootstrap_admin()
+    return controller.bootstrap_admin()  # closed by controller.stop()
 
 
 @pytest.fixture

@@ -9,4 +9,10 @@ def test_health_and_whoami(controller: LocalController, admin: AccountSession) -
     with controller.client() as c:
         health = c.get("/v1/health")
     assert health["status"] == "ok" and health["revision"] >= 1
-    assert admin.client.get("/v1/auth/whoami") == {"kind": "admin", "id": 1, "name": "admin", "role": "", "mfa": True}
+    assert admin.client.get("/v1/auth/whoami") == {
+        "kind": "admin",
+        "id": 1,
+        "name": "admin",
+        "role": "",
+        "mfa": True,
+    }

@@ -119,7 +119,9 @@ def test_bad_pin(pin: str) -> None:
         parse_install_string(_raw({"u": "https://a.test", "p": pin, "k": KEY}))
 
 
-@pytest.mark.parametrize("key", ["zgt_" + "A" * 43, "zgk_short", "", "secret"], ids=["api-token", "short", "empty", "no-prefix"])
+@pytest.mark.parametrize(
+    "key", ["zgt_" + "A" * 43, "zgk_short", "", "secret"], ids=["api-token", "short", "empty", "no-prefix"]
+)
 def test_bad_key(key: str) -> None:
     with pytest.raises(InvalidInstallString, match="provisioning key") as info:
         parse_install_string(_raw({"u": "https://a.test", "p": PIN, "k": key}))

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import typer
 
@@ -255,12 +256,12 @@ def _resource_app(kind: str) -> typer.Typer:
     @sub.command("show")
     def show(name: str = typer.Argument(..., help=f"The {kind}'s {key}."), as_json: bool = JsonOpt) -> None:
         with errors_to_exit(), client() as c:
-            emit(c.get(f"{path}/{name}"), as_json)
+            emit(c.get(f"{path}/{quote(name, safe='')}"), as_json)
 
     @sub.command("delete")
     def delete(name: str = typer.Argument(..., help=f"The {kind}'s {key}.")) -> None:
         with errors_to_exit(), client() as c:
-            c.delete(f"{path}/{name}")
+            c.delete(f"{path}/{quote(name, safe='')}")
             out.print(f"Deleted {kind} {name}.")
 
     @sub.command("update")
@@ -284,7 +285,7 @@ def _resource_app(kind: str) -> typer.Typer:
         if not body:
             fail("nothing to change: pass --set FIELD=VALUE")
         with errors_to_exit(), client() as c:
-            emit(c.patch(f"{path}/{name}", body), as_json)
+            emit(c.patch(f"{path}/{quote(name, safe='')}", body), as_json)
 
     app.add_typer(sub, name=kind)
     _apps[kind] = sub
@@ -493,7 +494,7 @@ def policy_create(
 def connector_revoke(name: str) -> None:
     """Revoke the connector's credential and drop it from every gateway (same as delete)."""
     with errors_to_exit(), client() as c:
-        c.delete(f"/v1/connectors/{name}")
+        c.delete(f"/v1/connectors/{quote(name, safe='')}")
         out.print(f"Connector {name} revoked.")
 
 

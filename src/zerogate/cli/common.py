@@ -16,7 +16,7 @@ from rich.table import Table
 from zerogate.netops.controller_api import ApiError, ControllerError
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
 

@@ -40,7 +40,7 @@ from zerogate.pki.credentials import new_token, token_digest, token_hint
 from zerogate.pki.install_string import InstallString
 from zerogate.policy.compiler import compile_policy
 from zerogate.policy.pool import AddressPool, PoolError, gateway_address
-from zerogate.store.db import as_utc, utcnow
+from zerogate.store.db import utcnow
 from zerogate.store.models import (
     Account,
     AddressPoolRow,
@@ -74,7 +74,7 @@ async def health(state: State) -> dict[str, Any]:
 def _key_state(k: ProvisioningKey) -> str:
     if k.revoked_at is not None:
         return "revoked"
-    if as_utc(k.expires_at) <= utcnow():
+    if k.expires_at <= utcnow():
         return "expired"
     if k.uses >= k.max_uses:
         return "used up"
@@ -250,9 +250,9 @@ async def enroll(body: s.EnrollRequest, request: Request, state: State) -> s.Enr
             raise Unauthorized("provisioning key not recognised: copy the whole install string again")
         if key.revoked_at is not None:
             raise Forbidden("provisioning key was revoked: ask an admin for a new install string")
-        if as_utc(key.expires_at) <= utcnow():
+        if key.expires_at <= utcnow():
             raise Forbidden(
-                f"provisioning key expired at {as_utc(key.expires_at):%Y-%m-%d %H:%M} UTC: "
+                f"provisioning key expired at {key.expires_at:%Y-%m-%d %H:%M} UTC: "
                 "ask an admin for a new install string"
             )
         if key.uses >= key.max_uses:
@@ -433,14 +433,14 @@ async def list_connectors(admin: Admin, state: State) -> list[s.ConnectorOut]:
         return [_connector_out(c, groups.get(c.connector_group_id, "")) for c in rows]
 
 
-@router.get("/connectors/{name}", response_model=s.ConnectorOut, tags=["connectors"])
+@router.get("/connectors/{name:path}", response_model=s.ConnectorOut, tags=["connectors"])
 async def show_connector(name: str, admin: Admin, state: State) -> s.ConnectorOut:
     async with state.db.read() as session:
         c = await by_name(session, Connector, name, "connector")
         return _connector_out(c, (await _group_names(session)).get(c.connector_group_id, ""))
 
 
-@router.patch("/connectors/{name}", response_model=s.ConnectorOut, tags=["connectors"])
+@router.patch("/connectors/{name:path}", response_model=s.ConnectorOut, tags=["connectors"])
 async def update_connector(name: str, body: s.ConnectorUpdate, admin: Admin, state: State) -> s.ConnectorOut:
     async with state.mutation(admin, "update-connector", "connector") as m:
         c = await by_name(m.tx.session, Connector, name, "connector")
@@ -452,7 +452,7 @@ async def update_connector(name: str, body: s.ConnectorUpdate, admin: Admin, sta
         return _connector_out(c, (await _group_names(m.tx.session)).get(c.connector_group_id, ""))
 
 
-@router.delete("/connectors/{name}", status_code=204, tags=["connectors"])
+@router.delete("/connectors/{name:path}", status_code=204, tags=["connectors"])
 async def delete_connector(name: str, admin: Admin, state: State) -> None:
     """Revoke the connector's device and remove the connector."""
     async with state.mutation(admin, "delete-connector", "connector") as m:
@@ -506,9 +506,7 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
                 "device_id": d.id,
                 "wg_public_key": d.wg_public_key,
                 "address": d.address,
-                "session_expires_at": as_utc(d.session_expires_at).isoformat()
-                if d.session_expires_at
-                else None,
+                "session_expires_at": d.session_expires_at.isoformat() if d.session_expires_at else None,
             }
             for d in await session.scalars(select(Device).where(Device.role == "client").order_by(Device.id))
             if d.id in client_devices
@@ -560,9 +558,7 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
     policy_apps = {p.id: sorted(app_names[i] for i in p.app_ids) for p in inputs.policies}
     return base | {
         "address": device.address,
-        "session_expires_at": as_utc(device.session_expires_at).isoformat()
-        if device.session_expires_at
-        else None,
+        "session_expires_at": device.session_expires_at.isoformat() if device.session_expires_at else None,
         "gateways": gateways,
         "routes": sorted({str(r.destination) for r in rules}),
         "applications": sorted({n for r in rules for n in policy_apps.get(r.policy_id, [])}),

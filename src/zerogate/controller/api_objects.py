@@ -93,7 +93,8 @@ def _account_routes(kind: str, plural: str) -> None:
     async def get_account(session: AsyncSession, username: str) -> Account:
         account = await by_name(session, Account, username, kind)
         if account.kind != kind:
-            raise NotFound(f"no {kind} named {username!r} ({username} is a {account.kind})")
+            other = "an admin" if account.kind == "admin" else "a user"
+            raise NotFound(f"no {kind} named {username!r} ({username} is {other})")
         return account
 
     async def list_accounts(admin: Admin, state: State) -> list[s.AccountOut]:
@@ -126,6 +127,7 @@ def _account_routes(kind: str, plural: str) -> None:
             await session.flush()
             m.object_id = account.id
             m.details = {"username": body.username}
+            m.config_change = False  # a pending account reaches nothing yet
             return s.AccountCreated(
                 **account_out(account).model_dump(), activation_code=code, activation_expires_at=expires
             )
@@ -705,7 +707,9 @@ async def explain(body: s.ExplainRequest, admin: Admin, state: State) -> s.Expla
     async with state.db.read() as session:
         user = await by_name(session, Account, body.username, "user")
         if user.kind != "user":
-            raise NotFound(f"no user named {body.username!r} ({body.username} is an admin; admins reach no applications)")
+            raise NotFound(
+                f"no user named {body.username!r} ({body.username} is an admin; admins reach no applications)"
+            )
         if user.status == "pending":
             return s.ExplainResponse(
                 allowed=False, policy=None, reason=f"user {user.username!r} has not activated the account yet"

@@ -35,7 +35,7 @@ from zerogate.pki.credentials import (
     verify_password,
 )
 from zerogate.pki.totp import new_totp_secret, provisioning_uri, verify_totp
-from zerogate.store.db import as_utc, utcnow
+from zerogate.store.db import utcnow
 from zerogate.store.models import Account, ApiToken, Device
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
@@ -77,7 +77,7 @@ async def principal(request: Request, state: State) -> Principal:
             raise Unauthorized("token not recognised; sign in again")
         if row.revoked_at is not None:
             raise Unauthorized("token was revoked; sign in again")
-        if as_utc(row.expires_at) <= now:
+        if row.expires_at <= now:
             raise Unauthorized("token expired; sign in again")
         account = row.account
         if account.status != "active":
@@ -144,8 +144,10 @@ async def bootstrap(body: s.BootstrapRequest, request: Request, state: State) ->
         st = m.tx.state
         if st.bootstrap_digest is None:
             raise Forbidden("the bootstrap code was already used; sign in as an admin instead")
-        if st.bootstrap_expires_at is not None and as_utc(st.bootstrap_expires_at) <= utcnow():
-            raise Forbidden("the bootstrap code expired; run 'zerogate controller reset-bootstrap' on the controller host")
+        if st.bootstrap_expires_at is not None and st.bootstrap_expires_at <= utcnow():
+            raise Forbidden(
+                "the bootstrap code expired; run 'zerogate controller reset-bootstrap' on the controller host"
+            )
         if token_digest(normalize_code(body.code)) != st.bootstrap_digest:
             raise Unauthorized("wrong bootstrap code")
         now = utcnow()
@@ -179,7 +181,7 @@ async def activate(body: s.ActivateRequest, request: Request, state: State) -> s
             or account.activation_digest != token_digest(body.activation_code.strip())
         ):
             raise Unauthorized("unknown account or wrong activation code")
-        if account.activation_expires_at and as_utc(account.activation_expires_at) <= utcnow():
+        if account.activation_expires_at and account.activation_expires_at <= utcnow():
             raise Forbidden("the activation code expired; ask an admin for a new one")
         account.password_hash = hash_password(body.password)
         account.totp_secret = new_totp_secret()

@@ -21,7 +21,9 @@ from zerogate.pki.install_string import InvalidInstallString, normalize_controll
 from zerogate.store.db import DatabaseError, async_url
 
 CONFIG_NAME = "controller.toml"
-_DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
 EXAMPLE_CONFIG = Path(__file__).with_name("controller.example.toml")
 
 

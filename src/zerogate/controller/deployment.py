@@ -157,7 +157,9 @@ def reset_bootstrap(settings: ControllerSettings) -> str:
                     )
                 tx.state.bootstrap_digest = token_digest(normalize_code(code))
                 tx.state.bootstrap_expires_at = utcnow() + BOOTSTRAP_TTL
-                tx.audit(actor="cli:controller-reset-bootstrap", action="reset-bootstrap", object_type="deployment")
+                tx.audit(
+                    actor="cli:controller-reset-bootstrap", action="reset-bootstrap", object_type="deployment"
+                )
         finally:
             await db.close()
 

@@ -77,17 +77,32 @@ class LocalController:
     bootstrap_code: str = ""
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    sessions: list[AccountSession] = field(default_factory=list)
 
     # -- lifecycle
 
     def init(self) -> Self:
-        argv = [*zerogate_argv(), "controller", "init", "--data-dir", str(self.data_dir),
-                "--listen", "127.0.0.1:0", "--server-name", "127.0.0.1", "--server-name", "localhost", "--json"]
+        argv = [
+            *zerogate_argv(),
+            "controller",
+            "init",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--server-name",
+            "127.0.0.1",
+            "--server-name",
+            "localhost",
+            "--json",
+        ]
         if self.database:
             argv += ["--database", self.database]
         r = subprocess.run(argv, capture_output=True, text=True, env=self._env(), timeout=120, check=False)
         if r.returncode != 0:
-            raise LocalControllerError(f"controller init failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+            raise LocalControllerError(
+                f"controller init failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}"
+            )
         info = json.loads(r.stdout)
         self.ca_pin, self.bootstrap_code = info["ca_pin"], info["bootstrap_code"]
         return self
@@ -96,13 +111,23 @@ class LocalController:
         log_path = self.log_path or self.data_dir.parent / f"{self.data_dir.name}-controller.log"
         self.log_path = log_path
         log = open(log_path, "ab")  # handed to the child; our copy is closed right after
-        argv = [*zerogate_argv(), "controller", "run", "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"]
+        argv = [
+            *zerogate_argv(),
+            "controller",
+            "run",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            "127.0.0.1:0",
+        ]
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env())
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise LocalControllerError(f"controller exited with {self.process.returncode}:\n{self.output()}")
+                raise LocalControllerError(
+                    f"controller exited with {self.process.returncode}:\n{self.output()}"
+                )
             m = _LISTENING.search(self.output())
             if m:
                 self.port = int(m.group(1))
@@ -125,6 +150,11 @@ class LocalController:
         return self
 
     def stop(self) -> None:
+        # Close our signed-in clients first: an open keep-alive connection makes
+        # the server wait out its graceful-shutdown timeout.
+        for session in self.sessions:
+            session.client.close()
+        self.sessions.clear()
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
@@ -137,7 +167,9 @@ class LocalController:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
         self.stop()
 
     def output(self) -> str:
@@ -156,17 +188,28 @@ class LocalController:
         return ControllerClient(self.url, self.ca_pem, token=token, timeout=30)
 
     def bootstrap_admin(
-        self, username: str = "admin", password: str = "correct horse battery staple"  # noqa: S107 - throwaway local deployments
+        self,
+        username: str = "admin",
+        password: str = "correct horse battery staple",  # noqa: S107 - throwaway local deployments
     ) -> AccountSession:
         with self.client() as c:
-            enrollment = c.post("/v1/auth/bootstrap", {"code": self.bootstrap_code, "username": username, "password": password})
+            enrollment = c.post(
+                "/v1/auth/bootstrap",
+                {"code": self.bootstrap_code, "username": username, "password": password},
+            )
         return self._finish_enrollment(username, password, enrollment)
 
     def activate(
-        self, username: str, activation_code: str, password: str = "user password 12345"  # noqa: S107
+        self,
+        username: str,
+        activation_code: str,
+        password: str = "user password 12345",  # noqa: S107
     ) -> AccountSession:
         with self.client() as c:
-            enrollment = c.post("/v1/auth/activate", {"username": username, "activation_code": activation_code, "password": password})
+            enrollment = c.post(
+                "/v1/auth/activate",
+                {"username": username, "activation_code": activation_code, "password": password},
+            )
         return self._finish_enrollment(username, password, enrollment)
 
     def _finish_enrollment(self, username: str, password: str, enrollment: dict[str, Any]) -> AccountSession:
@@ -178,7 +221,9 @@ class LocalController:
     def login(self, username: str, password: str, auth: Authenticator) -> AccountSession:
         with self.client() as c:
             r = c.post("/v1/auth/login", {"username": username, "password": password, "totp": auth.code()})
-        return AccountSession(username, password, auth, r["token"], self.client(r["token"]))
+        session = AccountSession(username, password, auth, r["token"], self.client(r["token"]))
+        self.sessions.append(session)
+        return session
 
     def create_user(self, admin: AccountSession, username: str, groups: list[str]) -> AccountSession:
         created = admin.client.post("/v1/users", {"username": username, "groups": groups})

@@ -23,7 +23,7 @@ from zerogate.model.policy import (
     TimeWindow,
     UserSpec,
 )
-from zerogate.store.db import as_utc, utcnow
+from zerogate.store.db import utcnow
 from zerogate.store.models import Account, Application, Device, Policy
 
 
@@ -87,6 +87,6 @@ async def load_policy_inputs(session: AsyncSession) -> PolicyInputs:
         )
         if d.account_id is not None
         and d.address is not None
-        and (d.session_expires_at is None or as_utc(d.session_expires_at) > now)
+        and (d.session_expires_at is None or d.session_expires_at > now)
     )
     return PolicyInputs(users=users, apps=apps, policies=policies, devices=devices)

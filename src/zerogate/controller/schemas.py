@@ -41,13 +41,16 @@ def _check(pattern: re.Pattern[str], what: str) -> AfterValidator:
 
 
 def _cidr(value: str) -> str:
+    text = value.strip()
     try:
-        net = ip_network(value.strip(), strict=False)
+        return str(ip_network(text, strict=True))
+    except ValueError:
+        pass
+    try:
+        loose = ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address or CIDR prefix") from None
-    if str(net) != value.strip() and "/" in value:
-        raise ValueError(f"{value!r} has host bits set; did you mean {net}?")
-    return str(net)
+    raise ValueError(f"{value!r} has host bits set; did you mean {loose}?")
 
 
 def _wg_key(value: str) -> str:
@@ -216,8 +219,14 @@ class ConnectorGroupBody(Strict):
                 vip = ip_address(self.vrrp_virtual_ip)
             except ValueError:
                 raise ValueError(f"vrrp_virtual_ip {self.vrrp_virtual_ip!r} is not an IP address") from None
-            if not any(vip in ip_network(s) for s in self.subnets):
+            home = [ip_network(s) for s in self.subnets if vip in ip_network(s)]
+            if not home:
                 raise ValueError(f"vrrp_virtual_ip {vip} is in none of the group's subnets")
+            if home[0].prefixlen < home[0].max_prefixlen - 1 and vip in (
+                home[0].network_address,
+                home[0].broadcast_address,
+            ):
+                raise ValueError(f"vrrp_virtual_ip {vip} is the network or broadcast address of {home[0]}")
             self.vrrp_virtual_ip = str(vip)
         return self
 
@@ -501,6 +510,14 @@ class ExplainRequest(Strict):
             return str(ip_address(value))
         except ValueError:
             raise ValueError(f"{value!r} is not an IP address") from None
+
+    @model_validator(mode="after")
+    def _port_fits_protocol(self) -> ExplainRequest:
+        if self.protocol == "icmp" and self.port is not None:
+            raise ValueError("icmp has no ports: leave port out")
+        if self.protocol != "icmp" and self.port is None:
+            raise ValueError(f"{self.protocol} needs a port (1-65535)")
+        return self
 
 
 class ExplainResponse(BaseModel):

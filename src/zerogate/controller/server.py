@@ -35,7 +35,10 @@ def serve(
     settings: ControllerSettings, on_listening: Callable[[ControllerSettings], None] | None = None
 ) -> None:
     ca_pem, ca_key = read_material(settings)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Driver and SQL loggers print statements with their parameters (password
+    # hashes, TOTP secrets): keep them quiet at every zerogate log level.
+    for noisy in ("alembic", "aiosqlite", "asyncpg", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     upgrade_schema(settings.database_url)
     sock = bind(settings.listen_host, settings.listen_port)
     actual_port = sock.getsockname()[1]

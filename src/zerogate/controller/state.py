@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from zerogate.controller.config import ControllerSettings
@@ -189,6 +190,21 @@ class RevisionWatch:
             return self.current
 
 
+def _as_problem(exc: Exception, object_type: str) -> ApiProblem:
+    if isinstance(exc, ApiProblem):
+        return exc
+    if isinstance(exc, ValidationError):
+        # Raised when a handler re-validates a merged update (e.g. PATCH).
+        return Unprocessable(
+            "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or object_type}: {e['msg']}" for e in exc.errors()
+            )
+        )
+    return Conflict(
+        f"{object_type} conflicts with an existing object (name or key already in use, or it is still referenced)"
+    )
+
+
 @dataclass
 class Mutation:
     """Handed to a handler inside :meth:`ControllerState.mutation`; the handler
@@ -215,6 +231,7 @@ class ControllerState:
     ) -> AsyncIterator[Mutation]:
         """One audited change. On any failure nothing changes and a failure
         record is appended instead, in its own transaction."""
+        m: Mutation | None = None
         try:
             async with self.db.write() as tx:
                 m = Mutation(tx=tx, object_id=object_id)
@@ -229,15 +246,20 @@ class ControllerState:
                     object_id=m.object_id,
                     details=m.details,
                 )
-        except IntegrityError as exc:
-            await self.audit_failure(who, action, object_type, object_id, "conflict")
-            raise Conflict(
-                f"{object_type} conflicts with an existing object (name or key already in use, "
-                "or it is still referenced)"
-            ) from exc
-        except ApiProblem as exc:
-            await self.audit_failure(who, action, object_type, object_id, exc.message)
-            raise
+        except (IntegrityError, ValidationError, ApiProblem) as exc:
+            # Record what the handler had learnt (object, key hint, name) with the refusal.
+            problem = _as_problem(exc, object_type)
+            await self.audit_failure(
+                who,
+                action,
+                object_type,
+                m.object_id if m else object_id,
+                problem.message,
+                m.details if m else None,
+            )
+            if problem is exc:
+                raise
+            raise problem from exc
 
     async def audit_failure(
         self,

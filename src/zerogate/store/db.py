@@ -48,11 +48,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def as_utc(at: datetime) -> datetime:
-    """SQLite returns naive datetimes for what we stored as UTC; make them aware."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
-
-
 def async_url(url: str) -> str:
     """Map a user-facing URL (sqlite:///..., postgresql://...) to its async driver."""
     try:

@@ -1,0 +1,357 @@
+"""``zerogate admin`` and ``zerogate controller`` as an admin types them: real
+subprocesses, a real sign-in (password on stdin, TOTP from the authenticator),
+``--json`` output parsed, exit codes and error lines checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zerogate.controller.localrun import AccountSession, Authenticator, LocalController
+from zerogate.pki.ca import create_csr, generate_private_key
+from zerogate.pki.install_string import parse_install_string
+from zerogate.pki.wireguard import generate_keypair
+
+Unique = Callable[[str], str]
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def zerogate(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zerogate.cli.main", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROGATE_")}
+    # A wide "terminal", so rich does not wrap messages inside paths.
+    return env | {"LC_ALL": "C.UTF-8", "COLUMNS": "400", **extra}
+
+
+def one_line(text: str) -> str:
+    """Rich wraps long lines at the terminal width; compare messages unwrapped."""
+    return " ".join(text.split())
+
+
+def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli") / "admin.json"
+
+
+@pytest.fixture(scope="module")
+def cli(controller: LocalController, admin: AccountSession, profile: Path) -> Iterator[Run]:
+    """`zerogate ...` with a profile signed in as a second admin, onboarded with the CLI.
+
+    The bootstrap admin's authenticator has used up the current TOTP steps
+    (codes are single-use), so signing in with it again would wait for the
+    next 30 s step; a new admin goes activate -> totp-confirm -> login at once.
+    """
+    env = clean_env(ZEROGATE_PROFILE=str(profile))
+    username, password = "cli-admin", "cli admin password 12345"
+    code = admin.client.post("/v1/admins", {"username": username})["activation_code"]
+
+    activated = zerogate(
+        "admin", "activate", "--url", controller.url, "--pin", controller.ca_pin,
+        "--username", username, "--code", code, "--password-stdin", "--json",
+        env=env, stdin=password + "\n",
+    )  # fmt: skip
+    authenticator = Authenticator(ok_json(activated)["totp_secret"])
+    confirmed = zerogate(
+        "admin", "totp-confirm", "--username", username, "--totp", authenticator.code(), "--password-stdin",
+        env=env, stdin=password + "\n",
+    )  # fmt: skip
+    assert confirmed.returncode == 0, confirmed.stderr
+    login = zerogate(
+        "admin", "login", "--url", controller.url, "--pin", controller.ca_pin,
+        "--username", username, "--totp", authenticator.code(), "--password-stdin",
+        env=env, stdin=password + "\n",
+    )  # fmt: skip
+    assert login.returncode == 0, login.stderr
+    assert f"Signed in as {username} (admin)" in one_line(login.stdout)
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return zerogate(*args, env=env, stdin=stdin)
+
+    yield run
+    # An open kept-alive connection would make the controller's shutdown wait 5 s.
+    admin.client.close()
+
+
+# ----------------------------------------------------------------- signed in
+
+
+def test_login_keeps_a_private_session(cli: Run, profile: Path, controller: LocalController) -> None:
+    assert stat.S_IMODE(profile.stat().st_mode) == 0o600
+    saved = json.loads(profile.read_text())
+    assert saved["url"] == controller.url and saved["token"].startswith("zgt_")
+    whoami = ok_json(cli("admin", "whoami", "--json"))
+    assert (whoami["kind"], whoami["name"], whoami["mfa"]) == ("admin", "cli-admin", True)
+
+
+def test_group_create_list_show(cli: Run, unique: Unique) -> None:
+    name = unique("eng")
+    created = ok_json(cli("admin", "group", "create", name, "--description", "Engineering", "--json"))
+    assert (created["name"], created["description"], created["members"]) == (name, "Engineering", [])
+    listed = ok_json(cli("admin", "group", "list", "--json"))
+    assert [g for g in listed if g["name"] == name] == [created]
+    assert ok_json(cli("admin", "group", "show", name, "--json"))["description"] == "Engineering"
+
+
+def test_site_application_policy(cli: Run, admin: AccountSession, unique: Unique) -> None:
+    site, app, policy = unique("site"), unique("wiki"), unique("staff-wiki")
+    group = admin.client.post("/v1/groups", {"name": unique("staff")})["name"]
+
+    created = ok_json(cli(
+        "admin", "connector-group", "create", site, "--subnet", "10.77.1.0/24", "--subnet", "10.77.2.0/24",
+        "--no-snat", "--vrrp-virtual-ip", "10.77.1.1", "--json",
+    ))  # fmt: skip
+    assert (created["subnets"], created["snat"], created["vrrp_virtual_ip"]) == (
+        ["10.77.1.0/24", "10.77.2.0/24"],
+        False,
+        "10.77.1.1",
+    )
+    assert site in [g["name"] for g in ok_json(cli("admin", "connector-group", "list", "--json"))]
+
+    created = ok_json(cli(
+        "admin", "application", "create", app, "--connector-group", site,
+        "--dest", "tcp:10.77.1.10:80,443", "--dest", "icmp:10.77.2.0/24", "--json",
+    ))  # fmt: skip
+    assert created["connector_group"] == site
+    assert created["destinations"] == [
+        {"address": "10.77.1.10/32", "protocol": "tcp", "ports": ["80", "443"]},
+        {"address": "10.77.2.0/24", "protocol": "icmp", "ports": []},
+    ]
+    shown = ok_json(cli("admin", "application", "show", app, "--json"))
+    assert shown["destinations"] == created["destinations"]
+
+    created = ok_json(cli(
+        "admin", "policy", "create", policy, "--group", group, "--app", app,
+        "--window", "mon-fri 08:00-18:00 Europe/Berlin", "--require-mfa", "--json",
+    ))  # fmt: skip
+    assert (created["groups"], created["applications"], created["require_mfa"], created["enabled"]) == (
+        [group],
+        [app],
+        True,
+        True,
+    )
+    window = {"days": [0, 1, 2, 3, 4], "start": "08:00", "end": "18:00", "tz": "Europe/Berlin"}
+    assert created["time_window"] == window
+    listed = ok_json(cli("admin", "policy", "list", "--json"))
+    assert next(p for p in listed if p["name"] == policy)["time_window"] == window
+    assert ok_json(cli("admin", "policy", "show", policy, "--json"))["applications"] == [app]
+
+
+def test_explain(cli: Run, controller: LocalController, admin: AccountSession, unique: Unique) -> None:
+    c = admin.client
+    group = c.post("/v1/groups", {"name": unique("ops")})["name"]
+    site = c.post("/v1/connector-groups", {"name": unique("site"), "subnets": ["10.78.0.0/24"]})["name"]
+    app = c.post(
+        "/v1/applications",
+        {"name": unique("ssh"), "connector_group": site,
+         "destinations": [{"address": "10.78.0.5", "protocol": "tcp", "ports": ["22"]}]},
+    )["name"]  # fmt: skip
+    policy = c.post("/v1/policies", {"name": unique("ops-ssh"), "groups": [group], "applications": [app]})[
+        "name"
+    ]
+    user = controller.create_user(admin, unique("frank"), [group])
+    user.client.close()  # only its account matters here
+
+    allowed = ok_json(cli("admin", "explain", user.username, "10.78.0.5", "--port", "22", "--json"))
+    assert (allowed["allowed"], allowed["policy"]) == (True, policy)
+    denied = cli("admin", "explain", user.username, "10.78.0.5", "--port", "80")
+    assert denied.returncode == 0, denied.stderr
+    assert one_line(denied.stdout).startswith("DENY")
+
+
+def test_key_create_prints_an_install_string_that_enrolls(
+    cli: Run, controller: LocalController, admin: AccountSession, unique: Unique, tmp_path: Path
+) -> None:
+    site = admin.client.post("/v1/connector-groups", {"name": unique("site"), "subnets": ["10.79.0.0/24"]})
+    made = cli("admin", "key", "create", "--connector-group", site["name"], "--ttl-minutes", "15")
+    assert made.returncode == 0, made.stderr
+    commands = [
+        line for line in made.stdout.splitlines() if line.startswith("zerogate connector enroll zg1.")
+    ]
+    assert len(commands) == 1, made.stdout
+    install = parse_install_string(commands[0].split()[-1])
+    assert (install.controller_url, install.ca_pin) == (controller.url, controller.ca_pin)
+
+    # Paste it on the "host", as the output tells you to.
+    name = unique("fra-conn")
+    state_dir = tmp_path / "connector"
+    enrolled = ok_json(cli(*commands[0].split()[1:], "--name", name, "--state-dir", str(state_dir), "--json"))
+    assert (enrolled["role"], enrolled["name"]) == ("connector", name)
+    assert stat.S_IMODE((state_dir / "credential").stat().st_mode) == 0o600
+    connectors = ok_json(cli("admin", "connector", "list", "--json"))
+    assert next(c for c in connectors if c["name"] == name)["connector_group"] == site["name"]
+
+
+def test_connector_with_symbols_in_its_name(
+    cli: Run, controller: LocalController, admin: AccountSession, unique: Unique
+) -> None:
+    site = admin.client.post("/v1/connector-groups", {"name": unique("site"), "subnets": ["10.81.0.0/24"]})
+    key = admin.client.post(f"/v1/connector-groups/{site['name']}/provisioning-keys", {})
+    name = f"{unique('fra')} rack #3?"
+    with controller.client() as anonymous:
+        anonymous.post(
+            "/v1/enroll",
+            {
+                "key": key["key"],
+                "name": name,
+                "csr": create_csr(generate_private_key(), "connector").decode(),
+                "wg_public_key": generate_keypair()[1],
+            },
+        )
+    shown = cli("admin", "connector", "show", name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["name"] == name
+
+
+def test_audit_verify(cli: Run) -> None:
+    verdict = cli("admin", "audit", "verify")
+    assert verdict.returncode == 0, verdict.stderr
+    assert "audit chain intact" in one_line(verdict.stdout)
+    audit = ok_json(cli("admin", "audit", "list", "--action", "login", "--json"))
+    assert audit and all(r["action"] == "login" for r in audit)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["admin", "group", "show", "nope-group"], "no group named 'nope-group' (HTTP 404)"),
+        (
+            ["admin", "connector-group", "create", "bad-site", "--subnet", "10.80.0.1/24"],
+            "'10.80.0.1/24' has host bits set; did you mean 10.80.0.0/24? (HTTP 422)",
+        ),
+        (
+            [
+                "admin",
+                "policy",
+                "create",
+                "p",
+                "--group",
+                "g",
+                "--app",
+                "a",
+                "--window",
+                "mon 08:00-09:00 Mars/Base",
+            ],
+            "unknown time zone 'Mars/Base'",
+        ),
+    ],
+    ids=["unknown-name", "host-bits", "unknown-time-zone"],
+)
+def test_server_error_exits_1_with_its_message(cli: Run, args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.returncode == 1
+    assert one_line(result.stderr).startswith("error:")
+    assert message in one_line(result.stderr)
+    assert result.stdout == ""
+
+
+# ----------------------------------------------------------------- no controller needed
+
+
+def test_not_signed_in(tmp_path: Path) -> None:
+    result = zerogate("admin", "group", "list", env=clean_env(ZEROGATE_PROFILE=str(tmp_path / "none.json")))
+    assert result.returncode == 1
+    assert "error: not signed in" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        [], ["admin"], ["admin", "admin"], ["admin", "user"], ["admin", "group"], ["admin", "connector-group"],
+        ["admin", "connector"], ["admin", "gateway"], ["admin", "application"], ["admin", "policy"],
+        ["admin", "key"], ["admin", "device"], ["admin", "token"], ["admin", "audit"], ["controller"],
+        ["connector"], ["gateway"],
+    ],
+    ids=lambda g: " ".join(g) or "zerogate",
+)  # fmt: skip
+def test_help(group: list[str]) -> None:
+    result = zerogate(*group, "--help", env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout and "--help" in result.stdout
+
+
+def _tree(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(path.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    data_dir = tmp_path_factory.mktemp("deployment") / "data"
+    init = zerogate(
+        "controller",
+        "init",
+        "--data-dir",
+        str(data_dir),
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        env=clean_env(),
+    )
+    return data_dir, ok_json(init)
+
+
+def test_controller_init_and_check(deployment: tuple[Path, dict[str, Any]]) -> None:
+    data_dir, info = deployment
+    assert info["ca_pin"].startswith("sha256/") and info["bootstrap_code"]
+    assert info["data_dir"] == str(data_dir) and info["database"].startswith("sqlite")
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    check = zerogate("controller", "run", "--check", "--data-dir", str(data_dir), env=clean_env())
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert one_line(check.stdout).startswith("OK")
+
+
+def test_controller_check_on_a_missing_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    check = zerogate("controller", "run", "--check", "--data-dir", str(missing), env=clean_env())
+    assert check.returncode == 1
+    said = one_line(check.stdout + check.stderr)
+    assert f"{missing / 'controller.toml'} is missing" in said and "zerogate controller init" in said
+    assert not missing.exists()
+
+
+def test_controller_init_refuses_an_existing_deployment(deployment: tuple[Path, dict[str, Any]]) -> None:
+    data_dir, _ = deployment
+    before = _tree(data_dir)
+    again = zerogate("controller", "init", "--data-dir", str(data_dir), "--json", env=clean_env())
+    assert again.returncode == 1
+    assert "already holds a deployment" in one_line(again.stderr) and again.stdout == ""
+    assert _tree(data_dir) == before
+
+
+def test_controller_init_refuses_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not yours\n")
+    (tmp_path / "sub").mkdir()
+    before = _tree(tmp_path)
+    result = zerogate("controller", "init", "--data-dir", str(tmp_path), env=clean_env())
+    assert result.returncode == 1
+    said = one_line(result.stderr)
+    assert said.startswith("error:") and "is not empty" in said
+    assert _tree(tmp_path) == before
