@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dbaccess import SqlError, run_sql
 from zerogate.controller.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.model.audit import AuditEntry, entry_hash
 from zerogate.netops.controller_api import ApiError, make_ssl_context
@@ -33,47 +33,6 @@ from zerogate.pki.wireguard import generate_keypair
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-
-class SqlError(Exception):
-    """The database refused a statement."""
-
-
-def run_sql(controller: LocalController, statement: str) -> list[tuple[str, ...]]:
-    """Run one statement directly on the controller's database, as an attacker with access would."""
-    if not controller.database:
-        con = sqlite3.connect(controller.data_dir / "zerogate.db", timeout=10)
-        try:
-            with con:
-                rows = con.execute(statement).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise SqlError(str(exc)) from exc
-        finally:
-            con.close()
-        return [tuple("" if v is None else str(v) for v in row) for row in rows]
-    r = subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-            "-F",
-            "\x1f",
-            "-d",
-            controller.database,
-            "-c",
-            statement,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if r.returncode != 0:
-        raise SqlError(r.stderr.strip())
-    return [tuple(line.split("\x1f")) for line in r.stdout.splitlines()]
 
 
 def drop_append_only_triggers(controller: LocalController) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dbaccess import run_sql
 from zerogate.controller.localrun import AccountSession, Authenticator, LocalController
 from zerogate.netops.controller_api import ApiError, make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
@@ -36,47 +35,6 @@ USER_PASSWORD = "user password 12345"
 # ---------------------------------------------------------------------------
 # helpers: direct database access (only to simulate time passing / inspect storage)
 # ---------------------------------------------------------------------------
-
-
-class SqlError(Exception):
-    """The database refused a statement."""
-
-
-def run_sql(controller: LocalController, statement: str) -> list[tuple[str, ...]]:
-    """Run one statement on the controller's database; rows as tuples of text."""
-    if not controller.database:
-        con = sqlite3.connect(controller.data_dir / "zerogate.db", timeout=10)
-        try:
-            with con:
-                rows = con.execute(statement).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise SqlError(str(exc)) from exc
-        finally:
-            con.close()
-        return [tuple("" if v is None else str(v) for v in row) for row in rows]
-    r = subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-            "-F",
-            "\x1f",
-            "-d",
-            controller.database,
-            "-c",
-            statement,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if r.returncode != 0:
-        raise SqlError(r.stderr.strip())
-    return [tuple(line.split("\x1f")) for line in r.stdout.splitlines()]
 
 
 def sql_past(controller: LocalController) -> str:

@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import socket
-import sqlite3
 import ssl
 import subprocess
 import threading
@@ -28,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from dbaccess import run_sql
 from zerogate.cli.device import enroll_device
 from zerogate.controller.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.netops.controller_api import (
@@ -66,39 +66,6 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-
-def run_sql(controller: LocalController, statement: str) -> list[tuple[str, ...]]:
-    """Run one statement on the controller's database (only to simulate time passing)."""
-    if not controller.database:
-        con = sqlite3.connect(controller.data_dir / "zerogate.db", timeout=10)
-        try:
-            with con:
-                rows = con.execute(statement).fetchall()
-        finally:
-            con.close()
-        return [tuple("" if v is None else str(v) for v in row) for row in rows]
-    r = subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-            "-F",
-            "\x1f",
-            "-d",
-            controller.database,
-            "-c",
-            statement,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return [tuple(line.split("\x1f")) for line in r.stdout.splitlines()]
 
 
 def sql_past(controller: LocalController) -> str:
