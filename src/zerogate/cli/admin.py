@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -105,6 +104,29 @@ def _show_totp(enrollment: dict[str, Any], as_json: bool) -> None:
     )
 
 
+def _set_first_password(
+    url: str | None,
+    pin: str | None,
+    username: str | None,
+    code: str | None,
+    code_name: str,
+    endpoint: str,
+    code_field: str,
+    password_stdin: bool,
+    as_json: bool,
+) -> None:
+    """Bootstrap and activation share one flow: code + new password, then TOTP setup."""
+    with errors_to_exit():
+        base, ca_pem = _connect(url, pin)
+        username = ask("username", username)
+        code = ask(code_name, code)
+        password = read_secret("new password", password_stdin)
+        with ControllerClient(base, ca_pem.encode()) as c:
+            enrollment = c.post(endpoint, {code_field: code, "username": username, "password": password})
+        save_profile({"url": base, "ca_pem": ca_pem, "username": username})
+        _show_totp(enrollment, as_json)
+
+
 @app.command()
 def bootstrap(
     url: str = typer.Option(..., "--url", help="Controller URL."),
@@ -115,17 +137,9 @@ def bootstrap(
     as_json: bool = JsonOpt,
 ) -> None:
     """Create the first admin with the bootstrap code, then set up TOTP."""
-    with errors_to_exit():
-        base, ca_pem = _connect(url, pin)
-        username = ask("username", username)
-        code = ask("bootstrap code", code)
-        password = read_secret("new password", password_stdin)
-        with ControllerClient(base, ca_pem.encode()) as c:
-            enrollment = c.post(
-                "/v1/auth/bootstrap", {"code": code, "username": username, "password": password}
-            )
-        save_profile({"url": base, "ca_pem": ca_pem, "username": username})
-        _show_totp(enrollment, as_json)
+    _set_first_password(
+        url, pin, username, code, "bootstrap code", "/v1/auth/bootstrap", "code", password_stdin, as_json
+    )
 
 
 @app.command()
@@ -138,17 +152,17 @@ def activate(
     as_json: bool = JsonOpt,
 ) -> None:
     """Set the password of a new account (admin or user) with its activation code."""
-    with errors_to_exit():
-        base, ca_pem = _connect(url, pin)
-        username = ask("username", username)
-        code = ask("activation code", code)
-        password = read_secret("new password", password_stdin)
-        with ControllerClient(base, ca_pem.encode()) as c:
-            enrollment = c.post(
-                "/v1/auth/activate", {"username": username, "activation_code": code, "password": password}
-            )
-        save_profile({"url": base, "ca_pem": ca_pem, "username": username})
-        _show_totp(enrollment, as_json)
+    _set_first_password(
+        url,
+        pin,
+        username,
+        code,
+        "activation code",
+        "/v1/auth/activate",
+        "activation_code",
+        password_stdin,
+        as_json,
+    )
 
 
 @app.command("totp-confirm")
@@ -671,7 +685,3 @@ def audit_verify(as_json: bool = JsonOpt) -> None:
             out.print(f"  record {p['record_id']}: {p['problem']}", highlight=False)
     if not r["ok"]:
         raise typer.Exit(1)
-
-
-def _stdin_is_tty() -> bool:
-    return sys.stdin.isatty()

@@ -569,7 +569,6 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
 async def snapshot(
     who: DeviceCaller,
     state: State,
-    response: Response,
     after: int = Query(-1, ge=-1, description="return as soon as the revision is above this"),
     wait: float = Query(0, ge=0, le=600, description="seconds to wait for a newer revision"),
 ) -> Any:
