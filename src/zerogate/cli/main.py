@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from zerogate import __version__
-from zerogate.cli import admin, controller, device
+from zerogate.cli import admin, controller, device, firewall
 
 app = typer.Typer(
     name="zerogate",
@@ -18,6 +18,7 @@ app.add_typer(controller.app, name="controller")
 app.add_typer(admin.app, name="admin")
 app.add_typer(device.connector_app, name="connector")
 app.add_typer(device.gateway_app, name="gateway")
+app.add_typer(firewall.app, name="firewall")
 
 
 def _version(value: bool) -> None:
