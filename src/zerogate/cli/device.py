@@ -10,14 +10,22 @@ and ``device.json``.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, out
+from zerogate.netops.agent import DeviceIdentity, NotEnrolled
+from zerogate.netops.command import CommandError
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
+from zerogate.netops.wireguard import check_ifname
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.install_string import parse_install_string
 from zerogate.pki.wireguard import generate_keypair
@@ -112,3 +120,91 @@ def _command(role: str, app: typer.Typer) -> None:
 
 _command("connector", connector_app)
 _command("gateway", gateway_app)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _serve(role: str, state_dir: Path, build: Callable[[DeviceIdentity], Any], keep: bool) -> None:
+    """Run a daemon until SIGTERM/SIGINT; exit 1 with one line on a setup error."""
+    try:
+        identity = DeviceIdentity.load(state_dir, role)
+    except (NotEnrolled, OSError, ValueError) as exc:
+        fail(str(exc))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    daemon = build(identity)
+    logging.getLogger("zerogate").info(
+        "%s %s (device %d) starting; controller %s",
+        role,
+        identity.name,
+        identity.device_id,
+        identity.controller_url,
+    )
+    try:
+        daemon.run(stop, keep_on_exit=keep)
+    except CommandError as exc:
+        fail(str(exc))
+
+
+InterfaceOpt = typer.Option("zg0", "--interface", help="WireGuard interface name (at most 15 characters).")
+LogOpt = typer.Option("info", "--log-level", help="debug, info, warning or error.")
+KeepOpt = typer.Option(
+    False, "--keep-on-exit", help="Leave the tunnel and nftables table in place when stopping."
+)
+
+
+@gateway_app.command("run")
+def gateway_run(
+    state_dir: Path = typer.Option(Path("/var/lib/zerogate/gateway"), "--state-dir"),
+    interface: str = InterfaceOpt,
+    log_level: str = LogOpt,
+    keep_on_exit: bool = KeepOpt,
+) -> None:
+    """Run the gateway: WireGuard for clients and connectors, routes, and policy in nftables.
+
+    Follows the controller's snapshot (long-poll) and keeps forwarding with the
+    last good one while the controller is unreachable. Needs root (CAP_NET_ADMIN,
+    CAP_NET_RAW for connector probes).
+    """
+    from zerogate.gateway.daemon import Gateway
+
+    setup_logging(log_level)
+    _serve("gateway", state_dir, lambda ident: Gateway(ident, check_ifname(interface)), keep_on_exit)
+
+
+@connector_app.command("run")
+def connector_run(
+    state_dir: Path = typer.Option(Path("/var/lib/zerogate/connector"), "--state-dir"),
+    interface: str = InterfaceOpt,
+    listen_port: int = typer.Option(
+        51820,
+        "--listen-port",
+        min=1,
+        max=65535,
+        help="Local UDP port of the tunnel; only replies from the dialled gateway are accepted on it.",
+    ),
+    log_level: str = LogOpt,
+    keep_on_exit: bool = KeepOpt,
+) -> None:
+    """Run the connector: dial out to the gateway and forward into the fronted subnets only.
+
+    Opens no listening socket besides WireGuard's own. Needs root (CAP_NET_ADMIN).
+    """
+    from zerogate.connector.daemon import ConnectorDaemon
+
+    setup_logging(log_level)
+    _serve(
+        "connector",
+        state_dir,
+        lambda ident: ConnectorDaemon(ident, check_ifname(interface), listen_port),
+        keep_on_exit,
+    )

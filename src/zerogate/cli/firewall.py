@@ -14,3 +14,5 @@ app = typer.Typer(
     "with commit-confirm rollback.",
     no_args_is_help=True,
 )
+from zerogate.cli import firewall_apply  # noqa: E402,F401,I001
+from zerogate.cli import firewall_render  # noqa: E402,F401

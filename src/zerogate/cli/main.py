@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from zerogate import __version__
-from zerogate.cli import admin, controller, device, firewall
+from zerogate.cli import admin, client, controller, deploy, device, firewall, install
 
 app = typer.Typer(
     name="zerogate",
@@ -18,7 +18,12 @@ app.add_typer(controller.app, name="controller")
 app.add_typer(admin.app, name="admin")
 app.add_typer(device.connector_app, name="connector")
 app.add_typer(device.gateway_app, name="gateway")
+app.add_typer(client.app, name="client")
 app.add_typer(firewall.app, name="firewall")
+app.command("preflight")(deploy.preflight)
+app.command("sizing")(deploy.sizing)
+app.command("connectivity-test")(deploy.connectivity_test)
+app.command("install")(install.install)
 
 
 def _version(value: bool) -> None:

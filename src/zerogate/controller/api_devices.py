@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -264,6 +264,9 @@ async def enroll(body: s.EnrollRequest, request: Request, state: State) -> s.Enr
             device, credential = await _new_device(
                 state, session, role=role, name=body.name, csr=body.csr, wg_public_key=body.wg_public_key
             )
+            # the gateway probes each connector at this address inside the tunnel
+            _, address = await _allocate_address(session, [])
+            device.address = str(address)
             session.add(
                 Connector(
                     name=body.name,
@@ -296,6 +299,22 @@ async def enroll(body: s.EnrollRequest, request: Request, state: State) -> s.Enr
         )
 
 
+async def _allocate_address(
+    session: AsyncSession, avoid: list[IPv4Network | IPv6Network]
+) -> tuple[AddressPool, IPv4Address]:
+    """A free tunnel address from the default pool, outside the ``avoid`` networks."""
+    pool_row = await default_pool(session)
+    pool = AddressPool(blocks=tuple(ip_network(b) for b in pool_row.blocks))  # type: ignore[misc]
+    taken = {
+        IPv4Address(a)
+        for a in await session.scalars(select(Device.address).where(Device.address.is_not(None)))
+    }
+    try:
+        return pool, pool.allocate(taken, avoid=avoid)
+    except PoolError as exc:
+        raise Conflict(str(exc)) from None
+
+
 async def _free_connector_name(session: AsyncSession, name: str) -> None:
     if await session.scalar(select(func.count()).select_from(Connector).where(Connector.name == name)):
         raise Conflict(f"a connector named {name!r} already exists; enroll with another --name")
@@ -316,17 +335,8 @@ async def register_client(
         session = m.tx.session
         token = await session.get(ApiToken, who.token_id)
         assert token is not None
-        pool_row = await default_pool(session)
-        pool = AddressPool(blocks=tuple(ip_network(b) for b in pool_row.blocks))  # type: ignore[misc]
-        taken = {
-            IPv4Address(a)
-            for a in await session.scalars(select(Device.address).where(Device.address.is_not(None)))
-        }
         local = [ip_network(n) for n in body.local_networks]
-        try:
-            address = pool.allocate(taken, avoid=local)
-        except PoolError as exc:
-            raise Conflict(str(exc)) from None
+        pool, address = await _allocate_address(session, local)
         block = pool.block_of(address)
         assert block is not None
         device, credential = await _new_device(
@@ -377,6 +387,7 @@ def _device_out(d: Device, owners: dict[int, str]) -> s.DeviceOut:
         created_at=d.created_at,
         revoked_at=d.revoked_at,
         last_seen_at=d.last_seen_at,
+        report=d.report,
     )
 
 
@@ -469,12 +480,14 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
     """Exactly what this device needs, nothing about anyone else's secrets."""
     pool_row = await session.scalar(select(AddressPoolRow).where(AddressPoolRow.name == "default"))
     blocks = pool_row.blocks if pool_row else []
+    tunnel = [str(gateway_address(ip_network(b))) for b in blocks]  # type: ignore[arg-type]
     gateways = [
         {
             "name": g.name,
             "endpoint": g.public_endpoint,
             "port": g.port_first,
             "wg_public_key": g.device.wg_public_key,
+            "tunnel_address": tunnel[0] if tunnel else None,
         }
         for g in await session.scalars(select(Gateway).order_by(Gateway.name))
         if g.device is not None and g.device.status == "active"
@@ -494,6 +507,7 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
                 "name": c.name,
                 "device_id": c.device_id,
                 "wg_public_key": c.device.wg_public_key,
+                "address": c.device.address,
                 "connector_group": groups[c.connector_group_id].name,
                 "subnets": groups[c.connector_group_id].subnets,
             }
@@ -513,10 +527,15 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
         ]
         gw = await session.scalar(select(Gateway).where(Gateway.device_id == device.id))
         return base | {
-            "gateway": {"name": gw.name, "port_first": gw.port_first, "port_last": gw.port_last}
+            "gateway": {
+                "name": gw.name,
+                "public_endpoint": gw.public_endpoint,
+                "port_first": gw.port_first,
+                "port_last": gw.port_last,
+            }
             if gw
             else None,
-            "tunnel_addresses": [str(gateway_address(ip_network(b))) for b in blocks],  # type: ignore[arg-type]
+            "tunnel_addresses": tunnel,
             "client_blocks": blocks,
             "connectors": connectors,
             "clients": clients,
@@ -541,6 +560,7 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
             raise NotFound("this connector was removed")
         g = groups[c.connector_group_id]
         return base | {
+            "address": device.address,
             "connector_group": {
                 "name": g.name,
                 "subnets": g.subnets,
@@ -595,3 +615,36 @@ async def snapshot(
             "X-Zerogate-Revision": str(revision),
         },
     )
+
+
+# ----------------------------------------------------------------- data-plane reports and sessions
+
+
+@router.post("/report", status_code=204, tags=["config"])
+async def report(body: s.DeviceReport, who: DeviceCaller, state: State) -> None:
+    """A device's data-plane state: peers, last handshakes, bytes, version.
+
+    Not audited and no revision bump: it changes nothing anyone is told.
+    """
+    async with state.db.write() as tx:
+        device = await tx.session.get(Device, who.id)
+        if device is None or device.status != "active":
+            raise Unauthorized("device was revoked")
+        device.report = body.model_dump() | {"at": utcnow().isoformat()}
+        device.last_seen_at = utcnow()
+
+
+@router.post("/clients/{device_id}/session", response_model=s.ClientSessionOut, tags=["enrollment"])
+async def renew_client_session(device_id: int, who: AnyAccount, state: State) -> s.ClientSessionOut:
+    """Extend the device's session to the caller's sign-in (a fresh password + TOTP login)."""
+    async with state.mutation(who, "renew-session", "device", device_id) as m:
+        session = m.tx.session
+        device = await session.get(Device, device_id)
+        if device is None or device.role != "client" or device.account_id != who.id:
+            raise NotFound(f"you have no client device with id {device_id}")
+        if device.status != "active":
+            raise Forbidden("this device was revoked: register it again with 'zerogate client up --force'")
+        token = await session.get(ApiToken, who.token_id)
+        assert token is not None
+        device.session_expires_at = token.expires_at
+        return s.ClientSessionOut(device_id=device.id, session_expires_at=token.expires_at)

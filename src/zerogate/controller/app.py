@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from zerogate import __version__
-from zerogate.controller import api_devices, api_objects, auth, tokens
+from zerogate.controller import api_devices, api_objects, api_preflight, auth, tokens
 from zerogate.controller.state import ApiProblem, ControllerState
 
 
@@ -37,6 +37,6 @@ def create_app(state: ControllerState) -> FastAPI:
     async def problem(_: Request, exc: ApiProblem) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
 
-    for module in (auth, tokens, api_objects, api_devices):
+    for module in (auth, tokens, api_objects, api_devices, api_preflight):
         app.include_router(module.router)
     return app

@@ -69,6 +69,7 @@ class AccountSession:
 class LocalController:
     data_dir: Path
     database: str = ""
+    host: str = "127.0.0.1"  # listen address, also put in the server certificate
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     url: str = ""
@@ -89,9 +90,9 @@ class LocalController:
             "--data-dir",
             str(self.data_dir),
             "--listen",
-            "127.0.0.1:0",
+            f"{self.host}:0",
             "--server-name",
-            "127.0.0.1",
+            self.host,
             "--server-name",
             "localhost",
             "--json",
@@ -118,7 +119,7 @@ class LocalController:
             "--data-dir",
             str(self.data_dir),
             "--listen",
-            "127.0.0.1:0",
+            f"{self.host}:0",
         ]
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env())
         log.close()
@@ -131,7 +132,7 @@ class LocalController:
             m = _LISTENING.search(self.output())
             if m:
                 self.port = int(m.group(1))
-                self.url = f"https://127.0.0.1:{self.port}"
+                self.url = f"https://{self.host}:{self.port}"
                 break
             time.sleep(0.05)
         else:

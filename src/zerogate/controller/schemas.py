@@ -384,6 +384,21 @@ class DeviceOut(BaseModel):
     created_at: datetime
     revoked_at: datetime | None
     last_seen_at: datetime | None
+    report: dict[str, Any] | None = None
+
+
+class ClientSessionOut(BaseModel):
+    device_id: int
+    session_expires_at: datetime | None
+
+
+class DeviceReport(Strict):
+    """What a gateway, connector or client says about its data plane."""
+
+    version: str = Field(max_length=40)
+    interface: str = Field(max_length=15)
+    peers: list[dict[str, Any]] = Field(default_factory=list, max_length=100_000)
+    details: dict[str, Any] = Field(default_factory=dict)
 
 
 # ----------------------------------------------------------------- applications and policy

@@ -157,6 +157,8 @@ class Device(Base):
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     last_seen_at: Mapped[datetime | None]
+    # the device's latest data-plane report (tunnel peers, handshakes, bytes, version)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Connector(Base):

@@ -1,0 +1,278 @@
+"""``zerogate client``: sign in, bring the split tunnel up, show it, take it down.
+
+State lives in ``--state-dir`` (default /var/lib/zerogate/client, root only):
+``client.json`` (controller URL, CA, user), ``session`` (the sign-in token),
+and once the device is registered the same files an enrolled connector has
+(``device.json``, ``credential``, ``wg.key``, ``device.key``, ``device.pem``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from zerogate.cli.common import JsonOpt, ask, emit, errors_to_exit, fail, out, read_secret
+from zerogate.client.plan import ClientPlan, plan_client
+from zerogate.netops import links
+from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, write_private
+from zerogate.netops.command import CommandError
+from zerogate.netops.controller_api import ApiError, ControllerClient, fetch_ca
+from zerogate.netops.dataplane import Dataplane
+from zerogate.netops.wireguard import WgInterface, check_ifname
+from zerogate.pki.ca import create_csr, generate_private_key
+from zerogate.pki.wireguard import generate_keypair
+
+app = typer.Typer(
+    help="Client: sign in and reach the applications your policies allow.", no_args_is_help=True
+)
+
+StateOpt = typer.Option(
+    Path("/var/lib/zerogate/client"), "--state-dir", help="Where the session and keys are kept."
+)
+InterfaceOpt = typer.Option("zg0", "--interface", help="WireGuard interface name (at most 15 characters).")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        fail("not signed in: run 'zerogate client login --url URL --pin PIN'")
+
+
+def _session(state_dir: Path) -> tuple[dict[str, Any], str]:
+    info = _load(state_dir / "client.json")
+    try:
+        token = (state_dir / "session").read_text().strip()
+    except FileNotFoundError:
+        fail("not signed in: run 'zerogate client login'")
+    expires = datetime.fromisoformat(info["expires_at"])
+    if expires <= datetime.now(UTC):
+        fail(f"the session ended at {expires:%Y-%m-%d %H:%M} UTC: run 'zerogate client login' again")
+    return info, token
+
+
+@app.command()
+def login(
+    url: str = typer.Option(None, "--url", help="Controller URL (default: the one used last time)."),
+    pin: str = typer.Option(None, "--pin", help="Controller CA pin, sha256/... (needed with --url)."),
+    username: str = typer.Option(None, "--username", "-u", help="Your account name."),
+    totp: str = typer.Option(None, "--totp", help="Current code from your authenticator."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin."),
+    state_dir: Path = StateOpt,
+) -> None:
+    """Sign in with password + TOTP. The session lasts as the controller allows (default 12 h)."""
+    with errors_to_exit():
+        prior: dict[str, Any] = {}
+        try:
+            prior = json.loads((state_dir / "client.json").read_text())
+        except (OSError, ValueError):
+            pass
+        if url:
+            if not pin:
+                fail("--pin is needed with --url (ask your admin for the controller's CA pin)")
+            ca_pem = fetch_ca(url, pin).decode()
+        elif prior:
+            url, ca_pem = prior["url"], prior["ca_pem"]
+        else:
+            fail("first sign-in needs --url and --pin")
+        username = ask("username", username or prior.get("username"))
+        password = read_secret("password", password_stdin)
+        totp = ask("TOTP code", totp)
+        with ControllerClient(url, ca_pem.encode()) as c:
+            r = c.post("/v1/auth/login", {"username": username, "password": password, "totp": totp})
+        if r["kind"] != "user":
+            fail("admin accounts cannot use the client: sign in with a user account")
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(state_dir / "session", r["token"] + "\n")
+        info = {"url": url.rstrip("/"), "ca_pem": ca_pem, "username": username, "expires_at": r["expires_at"]}
+        write_private(state_dir / "client.json", json.dumps(info, indent=2))
+        out.print(f"Signed in as {username} until {r['expires_at']}. Next: zerogate client up")
+
+
+def _register(state_dir: Path, info: dict[str, Any], token: str, name: str, interface: str) -> dict[str, Any]:
+    key_pem = generate_private_key()
+    wg_private, wg_public = generate_keypair()
+    local = [str(n) for n in links.local_networks(exclude=[interface]) if n.version == 4]
+    with ControllerClient(info["url"], info["ca_pem"].encode(), token=token) as c:
+        r = c.post(
+            "/v1/clients",
+            {
+                "name": name,
+                "csr": create_csr(key_pem, name).decode(),
+                "wg_public_key": wg_public,
+                "local_networks": local,
+            },
+        )
+    write_private(state_dir / "device.key", key_pem.decode())
+    write_private(state_dir / "wg.key", wg_private + "\n")
+    write_private(state_dir / "credential", r["credential"] + "\n")
+    (state_dir / "device.pem").write_text(r["certificate"])
+    (state_dir / "ca.pem").write_text(info["ca_pem"])
+    device = {
+        "role": "client",
+        "name": r["name"],
+        "device_id": r["device_id"],
+        "controller_url": info["url"],
+        "address": r["address"],
+        "address_block": r["address_block"],
+        "wg_public_key": wg_public,
+    }
+    write_private(state_dir / "device.json", json.dumps(device, indent=2))
+    if r["moved_from_default_block"]:
+        out.print(
+            f"[yellow]The default address block collides with a network this device is on; "
+            f"using {r['address_block']} instead.[/]"
+        )
+    return device
+
+
+def _bring_up(
+    identity: DeviceIdentity, interface: str, snapshot: dict[str, Any], dp: Dataplane
+) -> ClientPlan:
+    plan = plan_client(snapshot)
+    dp.apply(listen_port=None, peers=plan.peers, addresses=(plan.address,), routes=plan.routes, nft_body=None)
+    write_private(identity.state_dir / "snapshot.json", json.dumps(snapshot, sort_keys=True))
+    return plan
+
+
+def _await_handshake(dp: Dataplane, plan: ClientPlan, timeout: float = 15.0) -> bool:
+    """Wait until the gateway answers our handshake (it learns new devices within about a second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, peers = dp.status()
+        if any(p.latest_handshake for p in peers):
+            return True
+        time.sleep(0.2)
+    out.print(
+        f"[yellow]No handshake with gateway {plan.gateway} at {plan.endpoint} after {timeout:.0f} s: "
+        "UDP to it may be blocked; the tunnel keeps trying.[/]"
+    )
+    return False
+
+
+@app.command()
+def up(
+    state_dir: Path = StateOpt,
+    interface: str = InterfaceOpt,
+    name: str = typer.Option(socket.gethostname()[:50], "--name", help="Device name shown to admins."),
+    follow: bool = typer.Option(
+        False, "--follow", help="Stay in the foreground and follow policy changes (routes, apps) live."
+    ),
+    force: bool = typer.Option(False, "--force", help="Register this device again with new keys."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register this device (first time), then bring the split tunnel up.
+
+    Only the destinations your policies allow are routed into the tunnel.
+    Needs root (it creates a WireGuard interface).
+    """
+    with errors_to_exit():
+        check_ifname(interface)
+        info, token = _session(state_dir)
+        if force or not (state_dir / "device.json").exists():
+            _register(state_dir, info, token, name, interface)
+        else:
+            device = json.loads((state_dir / "device.json").read_text())
+            with ControllerClient(info["url"], info["ca_pem"].encode(), token=token) as c:
+                try:
+                    c.post(f"/v1/clients/{device['device_id']}/session")
+                except ApiError as exc:
+                    if exc.status in (403, 404):
+                        fail(f"{exc.message}; run 'zerogate client up --force' to register again")
+                    raise
+        identity = DeviceIdentity.load(state_dir, "client")
+        with identity.client(timeout=15) as c:
+            snapshot = c.get("/v1/snapshot")
+        dp = Dataplane(interface, identity.wg_private_key)
+        try:
+            plan = _bring_up(identity, interface, snapshot, dp)
+        except CommandError as exc:
+            fail(str(exc))
+        handshake = _await_handshake(dp, plan) if plan.peers else False
+        summary = {
+            "interface": interface,
+            "tunnel": "up" if handshake else "waiting for the gateway",
+            "address": snapshot["address"],
+            "gateway": plan.gateway,
+            "endpoint": plan.endpoint,
+            "routes": list(plan.routes),
+            "applications": snapshot.get("applications", []),
+            "session_expires_at": snapshot.get("session_expires_at"),
+        }
+        emit(summary, as_json)
+        if not plan.peers:
+            out.print("[yellow]No gateway is enrolled yet: the tunnel has nowhere to go.[/]")
+        if follow:
+            stop = threading.Event()
+
+            def apply(snap: dict[str, Any]) -> None:
+                _bring_up(identity, interface, snap, dp)
+
+            follower = SnapshotFollower(identity, apply)
+            follower.snapshot = snapshot
+            out.print("Following policy changes; Ctrl-C to stop (the tunnel stays up).")
+            try:
+                follower.run(stop)
+            except KeyboardInterrupt:
+                stop.set()
+
+
+@app.command()
+def down(state_dir: Path = StateOpt, interface: str = InterfaceOpt) -> None:
+    """Take the tunnel down. The device stays registered; 'up' brings it back."""
+    with errors_to_exit():
+        wg = WgInterface(check_ifname(interface))
+        if not wg.exists():
+            out.print(f"{interface} is not up.")
+            return
+        wg.delete()
+        out.print(f"{interface} is down.")
+
+
+@app.command()
+def status(state_dir: Path = StateOpt, interface: str = InterfaceOpt, as_json: bool = JsonOpt) -> None:
+    """Address, gateway, last handshake, session and the applications you can reach."""
+    with errors_to_exit():
+        info = _load(state_dir / "client.json")
+        device: dict[str, Any] = {}
+        snapshot: dict[str, Any] = {}
+        if (state_dir / "device.json").exists():
+            device = json.loads((state_dir / "device.json").read_text())
+        if (state_dir / "snapshot.json").exists():
+            snapshot = json.loads((state_dir / "snapshot.json").read_text())
+        wg = WgInterface(check_ifname(interface))
+        handshake = None
+        transfer = None
+        if wg.exists():
+            _, peers = wg.status()
+            if peers:
+                hs = max(p.latest_handshake for p in peers)
+                handshake = f"{int(time.time() - hs)} s ago" if hs else "never"
+                transfer = f"rx {sum(p.rx_bytes for p in peers)} B, tx {sum(p.tx_bytes for p in peers)} B"
+        expires = datetime.fromisoformat(info["expires_at"])
+        gateways = snapshot.get("gateways") or [{}]
+        emit(
+            {
+                "user": info["username"],
+                "session": ("valid until " if expires > datetime.now(UTC) else "ENDED at ")
+                + info["expires_at"],
+                "tunnel": "up" if wg.exists() else "down",
+                "address": device.get("address"),
+                "gateway": gateways[0].get("name"),
+                "endpoint": f"{gateways[0].get('endpoint')}:{gateways[0].get('port')}"
+                if gateways[0]
+                else None,
+                "handshake": handshake,
+                "transfer": transfer,
+                "applications": snapshot.get("applications", []),
+                "routes": snapshot.get("routes", []),
+            },
+            as_json,
+        )

@@ -1,0 +1,1 @@
+"""The network connector daemon: dials out to the gateway, forwards into its site."""

@@ -1,0 +1,105 @@
+"""``POST /v1/enroll/preflight``: check a provisioning key without using it.
+
+``zerogate preflight`` runs on a host *before* it enrolls. It sends the key
+from the install string and learns whether the key would be accepted (the
+same checks and messages as ``/v1/enroll``), which role it enrolls, and the
+gateways a connector must reach over UDP, so it can probe them. Nothing is
+written: no use is consumed and no audit record is made. The key itself is
+never logged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from zerogate.controller import schemas as s
+from zerogate.controller.auth import State
+from zerogate.controller.state import Forbidden, NotFound, Unauthorized
+from zerogate.netops.udp_probe import probe_port_for
+from zerogate.pki.credentials import token_digest
+from zerogate.store.db import utcnow
+from zerogate.store.models import ConnectorGroup, Gateway, ProvisioningKey
+
+router = APIRouter(prefix="/v1", tags=["enrollment"])
+
+
+class PreflightRequest(s.Strict):
+    key: str = Field(min_length=8, max_length=128)
+
+
+class GatewayEndpoint(BaseModel):
+    name: str
+    endpoint: str
+    port_first: int
+    port_last: int
+    probe_port: int
+
+
+class PreflightResponse(BaseModel):
+    role: Literal["connector", "gateway"]
+    connector_group: str | None = None
+    gateway: GatewayEndpoint | None = Field(
+        default=None, description="For a gateway key: the gateway this host would become."
+    )
+    gateways: list[GatewayEndpoint] = Field(
+        description="Gateways with an active enrolled device: what a connector must reach."
+    )
+    expires_at: datetime
+    uses_left: int
+
+
+def check_key_usable(key: ProvisioningKey | None) -> ProvisioningKey:
+    """Raise the error ``/v1/enroll`` would give for this key; return it if usable."""
+    if key is None:
+        raise Unauthorized("provisioning key not recognised: copy the whole install string again")
+    if key.revoked_at is not None:
+        raise Forbidden("provisioning key was revoked: ask an admin for a new install string")
+    if key.expires_at <= utcnow():
+        raise Forbidden(
+            f"provisioning key expired at {key.expires_at:%Y-%m-%d %H:%M} UTC: "
+            "ask an admin for a new install string"
+        )
+    if key.uses >= key.max_uses:
+        raise Forbidden(f"provisioning key already used {key.uses} of {key.max_uses} times")
+    return key
+
+
+def _endpoint(g: Gateway) -> GatewayEndpoint:
+    return GatewayEndpoint(
+        name=g.name,
+        endpoint=g.public_endpoint,
+        port_first=g.port_first,
+        port_last=g.port_last,
+        probe_port=probe_port_for(g.port_first),
+    )
+
+
+@router.post("/enroll/preflight", response_model=PreflightResponse)
+async def enroll_preflight(body: PreflightRequest, state: State) -> PreflightResponse:
+    """Would this provisioning key enroll, and as what? Does not use the key up."""
+    async with state.db.read() as session:
+        key = check_key_usable(
+            await session.scalar(
+                select(ProvisioningKey).where(ProvisioningKey.digest == token_digest(body.key))
+            )
+        )
+        gateways = [
+            _endpoint(g)
+            for g in await session.scalars(select(Gateway).order_by(Gateway.name))
+            if g.device is not None and g.device.status == "active"
+        ]
+        answer = PreflightResponse(
+            role="connector", gateways=gateways, expires_at=key.expires_at, uses_left=key.max_uses - key.uses
+        )
+        if key.connector_group_id is not None:
+            group = await session.get(ConnectorGroup, key.connector_group_id)
+            return answer.model_copy(update={"connector_group": group.name if group else None})
+        own = await session.get(Gateway, key.gateway_id)
+        if own is None:
+            raise NotFound("the gateway this key was made for no longer exists")
+        return answer.model_copy(update={"role": "gateway", "gateway": _endpoint(own)})

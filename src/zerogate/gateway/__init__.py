@@ -1,0 +1,1 @@
+"""The gateway daemon: WireGuard edge, routes and policy in the kernel."""

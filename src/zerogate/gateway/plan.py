@@ -1,0 +1,187 @@
+"""What the gateway should look like for a snapshot: a pure function.
+
+Peers: every live client (address/32, session not expired) and every
+connector (its tunnel address/32, plus its group's subnets when it is the
+group's active connector — WireGuard's allowed-IPs are the routing table, so
+one subnet belongs to one peer at a time).
+
+nftables (table ``inet zerogate``): forwarding from the tunnel is denied by
+default; a client may open a flow only if a policy grant lists its address as a
+source and the destination/protocol/port in its rules. WireGuard only accepts a
+packet from a peer whose allowed-IPs hold the source address, so a client
+cannot use another client's address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import IPv4Network, ip_network
+from typing import Any
+
+from zerogate.netops.wireguard import WgPeer
+from zerogate.policy.intervals import disjoint
+
+CONNECTOR_KEEPALIVE = None  # connectors keep the tunnel alive from their side
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    listen_port: int
+    addresses: tuple[str, ...]
+    routes: tuple[str, ...]
+    peers: tuple[WgPeer, ...]
+    nft_body: str
+    live_clients: tuple[str, ...]
+    next_expiry: datetime | None
+
+
+def _expired(client: Mapping[str, Any], now: datetime) -> bool:
+    raw = client.get("session_expires_at")
+    return raw is not None and datetime.fromisoformat(raw) <= now
+
+
+def choose_active(
+    connectors: Sequence[Mapping[str, Any]], up: set[str], current: Mapping[str, str]
+) -> dict[str, str]:
+    """Per connector group, the connector that carries its subnets.
+
+    Keep the current one while it answers; else the first (by name) that
+    answers; with none answering keep the current, else the first by name, so
+    traffic flows as soon as a tunnel comes up.
+    """
+    by_group: dict[str, list[str]] = {}
+    for c in sorted(connectors, key=lambda c: str(c["name"])):
+        by_group.setdefault(str(c["connector_group"]), []).append(str(c["name"]))
+    active = {}
+    for group, names in by_group.items():
+        cur = current.get(group)
+        live = [n for n in names if n in up]
+        if cur in live:
+            active[group] = cur
+        elif live:
+            active[group] = live[0]
+        elif cur in names:
+            active[group] = cur
+        else:
+            active[group] = names[0]
+    return active
+
+
+def plan_gateway(
+    snapshot: Mapping[str, Any], *, interface: str, now: datetime, active: Mapping[str, str]
+) -> GatewayPlan:
+    gw = snapshot.get("gateway") or {}
+    blocks = [ip_network(b) for b in snapshot.get("client_blocks", [])]
+    tunnel = snapshot.get("tunnel_addresses", [])
+    addresses = tuple(f"{a}/{b.prefixlen}" for a, b in zip(tunnel, blocks, strict=False))
+
+    peers: list[WgPeer] = []
+    live: list[str] = []
+    expiries: list[datetime] = []
+    for c in snapshot.get("clients", []):
+        if not c.get("address") or _expired(c, now):
+            continue
+        peers.append(WgPeer(c["wg_public_key"], (f"{c['address']}/32",)))
+        live.append(c["address"])
+        if c.get("session_expires_at"):
+            expiries.append(datetime.fromisoformat(c["session_expires_at"]))
+    routes: set[str] = set()
+    for c in snapshot.get("connectors", []):
+        allowed = [f"{c['address']}/32"] if c.get("address") else []
+        if active.get(c["connector_group"]) == c["name"]:
+            allowed += [str(ip_network(n)) for n in c.get("subnets", [])]
+            routes.update(str(ip_network(n)) for n in c.get("subnets", []))
+        peers.append(WgPeer(c["wg_public_key"], tuple(allowed)))
+
+    grants = snapshot.get("policy", {}).get("grants", [])
+    return GatewayPlan(
+        listen_port=int(gw.get("port_first", 51820)),
+        addresses=addresses,
+        routes=tuple(sorted(routes)),
+        peers=tuple(peers),
+        nft_body=render_gateway_nft(interface, live, grants),
+        live_clients=tuple(live),
+        next_expiry=min(expiries) if expiries else None,
+    )
+
+
+def _elements(items: Sequence[str]) -> str:
+    return ", ".join(items)
+
+
+def _set(name: str, type_: str, elements: Sequence[str], interval: bool) -> str:
+    flags = " flags interval;" if interval else ""
+    body = f" elements = {{ {_elements(elements)} }};" if elements else ""
+    return f"  set {name} {{ type {type_};{flags}{body} }}\n"
+
+
+def render_grant(grant: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """(set definitions, rules) for one policy grant."""
+    pid = int(grant["policy_id"])
+    by_proto: dict[str, list[tuple[IPv4Network, int, int]]] = {}
+    for dest, proto, first, last in grant["rules"]:
+        net = ip_network(dest)
+        if not isinstance(net, IPv4Network):
+            continue  # the tunnel carries IPv4 only
+        by_proto.setdefault(proto, []).append((net, int(first), int(last)))
+    sources = sorted(set(grant["sources"]), key=lambda a: tuple(int(x) for x in a.split(".")))
+    if not sources or not by_proto:
+        return "", []
+    sets = _set(f"p{pid}_src", "ipv4_addr", sources, False)
+    rules: list[str] = []
+    svc = [
+        f"{e.address_text()} . {proto} . {lo if lo == hi else f'{lo}-{hi}'}"
+        for proto in ("tcp", "udp")
+        for e in disjoint(by_proto.get(proto, []))
+        for lo, hi in e.ports
+    ]
+    if svc:
+        sets += _set(f"p{pid}_svc", "ipv4_addr . inet_proto . inet_service", svc, True)
+        rules.append(f"ip saddr @p{pid}_src ip daddr . meta l4proto . th dport @p{pid}_svc accept")
+    icmp = [e.address_text() for e in disjoint([(n, 0, 0) for n, _, _ in by_proto.get("icmp", [])])]
+    if icmp:
+        sets += _set(f"p{pid}_icmp", "ipv4_addr", icmp, True)
+        rules.append(f"ip saddr @p{pid}_src ip daddr @p{pid}_icmp meta l4proto icmp accept")
+    anyp = [e.address_text() for e in disjoint([(n, 0, 0) for n, _, _ in by_proto.get("any", [])])]
+    if anyp:
+        sets += _set(f"p{pid}_any", "ipv4_addr", anyp, True)
+        rules.append(f"ip saddr @p{pid}_src ip daddr @p{pid}_any accept")
+    return sets, rules
+
+
+def render_gateway_nft(
+    interface: str, live_clients: Sequence[str], grants: Sequence[Mapping[str, Any]]
+) -> str:
+    """The body of ``table inet zerogate`` for the gateway."""
+    parts = [_set("clients", "ipv4_addr", sorted(set(live_clients)), False)]
+    rules: list[str] = []
+    for g in sorted(grants, key=lambda g: int(g["policy_id"])):
+        sets, grant_rules = render_grant(g)
+        parts.append(sets)
+        rules += grant_rules
+    dev = f'"{interface}"'
+    grant_lines = "".join(f"    {r}\n" for r in rules)
+    parts.append(
+        "  chain forward {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        f"    iifname {dev} jump from_tunnel\n"
+        f'    oifname {dev} drop comment "nothing enters the tunnel from outside it"\n'
+        "  }\n"
+        "  chain from_tunnel {\n"
+        "    ct state established,related accept\n"
+        "    ct state invalid drop\n"
+        '    ip saddr != @clients drop comment "only live client peers open flows"\n'
+        f"{grant_lines}"
+        "    counter meta l4proto tcp reject with tcp reset\n"
+        "    counter reject with icmpx admin-prohibited\n"
+        "  }\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy accept;\n"
+        f"    iifname {dev} ct state established,related accept\n"
+        f"    iifname {dev} icmp type echo-request limit rate 20/second accept\n"
+        f"    iifname {dev} drop\n"
+        "  }\n"
+    )
+    return "".join(parts)

@@ -1,0 +1,204 @@
+"""What the gateway and connector daemons share: their enrolled identity and a
+snapshot follower that keeps the last good snapshot on disk (fail-static)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from zerogate.netops.controller_api import ApiError, ControllerClient, ControllerError
+
+log = logging.getLogger(__name__)
+
+WATCH_SECONDS = 25.0
+
+
+class NotEnrolled(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    state_dir: Path
+    role: str
+    name: str
+    device_id: int
+    controller_url: str
+    ca_pem: bytes
+    credential: str
+    wg_private_key: str
+
+    @classmethod
+    def load(cls, state_dir: Path, role: str) -> DeviceIdentity:
+        marker = state_dir / "device.json"
+        if not marker.exists():
+            raise NotEnrolled(
+                f"{state_dir} holds no enrolled {role}: run 'zerogate {role} enroll <install-string>' first"
+            )
+        info = json.loads(marker.read_text())
+        if info.get("role") != role:
+            raise NotEnrolled(f"{state_dir} holds a {info.get('role')}, not a {role}")
+        for secret in ("credential", "wg.key"):
+            mode = (state_dir / secret).stat().st_mode & 0o077
+            if mode:
+                raise NotEnrolled(f"{state_dir / secret} is readable by others: chmod 600 it")
+        return cls(
+            state_dir=state_dir,
+            role=role,
+            name=str(info["name"]),
+            device_id=int(info["device_id"]),
+            controller_url=str(info["controller_url"]),
+            ca_pem=(state_dir / "ca.pem").read_bytes(),
+            credential=(state_dir / "credential").read_text().strip(),
+            wg_private_key=(state_dir / "wg.key").read_text().strip(),
+        )
+
+    def client(self, timeout: float = WATCH_SECONDS + 10) -> ControllerClient:
+        return ControllerClient(self.controller_url, self.ca_pem, token=self.credential, timeout=timeout)
+
+
+def write_private(path: Path, data: str) -> None:
+    """Atomically replace ``path`` with ``data``, mode 0600."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class Backoff:
+    """Jittered exponential backoff: 0.5 s doubling to ``cap``, +-25 %."""
+
+    def __init__(self, cap: float = 30.0) -> None:
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        base = min(self.cap, 0.5 * 2**self.attempt)
+        self.attempt += 1
+        return float(base * random.uniform(0.75, 1.25))  # noqa: S311 - jitter, not a secret
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class SnapshotFollower:
+    """Long-polls the device's snapshot and hands each new one to ``apply``.
+
+    The last snapshot that applied cleanly is kept in ``snapshot.json``; at
+    start, and whenever the controller is unreachable, the data plane keeps
+    running on it. ``deadline`` (a callable returning when the plan changes by
+    itself: a session ending, a time window opening) bounds each wait.
+    """
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        apply: Callable[[dict[str, Any]], None],
+        deadline: Callable[[], datetime | None] = lambda: None,
+    ) -> None:
+        self.identity = identity
+        self.apply = apply
+        self.deadline = deadline
+        self.path = identity.state_dir / "snapshot.json"
+        self.snapshot: dict[str, Any] | None = None
+        self.connected = False
+        self.revoked = False
+
+    def load_cached(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.path.read_text()))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning("ignoring a damaged %s", self.path)
+            return None
+
+    def _accept(self, snap: dict[str, Any]) -> None:
+        self.apply(snap)
+        self.snapshot = snap
+        write_private(self.path, json.dumps(snap, sort_keys=True))
+
+    def run(self, stop: threading.Event) -> None:
+        cached = self.load_cached()
+        if cached is not None:
+            log.info(
+                "applying the last good snapshot (revision %s) while contacting the controller",
+                cached.get("revision"),
+            )
+            try:
+                self._accept(cached)
+            except Exception as exc:
+                log.error("could not apply the cached snapshot: %s", exc)
+        backoff = Backoff()
+        with self.identity.client() as api:
+            while not stop.is_set():
+                now = datetime.now(UTC)
+                due = self.deadline()
+                wait = WATCH_SECONDS
+                if due is not None:
+                    wait = max(0.0, min(wait, (due - now).total_seconds()))
+                after = int(self.snapshot["revision"]) if self.snapshot else -1
+                valid_until = (self.snapshot or {}).get("policy", {}).get("valid_until")
+                if valid_until and datetime.fromisoformat(valid_until) <= now:
+                    after = -1  # a time window opened or closed: the policy must be compiled anew
+                try:
+                    snap = api.get(
+                        "/v1/snapshot", {"after": after, "wait": round(wait, 3)}, timeout=wait + 10
+                    )
+                except ApiError as exc:
+                    if exc.status in (401, 403):
+                        if not self.revoked:
+                            log.error("the controller refuses this %s: %s", self.identity.role, exc.message)
+                        self.revoked = True
+                        self._on_revoked()
+                    else:
+                        log.warning("controller error: %s", exc.message)
+                    stop.wait(backoff.next())
+                    continue
+                except ControllerError as exc:
+                    if self.connected or backoff.attempt == 0:
+                        log.warning(
+                            "controller unreachable (%s); keeping the last good config (revision %s)",
+                            exc,
+                            after if after >= 0 else "none",
+                        )
+                    self.connected = False
+                    stop.wait(backoff.next())
+                    continue
+                if not self.connected:
+                    log.info("connected to the controller at %s", self.identity.controller_url)
+                self.connected, self.revoked = True, False
+                backoff.reset()
+                if snap is None:
+                    if due is not None and due <= datetime.now(UTC) and self.snapshot is not None:
+                        self._accept(self.snapshot)  # re-plan for the passing deadline
+                    continue
+                try:
+                    self._accept(snap)
+                except Exception as exc:
+                    log.error(
+                        "could not apply revision %s (keeping the previous state): %s",
+                        snap.get("revision"),
+                        exc,
+                    )
+                    stop.wait(backoff.next())
+
+    def _on_revoked(self) -> None:
+        """A revoked device keeps nothing: apply an empty snapshot."""
+        if self.snapshot is not None:
+            empty = {k: v for k, v in self.snapshot.items() if k in ("role", "device_id", "name")}
+            empty["revision"] = -1
+            try:
+                self.apply(empty | {"revoked": True})
+            finally:
+                self.snapshot = None
+                self.path.unlink(missing_ok=True)

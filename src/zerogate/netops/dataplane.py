@@ -1,0 +1,78 @@
+"""Apply a planned interface state (WireGuard peers, addresses, routes, nft table)
+with as little churn as possible; shared by gateway and connector."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from zerogate.netops import links, nftables
+from zerogate.netops.wireguard import PeerStatus, WgInterface, WgPeer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dataplane:
+    interface: str
+    private_key: str
+    wg: WgInterface = field(init=False)
+    _peers: tuple[WgPeer, ...] | None = None
+    _listen: int | None = None
+    _nft: str | None = None
+    _addresses: tuple[str, ...] | None = None
+    _routes: tuple[str, ...] | None = None
+    last_nft_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.wg = WgInterface(self.interface)
+
+    def ensure_interface(self) -> str:
+        if not self.wg.exists():
+            impl = self.wg.create()
+            log.info("created WireGuard interface %s (%s)", self.interface, impl)
+            self._peers = self._addresses = self._routes = None
+            self._listen = None
+        return self.wg.implementation
+
+    def apply(
+        self,
+        *,
+        listen_port: int | None,
+        peers: Sequence[WgPeer],
+        addresses: Sequence[str],
+        routes: Sequence[str],
+        nft_body: str | None,
+    ) -> None:
+        """Policy first (atomic; a failure changes nothing), then peers, addresses, routes."""
+        self.ensure_interface()
+        if nft_body is not None and nft_body != self._nft:
+            started = time.perf_counter()
+            nftables.apply(nftables.replace_table_script("inet", nftables.TABLE, nft_body))
+            self.last_nft_ms = (time.perf_counter() - started) * 1000
+            self._nft = nft_body
+        peers_t = tuple(peers)
+        if peers_t != self._peers or listen_port != self._listen:
+            self.wg.sync(self.private_key, listen_port, peers_t)
+            self._peers, self._listen = peers_t, listen_port
+        if tuple(addresses) != self._addresses:
+            links.ensure_addresses(self.interface, addresses)
+            self._addresses = tuple(addresses)
+        if tuple(routes) != self._routes:
+            links.ensure_routes(self.interface, routes)
+            self._routes = tuple(routes)
+
+    def status(self) -> tuple[int, list[PeerStatus]]:
+        if not self.wg.exists():
+            return 0, []
+        return self.wg.status()
+
+    def teardown(self) -> None:
+        try:
+            nftables.delete_table("inet", nftables.TABLE)
+        finally:
+            self.wg.delete()
+        self._peers = self._addresses = self._routes = None
+        self._nft = None

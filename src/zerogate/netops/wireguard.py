@@ -1,0 +1,145 @@
+"""WireGuard interfaces through the ``wg`` tool: kernel module or wireguard-go.
+
+The interface is created once and then only reconciled: ``wg syncconf`` adds,
+changes and removes peers without touching the others, so live tunnels never
+drop when the configuration changes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from zerogate.netops.command import CommandError, require, run
+
+MAX_IFNAME = 15
+
+
+@dataclass(frozen=True)
+class WgPeer:
+    public_key: str
+    allowed_ips: tuple[str, ...] = ()
+    endpoint: str | None = None
+    keepalive: int | None = None
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    public_key: str
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    latest_handshake: int  # unix time, 0 = never
+    rx_bytes: int
+    tx_bytes: int
+
+
+def check_ifname(name: str) -> str:
+    if not name or len(name) > MAX_IFNAME or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(
+            f"interface name {name!r} is not valid: 1-{MAX_IFNAME} letters, digits, '-', '_' or '.'"
+        )
+    return name
+
+
+def render_config(private_key: str, listen_port: int | None, peers: Iterable[WgPeer]) -> str:
+    """The ``wg setconf``/``syncconf`` file for the interface (contains the private key)."""
+    lines = ["[Interface]", f"PrivateKey = {private_key}"]
+    if listen_port is not None:
+        lines.append(f"ListenPort = {listen_port}")
+    for p in sorted(peers, key=lambda p: p.public_key):
+        lines += ["", "[Peer]", f"PublicKey = {p.public_key}"]
+        if p.allowed_ips:
+            lines.append(f"AllowedIPs = {', '.join(p.allowed_ips)}")
+        if p.endpoint:
+            lines.append(f"Endpoint = {p.endpoint}")
+        if p.keepalive:
+            lines.append(f"PersistentKeepalive = {p.keepalive}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_dump(text: str) -> tuple[int, list[PeerStatus]]:
+    """Parse ``wg show IFACE dump``: the interface line, then one line per peer."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("empty 'wg show dump' output")
+    head = lines[0].split("\t")
+    listen_port = int(head[2]) if len(head) > 2 and head[2].isdigit() else 0
+    peers = []
+    for line in lines[1:]:
+        f = line.split("\t")
+        if len(f) < 8:
+            raise ValueError(f"unexpected 'wg show dump' line: {line!r}")
+        peers.append(
+            PeerStatus(
+                public_key=f[0],
+                endpoint=None if f[2] == "(none)" else f[2],
+                allowed_ips=tuple(a for a in f[3].split(",") if a and a != "(none)"),
+                latest_handshake=int(f[4]),
+                rx_bytes=int(f[5]),
+                tx_bytes=int(f[6]),
+            )
+        )
+    return listen_port, peers
+
+
+def _implementation() -> str:
+    choice = os.environ.get("ZEROGATE_WG_IMPLEMENTATION", "auto")
+    if choice not in ("auto", "kernel", "userspace"):
+        raise ValueError("ZEROGATE_WG_IMPLEMENTATION must be auto, kernel or userspace")
+    return choice
+
+
+class WgInterface:
+    """One WireGuard interface in the current network namespace."""
+
+    def __init__(self, name: str) -> None:
+        self.name = check_ifname(name)
+        self.implementation = ""
+
+    def exists(self) -> bool:
+        return run(["ip", "link", "show", "dev", self.name], check=False).returncode == 0
+
+    def create(self, mtu: int = 1420) -> str:
+        """Create the interface if missing; return 'kernel' or 'wireguard-go'."""
+        if self.exists():
+            self.implementation = self.implementation or "existing"
+            return self.implementation
+        choice = _implementation()
+        if choice in ("auto", "kernel"):
+            r = run(["ip", "link", "add", "dev", self.name, "type", "wireguard"], check=False)
+            if r.returncode == 0:
+                self.implementation = "kernel"
+            elif choice == "kernel":
+                raise CommandError(
+                    ["ip", "link", "add", self.name, "type", "wireguard"], r.returncode, r.stderr
+                )
+        if not self.implementation:
+            go = require("wireguard-go", "wireguard-go")
+            # wireguard-go daemonises itself (output to /dev/null) once the interface exists
+            env = {k: v for k, v in os.environ.items() if k not in ("WG_PROCESS_FOREGROUND", "LOG_LEVEL")}
+            r = run([go, self.name], timeout=30, check=False, env=env)
+            if r.returncode != 0:
+                raise CommandError([go, self.name], r.returncode, r.stderr or r.stdout)
+            self.implementation = "wireguard-go"
+        deadline = time.monotonic() + 5
+        while not self.exists():
+            if time.monotonic() > deadline:
+                raise CommandError(["wireguard-go", self.name], 1, "interface did not appear within 5 s")
+            time.sleep(0.05)
+        run(["ip", "link", "set", "dev", self.name, "mtu", str(mtu), "up"])
+        return self.implementation
+
+    def sync(self, private_key: str, listen_port: int | None, peers: Sequence[WgPeer]) -> None:
+        """Make the peers exactly ``peers`` without disturbing unchanged ones."""
+        config = render_config(private_key, listen_port, peers)
+        run([require("wg", "wireguard-tools"), "syncconf", self.name, "/dev/stdin"], input=config)
+
+    def status(self) -> tuple[int, list[PeerStatus]]:
+        r = run([require("wg", "wireguard-tools"), "show", self.name, "dump"])
+        return parse_dump(r.stdout)
+
+    def delete(self) -> None:
+        if self.exists():
+            run(["ip", "link", "delete", "dev", self.name])
