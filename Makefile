@@ -12,7 +12,7 @@ lint: setup
 	.venv/bin/mypy
 
 test: lint
-	.venv/bin/pytest -n 2 -q
+	.venv/bin/pytest -n 2 --dist loadgroup -q
 
 bench: setup
 	.venv/bin/python bench/run_all.py

@@ -18,6 +18,8 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,10 +69,11 @@ def ids(pair: tuple[Role, Format]) -> str:
     return f"{pair[0]}-{pair[1]}"
 
 
-def run(*argv: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=30, env={**os.environ, "LC_ALL": "C"}, **kw
-    )
+def run(
+    *argv: str, check: bool = True, env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    env = env or {**os.environ, "LC_ALL": "C"}
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, env=env, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -191,20 +194,23 @@ def test_firewalld_offline_check_config(role: Role, tmp_path: Path) -> None:
 
 
 def test_firewalld_check_rejects_a_broken_file(tmp_path: Path) -> None:
-    files = list(render(spec_of(Role.GATEWAY), Format.FIREWALLD).files)
-    name, content = files[0]
-    files[0] = (name, content.replace('protocol="udp"', 'protocol="udpx"'))
+    files = [
+        (name, content.replace('protocol="udp"', 'protocol="udpx"'))
+        for name, content in render(spec_of(Role.GATEWAY), Format.FIREWALLD).files
+    ]
+    assert any("udpx" in content for _, content in files)
     config = _firewalld_config(tmp_path, files)
     proc = run("firewall-offline-cmd", "--system-config", str(config), "--check-config", check=False)
     assert proc.returncode != 0
 
 
-def _firewalld_config(base: Path, files: Any) -> Path:
+def _firewalld_config(base: Path, files: Any, default_zone: str = "public") -> Path:
+    """A firewalld permanent configuration directory holding just these files."""
     config = base / "firewalld"
     for name, content in files:
         (config / name).parent.mkdir(parents=True, exist_ok=True)
         (config / name).write_text(content)
-    (config / "firewalld.conf").write_text("DefaultZone=public\nFirewallBackend=nftables\n")
+    (config / "firewalld.conf").write_text(f"DefaultZone={default_zone}\nFirewallBackend=nftables\n")
     return config
 
 
@@ -433,18 +439,24 @@ SERVER = r"""
 import selectors, socket, sys, time
 sel = selectors.DefaultSelector()
 for port in sys.argv[1:]:
-    s = socket.socket()
+    udp = port.startswith("u")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(port)))
-    s.listen(16)
-    sel.register(s, selectors.EVENT_READ)
+    s.bind(("0.0.0.0", int(port.lstrip("u"))))
+    if not udp:
+        s.listen(16)
+    sel.register(s, selectors.EVENT_READ, udp)
 print("ready", flush=True)
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
     for key, _ in sel.select(timeout=0.5):
-        conn, _ = key.fileobj.accept()
-        conn.sendall(b"ok\n")
-        conn.close()
+        if key.data:
+            _, peer = key.fileobj.recvfrom(64)
+            key.fileobj.sendto(b"ok\n", peer)
+        else:
+            conn, _ = key.fileobj.accept()
+            conn.sendall(b"ok\n")
+            conn.close()
 """
 
 PROBE = r"""
@@ -452,12 +464,16 @@ import json, socket, sys
 results = []
 for target in sys.argv[1:]:
     src, host, port = target.split(",")
-    s = socket.socket()
+    udp = port.startswith("u")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     s.settimeout(0.5)
     try:
         if src:
             s.bind((src, 0))
-        s.connect((host, int(port)))
+        if udp:
+            s.sendto(b"hi", (host, int(port[1:])))
+        else:
+            s.connect((host, int(port)))
         results.append(s.recv(8) == b"ok\n")
     except OSError:
         results.append(False)
@@ -466,13 +482,39 @@ for target in sys.argv[1:]:
 print(json.dumps(results))
 """
 
+FIREWALLD_ARGV = ("firewalld", "--nofork", "--nopid", "--log-target", "console", "--system-config")
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="root"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
 
 @pytest.fixture
 def servers() -> Iterator[Callable[..., None]]:
-    """start(ns, *ports): a TCP server answering "ok" on each port in ns; all stopped after the test."""
+    """start(ns, *ports): answer "ok" on each TCP port (or UDP port "uN") in ns; stopped after the test."""
     procs: list[subprocess.Popen[str]] = []
 
-    def start(ns: str, *ports: int) -> None:
+    def start(ns: str, *ports: int | str) -> None:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, *map(str, ports)],
             stdout=subprocess.PIPE,
@@ -492,25 +534,81 @@ def servers() -> Iterator[Callable[..., None]]:
 
 
 def probe(ns: str, *targets: str) -> list[bool]:
-    """Which "SRC,HOST,PORT" targets answer from ns (SRC may be empty)."""
+    """Which "SRC,HOST,PORT" targets answer from ns (SRC may be empty; PORT "uN" is UDP)."""
     return list(json.loads(in_ns(ns, sys.executable, "-c", PROBE, *targets).stdout))
 
 
-def veth(ns_a: str, name_a: str, addr_a: str, ns_b: str, name_b: str, addr_b: str) -> None:
+def pings(ns: str, host: str) -> bool:
+    return in_ns(ns, "ping", "-c", "1", "-W", "1", "-q", host, check=False).returncode == 0
+
+
+def veth(ns_a: str, name_a: str, addr_a: str | None, ns_b: str, name_b: str, addr_b: str | None) -> None:
     run("ip", "-n", ns_a, "link", "add", name_a, "type", "veth", "peer", "name", name_b, "netns", ns_b)
     for ns, name, addr in ((ns_a, name_a, addr_a), (ns_b, name_b, addr_b)):
-        run("ip", "-n", ns, "addr", "add", addr, "dev", name)
+        if addr:
+            run("ip", "-n", ns, "addr", "add", addr, "dev", name)
         run("ip", "-n", ns, "link", "set", name, "up")
 
 
-def load_nft(ns: str, spec: FirewallSpec, tmp_path: Path) -> None:
-    path = tmp_path / f"{spec.role}.nft"
-    path.write_text(render(spec, Format.NFTABLES).text)
-    in_ns(ns, "nft", "-f", str(path))
+Enforce = Callable[[str, FirewallSpec], None]
+
+
+@pytest.fixture(params=[Format.NFTABLES, Format.FIREWALLD], ids=["nftables", "firewalld"])
+def enforce(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Enforce]:
+    """enforce(ns, spec): put the role's rules in force in ns, by nft -f or by a real firewalld.
+
+    firewalld runs in the namespace with its own D-Bus system bus and the rendered
+    files as its whole permanent configuration; the role's host zone is the default
+    zone (what the rendering's note tells a user to do).
+    """
+    procs: list[subprocess.Popen[Any]] = []
+    sockdir = Path(tempfile.mkdtemp(prefix="zgfr"))  # short path: unix socket names are limited
+
+    def start(ns: str, spec: FirewallSpec) -> None:
+        rendering = render(spec, request.param)
+        if request.param is Format.NFTABLES:
+            path = tmp_path / "rules.nft"
+            path.write_text(rendering.text)
+            in_ns(ns, "nft", "-f", str(path))
+            return
+        host_zone = next(n for n, _ in rendering.files if n.startswith("zones/zerogate-"))
+        config = _firewalld_config(tmp_path, rendering.files, Path(host_zone).stem)
+        socket_path = sockdir / "bus"
+        (sockdir / "bus.conf").write_text(BUS_CONFIG.format(socket=socket_path))
+        bus = subprocess.Popen(
+            ["dbus-daemon", f"--config-file={sockdir / 'bus.conf'}", "--nofork", "--print-address"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(bus)
+        assert bus.stdout is not None and select.select([bus.stdout], [], [], 10)[0], "dbus-daemon is silent"
+        assert str(socket_path) in bus.stdout.readline()
+        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket_path}", "LC_ALL": "C"}
+        log = tmp_path / "firewalld.log"
+        with log.open("wb") as out:
+            daemon = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *FIREWALLD_ARGV, str(config)],
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+        procs.append(daemon)
+        deadline = time.monotonic() + 30
+        while run("firewall-cmd", "--state", check=False, env=env).stdout.strip() != "running":
+            assert daemon.poll() is None, f"firewalld exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"firewalld did not start: {log.read_text()}"
+            time.sleep(0.1)
+
+    try:
+        yield start
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 def test_client_hardening_drops_inbound_keeps_outbound_tunnel_and_ssh(
-    netns: Callable[[], str], servers: Callable[..., None], tmp_path: Path
+    netns: Callable[[], str], servers: Callable[..., None], enforce: Enforce
 ) -> None:
     host, peer = netns(), netns()
     veth(host, "eth0", "10.99.0.1/24", peer, "eth0", "10.99.0.2/24")
@@ -522,7 +620,7 @@ def test_client_hardening_drops_inbound_keeps_outbound_tunnel_and_ssh(
     outbound = (",10.99.0.2,8080",)
     assert probe(peer, *inbound) + probe(host, *outbound) == [True] * 5, "baseline: everything answers"
 
-    load_nft(host, parse_spec(Role.CLIENT, allow_ssh=True, mgmt_cidrs=["10.99.0.2/32"]), tmp_path)
+    enforce(host, parse_spec(Role.CLIENT, allow_ssh=True, mgmt_cidrs=["10.99.0.2/32"]))
 
     assert probe(peer, *inbound) == [
         False,  # unsolicited inbound to an open port: dropped
@@ -534,7 +632,7 @@ def test_client_hardening_drops_inbound_keeps_outbound_tunnel_and_ssh(
 
 
 def test_connector_forwards_only_tunnel_to_fronted_subnet_and_limits_egress(
-    netns: Callable[[], str], servers: Callable[..., None], tmp_path: Path
+    netns: Callable[[], str], servers: Callable[..., None], enforce: Enforce
 ) -> None:
     tunnel, conn, lan = netns(), netns(), netns()
     veth(conn, "zg0", "100.64.0.1/24", tunnel, "tun0", "100.64.0.2/24")
@@ -553,11 +651,57 @@ def test_connector_forwards_only_tunnel_to_fronted_subnet_and_limits_egress(
     before = probe(tunnel, *from_tunnel) + probe(lan, *from_lan) + probe(conn, *from_conn)
     assert before == [True] * 7, "baseline: everything answers"
 
-    load_nft(conn, parse_spec(Role.CONNECTOR, subnets=["10.1.0.0/24"]), tmp_path)
+    enforce(conn, parse_spec(Role.CONNECTOR, subnets=["10.1.0.0/24"]))
 
     assert probe(tunnel, *from_tunnel) == [True, False]  # fronted subnet yes, other subnet no
     assert probe(lan, *from_lan) == [False, False]  # nothing new from the LAN: not into the tunnel, not in
     assert probe(conn, *from_conn) == [True, False, True]  # TLS out yes, other ports no, fronted apps yes
+    assert pings(tunnel, "100.64.0.1"), "the gateways' liveness probe (ICMP echo in the tunnel) is answered"
+    assert not pings(lan, "10.1.0.1")
+
+
+def test_gateway_forwards_tunnel_to_tunnel_only_and_opens_the_port_range(
+    netns: Callable[[], str], servers: Callable[..., None], enforce: Enforce
+) -> None:
+    gw, peer1, peer2, wan = netns(), netns(), netns(), netns()
+    # The tunnel is a bridge here, so two peers sit behind one interface named zg0 and the
+    # gateway routes between them (in through zg0, out through zg0) like between WireGuard peers.
+    run("ip", "-n", gw, "link", "add", "zg0", "type", "bridge")
+    run("ip", "-n", gw, "addr", "add", "100.64.0.1/24", "dev", "zg0")
+    run("ip", "-n", gw, "link", "set", "zg0", "up")
+    for i, peer in ((2, peer1), (3, peer2)):
+        veth(gw, f"gp{i}", None, peer, "e0", f"100.64.0.{i}/32")
+        run("ip", "-n", gw, "link", "set", f"gp{i}", "master", "zg0")
+        run("ip", "-n", peer, "route", "add", "100.64.0.1", "dev", "e0")
+        run("ip", "-n", peer, "route", "add", "default", "via", "100.64.0.1", "dev", "e0")
+    veth(gw, "eth0", "10.50.0.1/24", wan, "eth0", "10.50.0.2/24")
+    run("ip", "-n", wan, "route", "add", "100.64.0.0/24", "via", "10.50.0.1")
+    for key in (
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.zg0.send_redirects=0",
+    ):
+        in_ns(gw, "sysctl", "-qw", key)
+    servers(peer2, 8080)
+    servers(wan, 8080, 443)
+    servers(gw, 8080, 22, "u51820", "u51821", "u9999")
+    from_peer = (",100.64.0.3,8080", ",10.50.0.2,8080")
+    from_wan = (
+        ",10.50.0.1,8080",
+        ",10.50.0.1,22",
+        ",10.50.0.1,u51820",
+        ",10.50.0.1,u51821",
+        ",10.50.0.1,u9999",
+    )
+    from_gw = (",10.50.0.2,443", ",10.50.0.2,8080")
+    before = probe(peer1, *from_peer) + probe(wan, *from_wan) + probe(gw, *from_gw)
+    assert before == [True] * 9, "baseline: everything answers"
+
+    enforce(gw, parse_spec(Role.GATEWAY, port_range="51820-51830", mgmt_cidrs=["10.50.0.2/32"]))
+
+    assert probe(peer1, *from_peer) == [True, False]  # peer to peer through the gateway; not to the internet
+    assert probe(wan, *from_wan) == [False, True, True, True, False]  # SSH from mgmt, WireGuard + probe port
+    assert probe(gw, *from_gw) == [True, False]  # controller TLS out; nothing else
 
 
 # --------------------------------------------------------------------------- CLI
@@ -589,7 +733,7 @@ def test_cli_writes_file_and_firewalld_directory(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert sorted(str(p.relative_to(etc)) for p in etc.rglob("*.xml")) == [
         "zones/zerogate-client.xml",
-        "zones/zerogate-tun.xml",
+        "zones/zerogate.xml",
     ]
 
 
@@ -637,6 +781,6 @@ def test_firewall_help_lists_render() -> None:
 
 
 def test_tools_are_installed() -> None:
-    """The validators above need these; bootstrap installs them (firewalld brings firewall-offline-cmd)."""
-    for tool in ("nft", "iptables-restore", "firewall-offline-cmd", "ip"):
+    """The checks above need these; bootstrap installs them (firewalld brings firewall-offline-cmd)."""
+    for tool in ("nft", "iptables-restore", "firewall-offline-cmd", "firewalld", "dbus-daemon", "ip", "ping"):
         assert shutil.which(tool), f"{tool} missing"

@@ -213,6 +213,10 @@ def test_network_checks_turn_outcomes_into_fixes() -> None:
     assert "no route to 192.0.2.7:443" in unreachable.detail and "default gateway" in unreachable.fix
     via = tcp_check("ctl", 443, ok_res, TcpOutcome("10.9.9.9", 3128, latency_ms=1.5), "http://proxy:3128")
     assert via.status == "pass" and "via the proxy" in via.title
+    secret = tcp_check(
+        "ctl", 443, ok_res, TcpOutcome("10.9.9.9", 3128, kind="refused"), "http://u:pw@proxy:3128"
+    )
+    assert "pw" not in secret.title + secret.detail + secret.fix and "http://***@proxy:3128" in secret.fix
 
     pin = ca_pin(create_ca("x")[1])
     url = "https://ctl.example.test:8443"
@@ -242,8 +246,10 @@ def test_key_check_names_the_problem() -> None:
         "connector", KeyOutcome(error=ApiError(403, "provisioning key was revoked: ...", None))
     )
     assert revoked.status == "fail" and "revoked" in revoked.detail and "new install string" in revoked.fix
-    old = key_check("connector", KeyOutcome(error=ApiError(405, "Method Not Allowed", None)))
-    assert old.status == "warn"
+    old = key_check("connector", KeyOutcome(error=ApiError(404, "Not Found", None)))
+    assert old.status == "warn" and "older version" in old.detail
+    gone = ApiError(404, "the gateway this key was made for no longer exists", None)
+    assert key_check("gateway", KeyOutcome(error=gone)).status == "fail"
 
 
 def test_udp_check_fixes_by_failure_kind() -> None:
@@ -639,6 +645,33 @@ def test_preflight_on_this_host_passes_the_network_checks(
     assert [c["id"] for c in data["checks"] if c["status"] == "fail"] == ["systemd"]
     # The preflight did not use the key.
     assert key_row(admin, key["id"])["uses"] == 0
+
+
+def test_preflight_for_a_gateway_host_checks_its_own_ports(
+    controller: LocalController, admin: AccountSession, unique: Callable[[str], str]
+) -> None:
+    name = unique("gw-host")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:  # something already on the WireGuard port
+        held.bind(("127.0.0.1", 0))
+        first = held.getsockname()[1]
+        assert first + 10 <= 65535
+        admin.client.post(
+            "/v1/gateways",
+            {"name": name, "public_endpoint": "127.0.0.2", "port_first": first, "port_last": first + 10},
+        )
+        try:
+            created = admin.client.post(f"/v1/gateways/{name}/provisioning-keys", {})
+            r = zerogate(
+                "preflight", "--role", "gateway", "--install-string", created["install_string"], "--json"
+            )
+        finally:
+            admin.client.delete(f"/v1/gateways/{name}")
+    checks = json.loads(r.stdout)["checks"]
+    got = by_id(checks)
+    assert got["key"]["status"] == "pass" and f"enrolls into gateway {name}" in got["key"]["detail"]
+    assert got["ports"]["status"] == "warn"
+    assert got["ports"]["detail"] == f"UDP {first} (WireGuard) already in use on this host"
+    assert not any(c["id"].startswith("udp") for c in checks)  # a gateway does not probe gateways
 
 
 def test_preflight_refuses_an_install_string_for_a_controller() -> None:

@@ -58,7 +58,7 @@ def _report(role: str, checks: Sequence[Check], as_json: bool) -> None:
         _print_checks(checks)
         verdict = "[green]ready[/]" if ok else "[bold red]not ready[/]"
         out.print(
-            f"\n{role}: {verdict} ({counts['pass']} passed, {counts['warn']} warnings, "
+            f"\n{role}: {verdict} ({counts['pass']} passed, {counts['warn']} warning(s), "
             f"{counts['fail']} failed, {counts['skip']} skipped)",
             soft_wrap=True,
         )
@@ -79,15 +79,22 @@ def preflight(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Check that this host can run a role: one line per check, pass/warn/fail, and the fix.
+    """Check that this host can run a role: pass/warn/fail, and the fix.
 
-    Host: x86_64, systemd, root, CPU cores and memory against the role's sizing, AES-NI, free disk,
-    a static MAC. Network (with --install-string): DNS, TCP and pinned TLS to the controller (a pin
-    mismatch means TLS interception), whether the key is still usable, and an authenticated UDP
-    probe of every gateway. Also proxy variables and other firewall managers (firewalld, ufw,
-    Docker, legacy iptables, dropping base chains) and what they would block.
+    Host: x86_64, systemd, root, CPU cores and memory against the
+    role's sizing, AES-NI, free disk, a static MAC.
 
-    Nothing on the host is changed and the key is not used up. Exit status 1 if any check fails.
+    Network (with --install-string): DNS, TCP and pinned TLS to the
+    controller (a pin mismatch means TLS interception), whether the
+    key is still usable, and an authenticated UDP probe of every
+    gateway.
+
+    Also proxy variables, and other firewall managers (firewalld, ufw,
+    Docker, legacy iptables, base chains that drop) with what they
+    would block.
+
+    Nothing on the host changes and the key is not used up.
+    Exit status 1 if any check fails.
     """
     if install_string and role.value not in ("connector", "gateway"):
         fail(f"a {role.value} is not enrolled with an install string: drop --install-string", code=2)
@@ -109,12 +116,15 @@ def sizing(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Recommend cores, memory and disk for a role, and show what the numbers rest on.
+    """Recommend cores, memory and disk for a role, with the basis.
 
-    connector and gateway: --users and --bandwidth (Mbit/s); controller: --users;
-    segment: --assets. The basis quotes the reference row used (REQUIREMENTS.md sections 6
-    and 7) and zerogate's own benchmark figures (README.md, Benchmarks); figures that are
-    zerogate's assumptions or extrapolations say so.
+    connector, gateway: --users and --bandwidth (Mbit/s).
+    controller: --users. segment: --assets.
+
+    The basis quotes the reference row used (REQUIREMENTS.md
+    sections 6 and 7) and zerogate's own benchmark figures
+    (README.md, Benchmarks); zerogate's own assumptions and
+    extrapolations are marked as such.
     """
     try:
         result = size(role.value, users=users, bandwidth_mbps=bandwidth, assets=assets)
@@ -160,12 +170,14 @@ def connectivity_test(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Test every endpoint and port this connector or gateway needs, with latency.
+    """Test every endpoint and port this connector or gateway needs.
 
-    The controller: TCP, then TLS pinned to the deployment CA, then the device credential (or,
-    with --install-string, the provisioning key). For a connector also every gateway: an
-    authenticated UDP probe of its probe port (first port of its range + 1). Exit status 1 if
-    anything fails.
+    The controller: TCP, then TLS pinned to the deployment CA, then
+    the device credential (with --install-string: the provisioning
+    key). For a connector also every gateway: an authenticated UDP
+    probe of its probe port (the first port of its range + 1).
+
+    Each with its result and latency. Exit status 1 if anything fails.
     """
     env = dict(os.environ)
     if install_string:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from zerogate.cli.common import err, errors_to_exit, fail
 from zerogate.cli.firewall import app
@@ -32,7 +33,8 @@ _EPILOG = (
     "connector: no inbound port; out only controller TLS, UDP to the gateway range, DNS, NTP; forwards only "
     "from the tunnel to --subnet. client-hardening: drops all inbound but loopback, tunnel, DHCP, "
     "replies and optional SSH. cloud-connector: SSH in on the management interface from --mgmt-cidr; "
-    "DNS, TLS/DTLS 443, NTP and the gateway range out; the service interface accepts only --local-range sources (anti-spoofing)."
+    "DNS, TLS/DTLS 443, NTP and the gateway range out; the service interface accepts only --local-range "
+    "sources (anti-spoofing)."
     "\n\n"
     f"Formats: nftables: own table {NFT_TABLE}, atomic, load with nft -f. iptables: iptables-restore "
     "--noflush, own ZEROGATE-* chains, IPv4 only. firewalld: zone and policy XML files (--output is then a "
@@ -124,7 +126,7 @@ def render_command(
         for path in written:
             err.print(f"wrote {path}", highlight=False)
     for note in rendering.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False, markup=True)
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 def _write(rendering: Rendering, output: Path) -> list[Path]:

@@ -173,6 +173,19 @@ def _service_user(data_dir: Path) -> str:
     return f"{made}{data_dir} owned by {SERVICE_USER}"
 
 
+def _why_not_start(no_start: bool, prefix: Path, unenrolled: bool, role: str) -> str:
+    """Why the service is left stopped (empty: start it)."""
+    if no_start:
+        return "--no-start"
+    if prefix != Path("/"):
+        return "--prefix is not /"
+    if not _systemd_booted():
+        return "systemd is not running on this host"
+    if unenrolled:
+        return f"this {role} is not enrolled yet"
+    return ""
+
+
 def _start(unit: str) -> None:
     for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", unit]):
         r = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
@@ -328,7 +341,14 @@ def install(
         port, created = _controller_deployment(host_state, listen, server_name, public_url)
         spec = UnitSpec(r, program, system_state, spec.env_file, listen_port=port)
         result["deployment"] = created
-        done.append("created the deployment" if created else f"kept the existing deployment in {host_state}")
+        ignored = (
+            " (--listen, --server-name and --public-url only shape a new one)"
+            if listen or server_name or public_url
+            else ""
+        )
+        done.append(
+            "created the deployment" if created else f"kept the existing deployment in {host_state}{ignored}"
+        )
 
     # -- 4. files --------------------------------------------------------------------------------
     host_state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -353,17 +373,14 @@ def install(
     commands = ["systemctl daemon-reload", f"systemctl enable --now {unit}"]
     if network and not enrolled:
         commands.insert(0, f"zerogate {r} enroll 'zg1...' --state-dir {system_state}")
-    why_not = (
-        "--no-start"
-        if no_start
-        else "--prefix is not /"
-        if prefix != Path("/")
-        else "systemd is not running on this host"
-        if not _systemd_booted()
-        else f"this {r} is not enrolled yet"
-        if network and not enrolled
-        else ""
-    )
+    if not network and prefix != Path("/"):
+        # Users and ownership belong to the target host, not to the --prefix tree.
+        commands[:0] = [
+            f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "
+            f"{SERVICE_USER}  # unless it exists",
+            f"chown -R {SERVICE_USER}:{SERVICE_USER} {system_state}",
+        ]
+    why_not = _why_not_start(no_start, prefix, network and not enrolled, r)
     if why_not:
         result |= {"started": False, "next": commands}
     else:

@@ -12,7 +12,7 @@ from zerogate.connector.plan import ConnectorPlan, plan_connector
 from zerogate.netops import links
 from zerogate.netops.agent import Backoff, DeviceIdentity, SnapshotFollower
 from zerogate.netops.controller_api import ControllerError
-from zerogate.netops.dataplane import Dataplane
+from zerogate.netops.dataplane import Dataplane, guard_firewalld
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,8 @@ class ConnectorDaemon:
         ]
         for t in threads:
             t.start()
+        # replies to our own dialling need no open port; firewalld must only let the tunnel forward
+        guard_firewalld(self.dp.interface, None, stop)
         try:
             self.follower.run(stop)
         finally:

@@ -111,6 +111,7 @@ class LocalController:
     def start(self, timeout: float = 30.0) -> Self:
         log_path = self.log_path or self.data_dir.parent / f"{self.data_dir.name}-controller.log"
         self.log_path = log_path
+        offset = len(self.output())  # a restart appends: look only at the new output
         log = open(log_path, "ab")  # handed to the child; our copy is closed right after
         argv = [
             *zerogate_argv(),
@@ -119,7 +120,7 @@ class LocalController:
             "--data-dir",
             str(self.data_dir),
             "--listen",
-            f"{self.host}:0",
+            f"{self.host}:{self.port}",  # a restart keeps the port the devices know
         ]
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env())
         log.close()
@@ -129,7 +130,7 @@ class LocalController:
                 raise LocalControllerError(
                     f"controller exited with {self.process.returncode}:\n{self.output()}"
                 )
-            m = _LISTENING.search(self.output())
+            m = _LISTENING.search(self.output()[offset:])
             if m:
                 self.port = int(m.group(1))
                 self.url = f"https://{self.host}:{self.port}"

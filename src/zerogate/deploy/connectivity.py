@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from zerogate.netops.controller_api import (
     ApiError,
@@ -60,6 +60,7 @@ __all__ = [
     "key_check",
     "proxy_for_https",
     "read_proxy_env",
+    "redact_proxy",
     "tcp_check",
     "tls_check",
     "udp_check",
@@ -176,6 +177,15 @@ def bypasses_proxy(host: str, no_proxy: str) -> bool:
         if entry and (host == entry or host.endswith("." + entry)):
             return True
     return False
+
+
+def redact_proxy(proxy: str) -> str:
+    """The proxy URL with any user name and password replaced by ``***``."""
+    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    if not (parts.username or parts.password):
+        return proxy
+    netloc = f"***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)) if "://" in proxy else netloc
 
 
 def proxy_for_https(host: str, proxies: ProxyEnv) -> str | None:
@@ -318,7 +328,7 @@ def dns_check(res: Resolution, proxy: str | None = None) -> Check:
             "dns",
             title,
             "warn",
-            f"{detail}; HTTPS goes through the proxy {proxy}, which resolves it",
+            f"{detail}; HTTPS goes through the proxy {redact_proxy(proxy)}, which resolves it",
             fix=f"make {res.host} resolvable here too if the gateways' endpoints are names",
         )
     return Check(
@@ -335,7 +345,7 @@ def dns_check(res: Resolution, proxy: str | None = None) -> Check:
 
 def tcp_check(host: str, port: int, res: Resolution, outcome: TcpOutcome | None, proxy: str | None) -> Check:
     """TCP to the controller (or to the proxy that carries HTTPS to it)."""
-    via = f" via the proxy {proxy}" if proxy else ""
+    via = f" via the proxy {redact_proxy(proxy)}" if proxy else ""
     title = f"TCP {port} to the controller{via}"
     endpoint = _hostport(host, port)
     if outcome is None:
@@ -357,12 +367,12 @@ def tcp_check(host: str, port: int, res: Resolution, outcome: TcpOutcome | None,
             endpoint=endpoint,
             latency_ms=outcome.latency_ms,
         )
-    what = f"the proxy {proxy}" if proxy else host
+    what = f"the proxy {redact_proxy(proxy)}" if proxy else host
     fixes = {
         "refused": (
             f"connection refused by {target}: nothing listens there",
-            f"check that {what} is up and listening on port {outcome.port} and that the install "
-            "string's address is right",
+            f"check that {what} is up and listening on port {outcome.port}"
+            + (" (HTTPS_PROXY)" if proxy else " and that the install string's address is right"),
         ),
         "timeout": (
             f"no answer from {target} within {TCP_TIMEOUT:g} s: a firewall drops the traffic",
@@ -428,7 +438,10 @@ def key_check(role: str, outcome: KeyOutcome) -> Check:
     new_string = "ask an admin for a new install string"
     if outcome.error is not None:
         exc = outcome.error
-        if isinstance(exc, ApiError) and exc.status in (404, 405):
+        # FastAPI's own "Not Found" means no such route; other 404s are the controller's answer.
+        if isinstance(exc, ApiError) and (
+            exc.status == 405 or (exc.status == 404 and exc.message == "Not Found")
+        ):
             return Check(
                 "key",
                 title,

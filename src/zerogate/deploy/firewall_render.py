@@ -24,9 +24,10 @@ from enum import StrEnum
 from typing import Any, Literal
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Proto = Literal["tcp", "udp", "any"]
+Proto = Literal["tcp", "udp", "any", "ping"]  # ping: ICMP / ICMPv6 echo request
 
 NFT_TABLE = "inet zerogate_host"
+FIREWALLD_TUNNEL_ZONE = "zerogate"  # the zone zerogate.netops.firewalld keeps the tunnel in
 CHAIN_PREFIX = "ZEROGATE-"
 DEFAULT_PORT_RANGE = "51820-53000"
 DEFAULT_CONTROLLER_PORT = 443
@@ -305,6 +306,11 @@ def _ssh(spec: FirewallSpec, iif: str | None = None) -> list[Rule]:
     ]
 
 
+def _probed(spec: FirewallSpec) -> Rule:
+    """Gateways check a connector is alive with ICMP echo inside the tunnel (the kernel answers)."""
+    return Rule(Hook.INPUT, "liveness probes from gateways, inside the tunnel", "ping", iif=spec.tunnel)
+
+
 def _host_egress(oif: str | None = None) -> list[Rule]:
     """What any server needs out: name resolution, time, its own address (DHCP)."""
     link_local = (ipaddress.IPv6Network("fe80::/10"),)
@@ -336,6 +342,7 @@ def _connector(spec: FirewallSpec) -> list[Rule]:
     tun = spec.tunnel
     return [
         *_ssh(spec),
+        _probed(spec),
         Rule(Hook.FORWARD, "from the tunnel to the fronted subnets only", iif=tun, daddr=spec.subnets),
         Rule(Hook.OUTPUT, "controller and gateways (TLS)", "tcp", _port(spec.controller_port)),
         Rule(Hook.OUTPUT, "WireGuard and probes to the gateway port range", "udp", spec.port_range),
@@ -370,6 +377,7 @@ def _cloud(spec: FirewallSpec) -> list[Rule]:
     metadata = (ipaddress.IPv4Network("169.254.169.254/32"),)
     return [
         *_ssh(spec, iif=mgmt),
+        _probed(spec),
         Rule(Hook.INPUT, f"local workloads on {svc} (declared ranges only)", saddr=local, iif=svc),
         Rule(Hook.FORWARD, "local workloads into the tunnel", saddr=local, iif=svc, oif=tun),
         Rule(
@@ -489,7 +497,7 @@ def _nft_rule(rule: Rule) -> list[str]:
     base = [f'iifname "{rule.iif}"'] if rule.iif else []
     base += [f'oifname "{rule.oif}"'] if rule.oif else []
     l4: list[str] = []
-    if rule.proto != "any":
+    if rule.proto in ("tcp", "udp"):
         l4 += [f"{rule.proto} sport {rule.sport}"] if rule.sport else []
         l4 += [f"{rule.proto} dport {rule.dport}"] if rule.dport else []
         l4 = l4 or [f"meta l4proto {rule.proto}"]
@@ -498,7 +506,11 @@ def _nft_rule(rule: Rule) -> list[str]:
         fam = "ip" if version == 4 else "ip6"
         addr = [f"{fam} saddr {_nft_set(saddr)}"] if saddr else []
         addr += [f"{fam} daddr {_nft_set(daddr)}"] if daddr else []
-        lines.append(" ".join([*base, *addr, *l4, f'accept comment "{rule.why}"']))
+        pings = {4: ["icmp type echo-request"], 6: ["icmpv6 type echo-request"]}
+        pings[0] = pings[4] + pings[6]
+        for match in pings[version] if rule.proto == "ping" else [" ".join(l4)]:
+            parts = [*base, *addr, match] if match else [*base, *addr]
+            lines.append(" ".join([*parts, f'accept comment "{rule.why}"']))
     return lines
 
 
@@ -594,8 +606,8 @@ def _ipt_ports(ports: PortRange) -> str:
 def _ipt_rule(rule: Rule) -> list[str]:
     base = [f"-i {rule.iif}"] if rule.iif else []
     base += [f"-o {rule.oif}"] if rule.oif else []
-    l4 = []
-    if rule.proto != "any":
+    l4 = ["-p icmp --icmp-type echo-request"] if rule.proto == "ping" else []
+    if rule.proto in ("tcp", "udp"):
         l4.append(f"-p {rule.proto}")
         if rule.sport:
             l4.append(f"--sport {_ipt_ports(rule.sport)}")
@@ -626,7 +638,7 @@ def _fw_family(version: int) -> dict[str, str]:
 
 def _fw_add_rule(parent: ET.Element, rule: Rule) -> None:
     """A rule as plain port/source-port elements when it has no addresses, else as rich rules."""
-    if not rule.saddr and not rule.daddr and rule.proto != "any" and (rule.dport or rule.sport):
+    if not rule.saddr and not rule.daddr and rule.proto in ("tcp", "udp") and (rule.dport or rule.sport):
         tag, port = ("port", rule.dport) if rule.dport else ("source-port", rule.sport)
         ET.SubElement(parent, tag, port=str(port), protocol=rule.proto)
         return
@@ -638,7 +650,9 @@ def _fw_add_rule(parent: ET.Element, rule: Rule) -> None:
                     ET.SubElement(rich, "source", address=str(s))
                 if d:
                     ET.SubElement(rich, "destination", address=str(d))
-                if rule.proto != "any" and rule.dport:
+                if rule.proto == "ping":
+                    ET.SubElement(rich, "icmp-type", name="echo-request")
+                elif rule.proto != "any" and rule.dport:
                     ET.SubElement(rich, "port", port=str(rule.dport), protocol=rule.proto)
                 elif rule.proto != "any" and rule.sport:
                     ET.SubElement(rich, "source-port", port=str(rule.sport), protocol=rule.proto)
@@ -664,47 +678,47 @@ def _fw_bare(rule: Rule) -> bool:
 
 
 def _render_firewalld(rs: Ruleset) -> Rendering:
+    """Zones for interfaces, policies for forwarding and output (names <= 17 characters).
+
+    The tunnel goes in zone ``zerogate`` (ACCEPT, forwarding on), exactly as the daemons'
+    firewalld integration keeps it, so the two never fight over the interface; a DROP policy
+    that runs after the zones then limits where tunnel traffic may be forwarded.
+    """
     spec = rs.spec
-    zone_key = {spec.tunnel: "tun"}
+    short = {spec.tunnel: "tun"}
     if spec.role is Role.CLOUD:
-        zone_key |= {spec.mgmt_interface: "mgmt", spec.service_interface: "svc"}
+        short |= {spec.mgmt_interface: "mgmt", spec.service_interface: "svc"}
     host_zone = f"zerogate-{_SHORT[spec.role]}"
 
     def zone_of(iface: str | None) -> str:
         if iface is None:
             return host_zone if spec.role is not Role.CLOUD else "ANY"
-        return f"zerogate-{zone_key[iface]}"
+        return FIREWALLD_TUNNEL_ZONE if iface == spec.tunnel else f"zerogate-{short[iface]}"
 
     notes = list(rs.notes)
     zones: dict[str, ET.Element] = {}
+    policies: dict[str, ET.Element] = {}
 
-    def zone(name: str, iface: str | None) -> ET.Element:
+    def zone(iface: str | None) -> ET.Element:
+        name = zone_of(iface)
         if name not in zones:
             el = ET.Element("zone", target="DROP")
             _fw_text(el, f"zerogate: {iface or 'host'} ({spec.role})", rs)
             if iface:
                 ET.SubElement(el, "interface", name=iface)
-            _fw_nd(el, ("neighbour-solicitation", "neighbour-advertisement", "router-advertisement"))
+            if iface == spec.tunnel:  # exactly what the daemons' firewalld integration keeps up
+                el.set("target", "ACCEPT")
+                ET.SubElement(el, "forward")
+            else:
+                _fw_nd(el, ("neighbour-solicitation", "neighbour-advertisement", "router-advertisement"))
             zones[name] = el
         return zones[name]
 
-    if spec.role is not Role.CLOUD:
-        zone(host_zone, None)
-        notes.append(
-            f"firewalld: zone {host_zone} is not bound to an interface; bind the internet-facing one "
-            f"(firewall-cmd --permanent --zone={host_zone} --change-interface=IFACE) or make it the "
-            f"default zone (firewall-cmd --set-default-zone={host_zone})"
-        )
-    for rule in rs.of(Hook.INPUT):
-        z = zone(zone_of(rule.iif), rule.iif)
-        if _fw_bare(rule):
-            z.set("target", "ACCEPT")
-        else:
-            _fw_add_rule(z, rule)
-
-    policies: dict[str, ET.Element] = {}
-
-    def policy(name: str, ingress: str, egress: str, target: str, priority: int) -> ET.Element:
+    def policy(src: str | None, dst: str | None, target: str, priority: int) -> ET.Element:
+        ingress = "HOST" if src == "HOST" else zone_of(src) if src else "ANY"
+        egress = zone_of(dst) if dst else "ANY"
+        first = "out" if src == "HOST" else short.get(src or "", "any")
+        name = f"zerogate-{first}-{short.get(dst or '', 'any')}"
         if name not in policies:
             el = ET.Element("policy", target=target, priority=str(priority))
             _fw_text(el, f"zerogate: {ingress} to {egress} ({spec.role})", rs)
@@ -713,29 +727,42 @@ def _render_firewalld(rs: Ruleset) -> Rendering:
             policies[name] = el
         return policies[name]
 
+    zone(spec.tunnel)
+    if spec.role is not Role.CLOUD:
+        zone(None)
+        notes.append(
+            f"firewalld: zone {host_zone} is not bound to an interface; bind the internet-facing one "
+            f"(firewall-cmd --permanent --zone={host_zone} --change-interface=IFACE) or make it the "
+            f"default zone (firewall-cmd --set-default-zone={host_zone})"
+        )
+    for rule in rs.of(Hook.INPUT):
+        if rule.iif != spec.tunnel:  # the tunnel zone accepts everything already
+            _fw_add_rule(zone(rule.iif), rule)
     for rule in rs.of(Hook.FORWARD):
-        src, dst = zone_of(rule.iif), "ANY" if rule.oif is None else zone_of(rule.oif)
-        if rule.iif and rule.iif == rule.oif and _fw_bare(rule):
-            ET.SubElement(zone(src, rule.iif), "forward")
-            continue
-        zone(src, rule.iif)
+        if rule.iif == rule.oif == spec.tunnel and _fw_bare(rule):
+            continue  # the tunnel zone's <forward/>
+        zone(rule.iif)
         if rule.oif:
-            zone(dst, rule.oif)
-        name = f"{src}-{dst.removeprefix('zerogate-').lower()}"
-        _fw_add_rule(policy(name, src, dst, "CONTINUE", -20), rule)
+            zone(rule.oif)
+        _fw_add_rule(policy(rule.iif, rule.oif, "CONTINUE", -30), rule)
+    if Hook.FORWARD in rs.filtered:
+        # The tunnel zone's ACCEPT would let tunnel traffic out to any zone: only the rules above may.
+        # A positive priority runs after the zone's own rules, so its <forward/> (tunnel to tunnel,
+        # the gateway's job) still passes; negative-priority policies run before the zones.
+        catch_all = policy(spec.tunnel, None, "DROP", 20)
+        catch_all.attrib.update(target="DROP", priority="20")
     if Hook.OUTPUT in rs.filtered:
-        final = policy("zerogate-out", "HOST", "ANY", "DROP", -10)
+        final = policy("HOST", None, "DROP", -10)
         _fw_nd(final, ("neighbour-solicitation", "neighbour-advertisement", "router-solicitation"))
         for rule in rs.of(Hook.OUTPUT):
             if rule.oif is None:
                 _fw_add_rule(final, rule)
-                continue
-            dst = zone_of(rule.oif)
-            zone(dst, rule.oif)
-            target = "ACCEPT" if _fw_bare(rule) else "CONTINUE"
-            out_policy = policy(f"zerogate-out-{zone_key[rule.oif]}", "HOST", dst, target, -20)
-            if not _fw_bare(rule):
-                _fw_add_rule(out_policy, rule)
+            elif _fw_bare(rule):
+                zone(rule.oif)
+                policy("HOST", rule.oif, "ACCEPT", -20)
+            else:
+                zone(rule.oif)
+                _fw_add_rule(policy("HOST", rule.oif, "CONTINUE", -20), rule)
     if rs.rpf_interfaces:
         notes.append(
             "firewalld checks reverse paths for IPv6 only (IPv6_rpfilter); for IPv4 anti-spoofing set "
@@ -784,6 +811,9 @@ def cloud_groups(rs: Ruleset) -> tuple[dict[str, list[CloudRule]], list[str]]:
     tunnel_only, forwards = False, False
     for rule in rs.rules:
         if rule.host_only:
+            continue
+        if rule.proto == "ping":  # only ever inside the tunnel, which a security group cannot see
+            tunnel_only = True
             continue
         if rule.hook is Hook.INPUT:
             if rule.iif == spec.tunnel:

@@ -25,7 +25,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from zerogate.deploy.connectivity import (
     Check,
@@ -35,6 +35,7 @@ from zerogate.deploy.connectivity import (
     check_install_string,
     proxy_for_https,
     read_proxy_env,
+    redact_proxy,
 )
 from zerogate.deploy.sizing import HostMinimum, host_minimum
 from zerogate.pki.install_string import InvalidInstallString, parse_install_string
@@ -384,18 +385,9 @@ def check_mac(iface: str | None, mac: str | None) -> Check:
     return Check("mac", title, "pass", f"{iface} has the burned-in MAC {mac}")
 
 
-def _redact(proxy: str) -> str:
-    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc)) if "://" in proxy else netloc
-    return proxy
-
-
 def check_proxy(proxies: ProxyEnv, controller_host: str | None) -> Check:
     title = "proxy settings"
-    shown = ", ".join(f"{n}={_redact(v)}" for n, v in proxies.values.items())
+    shown = ", ".join(f"{n}={redact_proxy(v)}" for n, v in proxies.values.items())
     if proxies.conflicts:
         names = ", ".join(f"{n}/{n.lower()}" for n in proxies.conflicts)
         return Check(
@@ -428,7 +420,7 @@ def check_proxy(proxies: ProxyEnv, controller_host: str | None) -> Check:
         "proxy",
         title,
         "warn",
-        f"HTTPS to the controller {controller_host} goes through the proxy {_redact(proxy)} "
+        f"HTTPS to the controller {controller_host} goes through the proxy {redact_proxy(proxy)} "
         "(NO_PROXY does not list it): pinned TLS works through a plain CONNECT proxy but fails if "
         "the proxy inspects TLS; UDP to the gateways never uses the proxy",
         fix=f"if this host can reach {controller_host} directly, add it to NO_PROXY and no_proxy; "

@@ -90,7 +90,7 @@ def check_path(what: str, path: Path) -> Path:
     if not _SAFE_PATH.match(text) or "/../" in f"{text}/" or "//" in text:
         raise ValueError(
             f"{what} {text!r}: use an absolute path of letters, digits and . _ + - / "
-            "(no spaces, '..', '%' or '$'), e.g. /var/lib/zerogate/connector"
+            "(no spaces, '..', '%' or '$')"
         )
     return path
 

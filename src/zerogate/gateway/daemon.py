@@ -14,7 +14,7 @@ from zerogate.gateway.plan import GatewayPlan, choose_active, plan_gateway
 from zerogate.netops import links
 from zerogate.netops.agent import DeviceIdentity, SnapshotFollower
 from zerogate.netops.controller_api import ControllerError
-from zerogate.netops.dataplane import Dataplane
+from zerogate.netops.dataplane import Dataplane, guard_firewalld
 from zerogate.netops.icmp import Prober
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ class Gateway:
             self._reconcile()
             assert self.plan is not None
             if self.responder is None and self.stop is not None:
-                self.responder = start_probe_responder(self.identity, self.plan.listen_port + 1, self.stop)
+                port = self.plan.listen_port
+                self.responder = start_probe_responder(self.identity, port + 1, self.stop)
+                guard_firewalld(self.dp.interface, (port, port + 1), self.stop)
             log.info(
                 "applied revision %s: %d live clients, %d connectors, %d policy grants (nft %.0f ms)",
                 snapshot.get("revision"),

@@ -4,6 +4,7 @@ with as little churn as possible; shared by gateway and connector."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,3 +77,19 @@ class Dataplane:
             self.wg.delete()
         self._peers = self._addresses = self._routes = None
         self._nft = None
+
+
+def guard_firewalld(
+    interface: str, udp_ports: tuple[int, int] | None, stop: threading.Event
+) -> threading.Thread | None:
+    """On a host running firewalld, keep it letting our tunnel (and ports) through,
+    also across ``firewall-cmd --reload`` and firewalld restarts; None without firewalld."""
+    from zerogate.netops.firewalld import FirewalldIntegration
+
+    fw = FirewalldIntegration(interface, udp_ports)
+    if not fw.available():
+        return None
+    log.info("firewalld is running: keeping %s (and UDP %s) open through its D-Bus API", interface, udp_ports)
+    thread = threading.Thread(target=fw.run_watch, args=(stop,), name="firewalld", daemon=True)
+    thread.start()
+    return thread

@@ -104,7 +104,7 @@ _UNKNOWN_NAME_ERRORS = (
     "org.freedesktop.DBus.Error.ServiceUnknown",
     "org.freedesktop.DBus.Error.NameHasNoOwner",
 )
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:+-]{1,15}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 CALL_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 90.0  # a reload rebuilds firewalld's whole table

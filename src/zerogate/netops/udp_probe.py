@@ -18,7 +18,8 @@ first packet) and a response is always smaller (a P-256 certificate and
 signature come to about 700 bytes; :class:`ProbeResponder` refuses to start
 with a certificate that would make it larger), so a spoofed source gains
 nothing. Signing still costs CPU, so answers are also rate-limited per source
-address and in total; requests over the limit are silently dropped.
+address (5 per second, bursts of 10) and in total (500 per second); requests
+over the limit are silently dropped.
 
 Errors: :class:`ProbeSetupError` (``ValueError``) when a responder cannot be
 built from the given key and certificate. The client :func:`probe` never
