@@ -1,126 +1,147 @@
-"""The local demo (`make demo`): a real controller and a sample organisation.
+"""The local demo (`make demo`): the whole data plane on one machine.
 
 Steps, each printed as it runs:
-  1. create a deployment in ./demo-data (CA, TLS certificate, SQLite in WAL mode)
-  2. start `zerogate controller run` on 127.0.0.1
-  3. create the first admin with the one-time bootstrap code; the demo plays
-     the admin's authenticator app (it computes the TOTP codes)
-  4. create a sample organisation with the `zerogate admin` CLI
-  5. issue a connector install string and enroll a connector with it
-  6. ask the policy engine what a user may reach, and verify the audit chain
+  1. build a topology of network namespaces: an "internet" segment with a
+     client, a gateway and a connector; a private LAN behind the connector with
+     an application host running real nginx, OpenSSH and PostgreSQL
+  2. start the controller (its own CA, SQLite) and create the first admin
+  3. create an organisation: connector group, apps, groups, policies, users
+  4. enroll the gateway and a connector with install strings and start them
+     (the connector only dials out)
+  5. sign the user in on the client (password + TOTP) and bring the split
+     tunnel up
+  6. show the user reaching an allowed application, being refused a port no
+     policy grants and an application of another group, and the internet
+     side not reaching the LAN at all
+  7. tear everything down (processes by PID, namespaces, tunnels)
 
-With a terminal attached it then keeps serving until Enter or Ctrl-C, so the
-API docs can be opened; otherwise it stops and cleans up by itself.
+Needs root (namespaces, WireGuard, nftables). With a terminal attached it waits
+for Enter before tearing down, so you can look around; otherwise it cleans up
+by itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from rich.console import Console
 
-from zerogate.controller.localrun import LocalController, zerogate_argv
+from zerogate.testbed.apps import Apps, start_apps
+from zerogate.testbed.lab import Lab
+from zerogate.testbed.topology import Topology
 
-ROOT = Path(__file__).resolve().parent.parent
 console = Console(highlight=False, soft_wrap=True)
+STEPS = 7
 
 
 def step(n: int, text: str) -> None:
-    console.print(f"\n[bold cyan][{n}/6][/] [bold]{text}[/]")
+    console.print(f"\n[bold cyan][{n}/{STEPS}][/] [bold]{text}[/]")
 
 
-def cli(profile: Path, *args: str, stdin: str | None = None) -> str:
-    """Run a zerogate CLI command as a user would type it, showing the command."""
-    shown = " ".join(a if " " not in a else repr(a) for a in args)
-    console.print(f"  [dim]$ zerogate {shown}[/]")
-    r = subprocess.run(
-        [*zerogate_argv(), *args], input=stdin, capture_output=True, text=True, timeout=120,
-        env=os.environ | {"ZEROGATE_PROFILE": str(profile), "COLUMNS": "120"}, check=False,
-    )
-    if r.returncode != 0:
-        console.print(f"[red]command failed ({r.returncode}):[/]\n{r.stderr or r.stdout}")
-        raise SystemExit(1)
-    return r.stdout
+def attempt(lab: Lab, ns: str, label: str, argv: list[str], expect_ok: bool) -> bool:
+    """Run a real client command in a namespace and say whether it did what policy says."""
+    started = time.monotonic()
+    r = lab.topo.run(ns, argv, check=False, timeout=20)
+    took = (time.monotonic() - started) * 1000
+    ok = r.returncode == 0
+    detail = (r.stdout.strip() or r.stderr.strip()).splitlines()
+    shown = detail[-1] if detail else ""
+    verdict = "[green]reached[/]" if ok else "[red]refused[/]"
+    good = ok == expect_ok
+    mark = "[green]as policy says[/]" if good else "[bold red]WRONG[/]"
+    console.print(f"  {label:<46} {verdict} in {took:5.0f} ms  {mark}   [dim]{shown[:70]}[/]")
+    return good
+
+
+def show_access(lab: Lab, apps: Apps) -> bool:
+    t = lab.topo
+    app = t.app_address
+    alice, dave = lab.client_ns("alice"), lab.client_ns("dave")
+    checks = [
+        (alice, "alice (eng): curl http://app/ (web)", apps.nginx.curl_argv(app), True),
+        (alice, "alice (eng): ssh app 'echo $SSH_CLIENT'", apps.sshd.ssh_argv(app, "echo $SSH_CLIENT"), True),
+        (alice, "alice (eng): curl http://app:8080/ (no policy)", apps.nginx.curl_argv(app, 8080), False),
+        (alice, "alice (eng): psql app (dba's database)",
+         apps.postgres.psql_argv(app, "select inet_client_addr()"), False),
+        (dave, "dave (dba): psql app 'select inet_client_addr()'",
+         apps.postgres.psql_argv(app, "select inet_client_addr()"), True),
+        (dave, "dave (dba): curl http://app/ (eng's web)", apps.nginx.curl_argv(app), False),
+        ("atk", "internet host: curl http://app/ via the connector", apps.nginx.curl_argv(app), False),
+    ]
+    return all([attempt(lab, ns, label, argv, ok) for ns, label, argv, ok in checks])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", type=Path, default=ROOT / "demo-data", help="demo directory (recreated on every run)")
-    parser.add_argument("--no-wait", action="store_true", help="stop at the end even with a terminal attached")
+    parser.add_argument("--no-wait", action="store_true", help="tear down at the end even with a terminal attached")
     args = parser.parse_args()
-    demo: Path = args.dir.resolve()
-    if demo.exists():
-        console.print(f"Removing the previous demo in {demo}")
-        shutil.rmtree(demo)
-    demo.mkdir(parents=True)
-    profile = demo / "admin-profile.json"
-    started = time.monotonic()
+    import os
 
-    step(1, "Create a deployment (CA, server certificate, embedded SQLite)")
-    lc = LocalController(demo / "controller", log_path=demo / "controller.log").init()
-    console.print(f"  data dir {lc.data_dir}\n  CA pin   {lc.ca_pin}\n  one-time bootstrap code {lc.bootstrap_code}")
-
-    step(2, "Start the controller (HTTPS, TLS 1.3 only)")
-    with lc:
-        lc.start()
-        console.print(f"  listening at {lc.url}  (log: {lc.log_path})")
-
-        step(3, "Bootstrap the first admin: password, then TOTP (the demo acts as the authenticator app)")
-        admin = lc.bootstrap_admin("admin", "demo-admin-password-1")
-        profile.write_text(json.dumps({"url": lc.url, "ca_pem": lc.ca_pem.decode(), "username": "admin", "token": admin.token}))
-        profile.chmod(0o600)
-        console.print("  admin 'admin' is active and signed in (session kept in demo-data/admin-profile.json)")
-
-        step(4, "Create a sample organisation with the admin CLI")
-        cli(profile, "admin", "connector-group", "create", "branch-office", "--subnet", "10.1.0.0/24", "--json")
-        cli(profile, "admin", "application", "create", "intranet-web", "--connector-group", "branch-office",
-            "--dest", "tcp:10.1.0.10:80,443", "--json")
-        cli(profile, "admin", "application", "create", "build-ssh", "--connector-group", "branch-office",
-            "--dest", "tcp:10.1.0.20:22", "--json")
-        cli(profile, "admin", "group", "create", "engineering", "--json")
-        user = json.loads(cli(profile, "admin", "user", "create", "bob", "--group", "engineering", "--json"))
-        cli(profile, "admin", "policy", "create", "engineering-web", "--group", "engineering", "--app", "intranet-web", "--json")
-        cli(profile, "admin", "gateway", "create", "edge-1", "--endpoint", "127.0.0.1", "--json")
-        lc.activate("bob", user["activation_code"], "bob-password-12345")
-        console.print("  user 'bob' activated his account (password + TOTP)")
-        console.print(cli(profile, "admin", "policy", "list"))
-
-        step(5, "Issue a connector install string and enroll a connector with it")
-        key_out = cli(profile, "admin", "key", "create", "--connector-group", "branch-office", "--json")
-        install = json.loads(key_out)["install_string"]
-        console.print(f"  install string (valid 60 minutes, one use):\n  [bold]zerogate connector enroll {install}[/]")
-        enrolled = json.loads(cli(profile, "connector", "enroll", install, "--name", "branch-connector-1",
-                                  "--state-dir", str(demo / "connector"), "--json"))
-        console.print(f"  enrolled connector {enrolled['name']} as device {enrolled['device_id']}; "
-                      f"its private keys stayed in {demo / 'connector'}")
-
-        step(6, "Ask the policy engine, and verify the audit chain")
-        for dest, port in (("10.1.0.10", "443"), ("10.1.0.20", "22")):
-            out = cli(profile, "admin", "explain", "bob", dest, "--port", port).strip()
-            console.print(f"  bob -> {dest}:{port}: {out}")
-        console.print("  " + cli(profile, "admin", "audit", "verify").strip())
-        second_key = json.loads(cli(profile, "admin", "key", "create", "--connector-group", "branch-office", "--json"))
-
+    if os.geteuid() != 0:
+        console.print("[red]The demo builds network namespaces, WireGuard tunnels and nftables rules: run it as root.[/]")
+        return 1
+    good = False
+    step(1, "Build the topology: namespaces, an internet segment, a private LAN with nginx, OpenSSH, PostgreSQL")
+    with Topology(clients=2, connectors=1, attacker=True) as topo:
+        apps = start_apps(topo)
         console.print(
-            f"\n[bold green]Demo ready[/] in {time.monotonic() - started:.1f} s.\n"
-            f"  API docs (OpenAPI): {lc.url}/docs   (the CA is {lc.data_dir / 'ca.pem'})\n"
-            f"  try:  ZEROGATE_PROFILE={profile} zerogate admin audit list\n"
-            f"  a fresh connector install string:\n  zerogate connector enroll {second_key['install_string']}"
+            f"  internet {topo.internet}: gateway {topo.gateway_address}, clients {topo.client_address(1)} and "
+            f"{topo.client_address(2)}, connector {topo.connector_wan(1)}, internet host {topo.attacker_address}\n"
+            f"  LAN {topo.lan}: connector {topo.connector_lan(1)}, app host {topo.app_address} "
+            f"(nginx :80 and :8080, sshd :22, PostgreSQL :5432)"
         )
-        if sys.stdin.isatty() and not args.no_wait:
-            try:
-                input("\nThe controller keeps running; press Enter (or Ctrl-C) to stop it. ")
-            except (KeyboardInterrupt, EOFError):
-                pass
-    console.print("Controller stopped. The demo's files stay in demo-data/ until the next run.")
-    return 0
+        lab = Lab(topo)
+        try:
+            step(2, "Start the controller and bootstrap the first admin (the demo plays the authenticator app)")
+            lab.start_controller()
+            console.print(f"  controller at {lab.controller.url}  CA pin {lab.controller.ca_pin}")
+
+            step(3, "Create the organisation")
+            lab.create_org()
+            console.print(
+                f"  connector group 'site' fronts {topo.lan} (SNAT on)\n"
+                f"  apps: web = {topo.app_address}:80, ssh = :22, db = :5432\n"
+                "  policy eng-apps: group eng -> web, ssh      policy dba-db: group dba -> db\n"
+                "  users: alice (eng) on client 1, dave (dba) on client 2"
+            )
+
+            step(4, "Enroll and start the gateway and a connector (install strings; the connector only dials out)")
+            lab.start_gateway()
+            lab.start_connector(1)
+            lab.wait_connectors_up(["cn1"])
+            console.print("  gateway 'edge' is up and probing; connector 'cn1' dialled out and answers probes")
+
+            step(5, "Sign the users in on their clients and bring the split tunnels up")
+            for user in lab.people:
+                lab.client_login(user)
+                up = lab.client_up(user)
+                console.print(
+                    f"  {user}: address {up['address']}, tunnel {up['tunnel']}, routes {', '.join(up['routes'])}, "
+                    f"apps {', '.join(up['applications'])}"
+                )
+
+            step(6, "Reach what policy allows, and nothing else")
+            good = show_access(lab, apps)
+            if sys.stdin.isatty() and not args.no_wait:
+                console.print(
+                    f"\n  Look around, e.g.:  ip netns exec {topo.ns('gw')} nft list table inet zerogate\n"
+                    f"                      ip netns exec {topo.ns('gw')} wg show\n"
+                    "  Press Enter to tear everything down."
+                )
+                input()
+        except (RuntimeError, subprocess.SubprocessError, TimeoutError) as exc:
+            console.print(f"[red]demo failed:[/] {exc}")
+            for role in ("gw", "cn1"):
+                console.print(f"[dim]--- {role} log ---\n{lab.log(role)[-2000:]}[/]")
+        finally:
+            step(7, "Tear down: stop the daemons, delete tunnels and namespaces")
+            lab.close()
+    console.print("  done: no namespaces, tunnels or processes left behind")
+    console.print("\n[bold green]Demo passed.[/]" if good else "\n[bold red]Demo did not behave as expected.[/]")
+    return 0 if good else 1
 
 
 if __name__ == "__main__":
