@@ -133,7 +133,12 @@ def test_gateway_snapshot_has_connectors_clients_and_compiled_policy(
 ) -> None:
     snap = snapshot(controller, site.gateway["credential"])
     assert (snap["role"], snap["name"], snap["device_id"]) == ("gateway", "edge1", site.gateway["device_id"])
-    assert snap["gateway"] == {"name": "edge1", "port_first": 51820, "port_last": 51900}
+    assert snap["gateway"] == {
+        "name": "edge1",
+        "public_endpoint": "edge1.example.test",
+        "port_first": 51820,
+        "port_last": 51900,
+    }
     assert "100.64.0.1" in snap["tunnel_addresses"]
     assert snap["client_blocks"][0] == "100.64.0.0/16"
 
@@ -170,7 +175,10 @@ def test_connector_snapshot_has_its_group_and_the_gateways(controller: LocalCont
         "endpoint": "edge1.example.test",
         "port": 51820,
         "wg_public_key": site.gateway["wg_public_key"],
+        "tunnel_address": "100.64.0.1",
     }
+    # its own tunnel address, where the gateway probes it
+    assert snap["address"].startswith("100.64.")
     # A connector learns nothing about clients or policy.
     assert "clients" not in snap and "policy" not in snap
 

@@ -256,13 +256,45 @@ def test_disabling_a_user_cuts_traffic_within_2_s(env: tuple[Lab, Apps]) -> None
     print(f"disabling the user cut traffic within {took:.2f} s")
 
 
-def test_revoking_connectors_cuts_traffic_within_2_s(env: tuple[Lab, Apps]) -> None:
-    lab, _ = env
+def test_address_block_collision_moves_to_the_next_block(env: tuple[Lab, Apps]) -> None:
+    lab, apps = env
     lab.admin.patch("/v1/users/dave", {"disabled": False})
+    ns = lab.client_ns("dave")
+    # dave's laptop now sits on a network inside the default pool block
+    lab.topo.run(ns, ["ip", "link", "add", "zghome", "type", "veth", "peer", "name", "zghome2"])
+    lab.topo.run(ns, ["ip", "addr", "add", "100.64.200.1/24", "dev", "zghome"])
+    lab.topo.run(ns, ["ip", "link", "set", "zghome", "up"])
     # disabling revoked dave's sessions and device: he signs in and registers again
     lab.client_login("dave")
-    lab.client_up("dave", force=True)
-    wait_for(lambda: tcp_connects(lab, "dave", 5432), 10, "dave back after re-enabling")
+    up = lab.client_up("dave", force=True)
+    assert up["address"].startswith("100.65."), up
+    assert up["tunnel"] == "up"
+    r = wait_for(lambda: psql(lab, apps, "dave").returncode == 0, 10, "dave reaches the db from 100.65/16")
+    assert r < 10
+
+
+def test_gateway_reports_peers_to_the_controller(env: tuple[Lab, Apps]) -> None:
+    lab, _ = env
+
+    def reported() -> bool:
+        gw = [d for d in lab.admin.get("/v1/devices", {"role": "gateway"}) if d["status"] == "active"]
+        report = gw[0].get("report") if gw else None
+        return bool(report and any(p["role"] == "connector" and p["latest_handshake"] for p in report["peers"]))
+
+    wait_for(reported, 15, "a gateway report with connector handshakes", interval=0.5)
+    gw = next(d for d in lab.admin.get("/v1/devices", {"role": "gateway"}) if d["status"] == "active")
+    report = gw["report"]
+    assert report["version"]
+    assert report["details"]["wireguard"] in ("kernel", "wireguard-go")
+    connectors = [p for p in report["peers"] if p["role"] == "connector"]
+    assert {p["name"] for p in connectors} == {"cn1", "cn2"}
+    assert all(p["rx_bytes"] > 0 and p["tx_bytes"] > 0 for p in connectors if p["up"])
+    assert sum(p["active"] for p in connectors) == 1
+
+
+def test_revoking_connectors_cuts_traffic_within_2_s(env: tuple[Lab, Apps]) -> None:
+    lab, _ = env
+    wait_for(lambda: tcp_connects(lab, "dave", 5432), 10, "dave connects")
 
     def remove_connectors() -> None:
         for c in lab.admin.get("/v1/connectors"):

@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from zerogate.cli.common import JsonOpt, ask, emit, errors_to_exit, fail, out, read_secret
+from zerogate.cli.common import JsonOpt, ask, emit, err, errors_to_exit, fail, out, read_secret
 from zerogate.client.plan import ClientPlan, plan_client
 from zerogate.netops import links
 from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, write_private
@@ -126,7 +126,7 @@ def _register(state_dir: Path, info: dict[str, Any], token: str, name: str, inte
     }
     write_private(state_dir / "device.json", json.dumps(device, indent=2))
     if r["moved_from_default_block"]:
-        out.print(
+        err.print(
             f"[yellow]The default address block collides with a network this device is on; "
             f"using {r['address_block']} instead.[/]"
         )
@@ -150,7 +150,7 @@ def _await_handshake(dp: Dataplane, plan: ClientPlan, timeout: float = 15.0) -> 
         if any(p.latest_handshake for p in peers):
             return True
         time.sleep(0.2)
-    out.print(
+    err.print(
         f"[yellow]No handshake with gateway {plan.gateway} at {plan.endpoint} after {timeout:.0f} s: "
         "UDP to it may be blocked; the tunnel keeps trying.[/]"
     )
@@ -208,7 +208,7 @@ def up(
         }
         emit(summary, as_json)
         if not plan.peers:
-            out.print("[yellow]No gateway is enrolled yet: the tunnel has nowhere to go.[/]")
+            err.print("[yellow]No gateway is enrolled yet: the tunnel has nowhere to go.[/]")
         if follow:
             stop = threading.Event()
 
@@ -217,7 +217,7 @@ def up(
 
             follower = SnapshotFollower(identity, apply)
             follower.snapshot = snapshot
-            out.print("Following policy changes; Ctrl-C to stop (the tunnel stays up).")
+            err.print("Following policy changes; Ctrl-C to stop (the tunnel stays up).")
             try:
                 follower.run(stop)
             except KeyboardInterrupt:

@@ -763,7 +763,7 @@ async def update_pool(body: s.AddressPoolUpdate, admin: Admin, state: State) -> 
         ]
         if stranded:
             raise Conflict(
-                f"{len(stranded)} client device(s) hold addresses outside the new blocks "
+                f"{len(stranded)} device(s) (clients or connectors) hold addresses outside the new blocks "
                 f"(e.g. {stranded[0]}); revoke them first"
             )
         pool.blocks = body.blocks

@@ -1,0 +1,304 @@
+"""The connector's plan: one peer (the gateway), its routes and its nftables table.
+
+The table is checked against golden files (SNAT on and off), loaded with the
+real ``nft`` in a fresh namespace, and exercised with real packets.
+
+Regenerate the golden files with ``ZEROGATE_UPDATE_GOLDEN=1``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from zerogate.connector.plan import KEEPALIVE_SECONDS, plan_connector
+from zerogate.netops import nftables
+from zerogate.netops.wireguard import WgPeer
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("ZEROGATE_UPDATE_GOLDEN") == "1"
+LISTEN_PORT = 51830
+T = TypeVar("T")
+
+needs_root_nft = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and the Debian package nftables"
+)
+
+
+def key(n: int) -> str:
+    return f"{n:0>43}="
+
+
+def snapshot(snat: bool = True, **overrides: Any) -> dict[str, Any]:
+    snap: dict[str, Any] = {
+        "revision": 9,
+        "role": "connector",
+        "device_id": 5,
+        "name": "cn1",
+        "address": "100.64.255.1",
+        "connector_group": {
+            "name": "site",
+            "subnets": ["192.168.202.0/24", "10.20.0.0/16"],
+            "snat": snat,
+            "vrrp_virtual_ip": None,
+        },
+        "client_blocks": ["100.64.0.0/16", "100.65.0.0/16"],
+        "gateways": [
+            {
+                "name": "gw-a",
+                "endpoint": "gw.example.test",
+                "port": 51820,
+                "wg_public_key": key(1),
+                "tunnel_address": "100.64.0.1",
+            },
+            {
+                "name": "gw-b",
+                "endpoint": "2001:db8::7",
+                "port": 51821,
+                "wg_public_key": key(2),
+                "tunnel_address": "100.64.0.1",
+            },
+        ],
+    }
+    return snap | overrides
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def test_the_connector_dials_the_first_gateway_with_the_client_blocks_and_a_keepalive() -> None:
+    plan = plan_connector(snapshot(), interface="zg0", listen_port=LISTEN_PORT)
+    assert plan.gateway == "gw-a"
+    assert plan.peers == (
+        WgPeer(key(1), ("100.64.0.0/16", "100.65.0.0/16"), "gw.example.test:51820", KEEPALIVE_SECONDS),
+    )
+    assert plan.address == "100.64.255.1/32"
+    assert plan.routes == ("100.64.0.0/16", "100.65.0.0/16")
+
+
+def test_an_ipv6_gateway_endpoint_is_written_in_brackets() -> None:
+    only_b = snapshot(gateways=[snapshot()["gateways"][1]])
+    plan = plan_connector(only_b, interface="zg0", listen_port=LISTEN_PORT)
+    assert plan.peers[0].endpoint == "[2001:db8::7]:51821"
+    v4 = dict(snapshot()["gateways"][0], endpoint="198.51.100.7")
+    assert plan_connector(snapshot(gateways=[v4]), interface="zg0", listen_port=1).peers[0].endpoint == (
+        "198.51.100.7:51820"
+    )
+
+
+def test_without_an_enrolled_gateway_there_is_no_peer_and_no_probe_rule() -> None:
+    plan = plan_connector(snapshot(gateways=[]), interface="zg0", listen_port=LISTEN_PORT)
+    assert (plan.peers, plan.gateway) == ((), None)
+    assert "echo-request" not in plan.nft_body
+    assert plan.routes == ("100.64.0.0/16", "100.65.0.0/16")  # routes still point into the tunnel
+
+
+def test_snat_adds_exactly_one_masquerade_chain() -> None:
+    on = plan_connector(snapshot(snat=True), interface="zg0", listen_port=LISTEN_PORT).nft_body
+    off = plan_connector(snapshot(snat=False), interface="zg0", listen_port=LISTEN_PORT).nft_body
+    assert on.count("masquerade") == 1 and "masquerade" not in off
+    assert on.startswith(off) and on[len(off) :].startswith("  chain postrouting {")  # SNAT only appends
+    assert f"udp dport {LISTEN_PORT} ct state new drop" in off
+
+
+@pytest.mark.parametrize("snat", [True, False], ids=["snat", "no-snat"])
+def test_render_connector_nft_matches_the_golden_file(snat: bool) -> None:
+    body = plan_connector(snapshot(snat=snat), interface="zg0", listen_port=LISTEN_PORT).nft_body
+    path = GOLDEN / f"connector-{'snat' if snat else 'no-snat'}.nft"
+    if UPDATE:
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(body)
+    assert path.exists(), f"{path} missing: run with ZEROGATE_UPDATE_GOLDEN=1"
+    assert body == path.read_text(), (
+        f"{path.name} differs; if intended, regenerate with ZEROGATE_UPDATE_GOLDEN=1"
+    )
+
+
+# --------------------------------------------------------------------------- namespaces
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+
+
+def sh(*argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=30, check=False)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+class Netns:
+    """A network namespace created for one test; ``close`` deletes its links, then it."""
+
+    def __init__(self, tag: str) -> None:
+        self.name = f"zgut{os.getpid()}{tag}{secrets.token_hex(2)}"
+        sh("ip", "netns", "add", self.name)
+        sh("ip", "-n", self.name, "link", "set", "lo", "up")
+
+    def ip(self, *args: str) -> None:
+        sh("ip", "-n", self.name, *args)
+
+    def run(
+        self, *argv: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.name, *argv, input=input, check=check)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a thread that joined this namespace (sockets keep it afterwards)."""
+        box: dict[str, Any] = {}
+
+        def body() -> None:
+            try:
+                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+                try:
+                    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), f"setns {self.name}")
+                finally:
+                    os.close(fd)
+                box["value"] = fn()
+            except BaseException as exc:
+                box["error"] = exc
+
+        t = threading.Thread(target=body)
+        t.start()
+        t.join(60)
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        r = sh("ip", "-n", self.name, "-j", "link", "show", check=False)
+        for link in json.loads(r.stdout or "[]"):
+            if link.get("ifname") != "lo":
+                sh("ip", "-n", self.name, "link", "del", link["ifname"], check=False)
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+@pytest.fixture
+def make_netns() -> Iterator[Callable[[str], Netns]]:
+    made: list[Netns] = []
+
+    def make(tag: str) -> Netns:
+        made.append(Netns(tag))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            ns.close()
+
+
+def load(ns: Netns, body: str) -> None:
+    ns.run("nft", "-f", "-", input=nftables.replace_table_script("inet", nftables.TABLE, body))
+
+
+@needs_root_nft
+@pytest.mark.parametrize("snat", [True, False], ids=["snat", "no-snat"])
+def test_the_rendered_table_loads_and_reloads_in_a_fresh_namespace(
+    make_netns: Callable[[str], Netns], snat: bool
+) -> None:
+    ns = make_netns("c")
+    body = plan_connector(snapshot(snat=snat), interface="zg0", listen_port=LISTEN_PORT).nft_body
+    load(ns, body)
+    first = ns.run("nft", "list", "table", "inet", "zerogate").stdout
+    load(ns, body)
+    assert ns.run("nft", "list", "table", "inet", "zerogate").stdout == first
+    assert ("chain postrouting" in first) == snat
+    without_gateway = plan_connector(
+        snapshot(snat=snat, gateways=[]), interface="zg0", listen_port=1
+    ).nft_body
+    load(ns, without_gateway)
+
+
+# Real packets. The "tunnel" is a veth named like the WireGuard interface; the
+# namespace on its far side stands for the gateway and its clients.
+#
+#   tun ns  t0 100.64.0.1 (gateway), 100.64.0.2 (client), 192.168.50.9 (spoofed)
+#       ── zgcn 100.64.255.1/16 ┐ connector ns ┌ l0 192.168.202.1/24 ── h0 192.168.202.10  lan ns
+#                                                 (the lan ns also holds 10.9.0.5: a subnet nobody fronts)
+
+
+@pytest.fixture
+def site(make_netns: Callable[[str], Netns]) -> dict[str, Netns]:
+    tun, cn, lan = make_netns("tn"), make_netns("cn"), make_netns("ln")
+    cn.ip("link", "add", "zgcn", "type", "veth", "peer", "name", "t0", "netns", tun.name)
+    cn.ip("link", "add", "l0", "type", "veth", "peer", "name", "h0", "netns", lan.name)
+    for ns, dev, addr in [
+        (cn, "zgcn", "100.64.255.1/16"),
+        (cn, "l0", "192.168.202.1/24"),
+        (tun, "t0", "100.64.0.1/16"),
+        (tun, "t0", "100.64.0.2/16"),
+        (tun, "t0", "192.168.50.9/24"),
+        (lan, "h0", "192.168.202.10/24"),
+        (lan, "lo", "10.9.0.5/32"),
+    ]:
+        ns.ip("addr", "add", addr, "dev", dev)
+    for ns, dev in [(cn, "zgcn"), (cn, "l0"), (tun, "t0"), (lan, "h0")]:
+        ns.ip("link", "set", dev, "up")
+    tun.ip("route", "add", "default", "via", "100.64.255.1")
+    cn.ip("route", "add", "10.9.0.0/24", "via", "192.168.202.10")
+    cn.ip("route", "add", "192.168.50.0/24", "dev", "zgcn")
+    lan.ip("route", "add", "default", "via", "192.168.202.1")
+    cn.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    return {"tun": tun, "cn": cn, "lan": lan}
+
+
+def tcp(src_ns: Netns, src: str, dst_ns: Netns, dst: str, port: int) -> str:
+    """The source address the server saw, or 'refused' / 'dropped'."""
+    server = dst_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    client = src_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    with server, client:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((dst, port))
+        server.listen(1)
+        server.settimeout(1)
+        client.bind((src, 0))
+        client.settimeout(0.5)
+        try:
+            client.connect((dst, port))
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "dropped"
+        conn, (peer, _) = server.accept()
+        conn.close()
+        return str(peer)
+
+
+def ping(src_ns: Netns, src: str, dst: str) -> bool:
+    return src_ns.run("ping", "-c", "1", "-W", "1", "-I", src, dst, check=False).returncode == 0
+
+
+@needs_root_nft
+def test_real_packets_reach_only_the_fronted_subnets_with_and_without_snat(site: dict[str, Netns]) -> None:
+    tun, cn, lan = site["tun"], site["cn"], site["lan"]
+    client, gateway, spoofed = "100.64.0.2", "100.64.0.1", "192.168.50.9"
+    snap = snapshot(snat=True)
+    snap["connector_group"]["subnets"] = ["192.168.202.0/24"]
+    assert tcp(tun, client, lan, "10.9.0.5", 80) == client  # the topology forwards without our table
+
+    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT).nft_body)
+    assert tcp(tun, client, lan, "192.168.202.10", 80) == "192.168.202.1"  # SNAT: the app sees the connector
+    assert tcp(tun, client, lan, "10.9.0.5", 80) == "dropped"  # not a fronted subnet
+    assert tcp(tun, spoofed, lan, "192.168.202.10", 80) == "dropped"  # not a client address
+    assert tcp(tun, client, cn, "100.64.255.1", 22) == "dropped"  # the connector host itself
+    assert tcp(lan, "192.168.202.10", tun, client, 7000) == "dropped"  # the LAN opens nothing into the tunnel
+    assert ping(tun, gateway, "100.64.255.1")  # the gateway's liveness probe is answered
+    assert not ping(tun, client, "100.64.255.1")
+
+    snap["connector_group"]["snat"] = False
+    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT).nft_body)
+    assert tcp(tun, client, lan, "192.168.202.10", 80) == client  # SNAT off: the app sees the client

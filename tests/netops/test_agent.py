@@ -1,0 +1,244 @@
+"""The daemons' shared agent: enrolled identity and the fail-static snapshot
+follower, against a real controller (``controller``/``admin`` fixtures) and a
+gateway enrolled with the real CLI code path.
+
+Every wait is bounded; the long-poll is shortened to 1 s so a follower stops
+promptly once its ``threading.Event`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zerogate.cli.device import enroll_device
+from zerogate.controller.localrun import AccountSession
+from zerogate.netops import agent
+from zerogate.netops.agent import Backoff, DeviceIdentity, NotEnrolled, SnapshotFollower, write_private
+
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+WATCH = 1.0
+
+
+@pytest.fixture(autouse=True)
+def _short_watch_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # everything here talks to 127.0.0.1; a proxy from the developer's shell must not interfere
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(agent, "WATCH_SECONDS", WATCH)
+
+
+# --------------------------------------------------------------------------- small pure parts
+
+
+def test_backoff_doubles_from_half_a_second_up_to_the_cap_with_jitter() -> None:
+    b = Backoff(cap=4.0)
+    waits = [b.next() for _ in range(6)]
+    for wait, base in zip(waits, [0.5, 1, 2, 4, 4, 4], strict=True):
+        assert 0.75 * base <= wait <= 1.25 * base
+    b.reset()
+    assert b.next() <= 0.625
+
+
+def test_write_private_replaces_the_file_with_mode_0600(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text("old")
+    path.chmod(0o644)
+    write_private(path, '{"revision": 1}')
+    assert path.read_text() == '{"revision": 1}'
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["snapshot.json"]  # no temporary file left
+
+
+def test_identity_load_explains_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(NotEnrolled, match="holds no enrolled gateway: run 'zerogate gateway enroll"):
+        DeviceIdentity.load(tmp_path, "gateway")
+    (tmp_path / "device.json").write_text(json.dumps({"role": "connector"}))
+    with pytest.raises(NotEnrolled, match="holds a connector, not a gateway"):
+        DeviceIdentity.load(tmp_path, "gateway")
+
+
+# --------------------------------------------------------------------------- against a controller
+
+
+@pytest.fixture
+def enrolled(admin: AccountSession, unique: Callable[[str], str], tmp_path: Path) -> Path:
+    """The state directory of a gateway enrolled through the CLI's enrollment code."""
+    name = unique("gw")
+    admin.client.post("/v1/gateways", {"name": name, "public_endpoint": "gw.example.test"})
+    created = admin.client.post(f"/v1/gateways/{name}/provisioning-keys", {})
+    state = tmp_path / "gateway"
+    enroll_device("gateway", created["install_string"], name, state, force=False)
+    return state
+
+
+class Running:
+    """A SnapshotFollower on its own thread; every snapshot it applies lands in ``applied``."""
+
+    def __init__(self, state: Path) -> None:
+        self.identity = DeviceIdentity.load(state, "gateway")
+        self.applied: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.follower = SnapshotFollower(self.identity, self.applied.put)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.follower.run(self.stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def next(self, timeout: float) -> dict[str, Any]:
+        try:
+            return self.applied.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(
+                f"nothing applied within {timeout:.0f} s (follower error: {self.error})"
+            ) from None
+
+    def quiet_for(self, seconds: float) -> bool:
+        try:
+            extra = self.applied.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        raise AssertionError(f"unexpected apply of revision {extra.get('revision')}")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(WATCH + 15)
+        assert not self.thread.is_alive(), "the follower did not stop within the long-poll time"
+        assert self.error is None, f"the follower crashed: {self.error!r}"
+
+
+@pytest.fixture
+def follow() -> Iterator[Callable[[Path], Running]]:
+    started: list[Running] = []
+
+    def start(state: Path) -> Running:
+        started.append(Running(state))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for r in started:
+            r.stop.set()
+        for r in started:
+            r.thread.join(WATCH + 15)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def point_at(state: Path, url: str) -> None:
+    info = json.loads((state / "device.json").read_text())
+    (state / "device.json").write_text(json.dumps(info | {"controller_url": url}))
+
+
+def test_follower_applies_the_snapshot_keeps_it_0600_and_follows_changes(
+    enrolled: Path, admin: AccountSession, unique: Callable[[str], str], follow: Callable[[Path], Running]
+) -> None:
+    run = follow(enrolled)
+    first = run.next(15)
+    identity = run.identity
+    assert (first["role"], first["device_id"], first["name"]) == (
+        "gateway",
+        identity.device_id,
+        identity.name,
+    )
+    assert "policy" in first and "clients" in first
+    cached = enrolled / "snapshot.json"
+    wait_until(cached.exists, "snapshot.json")
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o600
+    assert json.loads(cached.read_text()) == first
+    wait_until(lambda: run.follower.connected, "the follower to say it is connected")
+
+    admin.client.post("/v1/connector-groups", {"name": unique("grp"), "subnets": ["10.123.0.0/24"]})
+    second = run.next(10)  # the long-poll returns with the change
+    assert second["revision"] > first["revision"]
+    wait_until(lambda: json.loads(cached.read_text())["revision"] == second["revision"], "the cache update")
+    assert run.quiet_for(WATCH * 1.5)  # nothing changed: nothing is applied again
+    run.close()
+
+
+def test_fail_static_with_the_controller_unreachable_applies_the_cached_snapshot_and_keeps_trying(
+    enrolled: Path, follow: Callable[[Path], Running]
+) -> None:
+    online = follow(enrolled)
+    good = online.next(15)
+    wait_until((enrolled / "snapshot.json").exists, "snapshot.json")
+    online.close()
+
+    port = closed_port()
+    point_at(enrolled, f"https://127.0.0.1:{port}")
+    offline = follow(enrolled)
+    assert offline.next(5) == good  # at once, before any answer from a controller
+    assert not offline.follower.connected
+
+    # it keeps dialling: open the port and count the attempts that arrive (each is then hung up on)
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(8)
+        listener.settimeout(10)
+        for _ in range(2):
+            conn, _ = listener.accept()
+            conn.close()
+    assert offline.quiet_for(0.2)  # still running on the cached snapshot, nothing new applied
+    assert json.loads((enrolled / "snapshot.json").read_text()) == good
+    assert not offline.follower.connected and not offline.follower.revoked
+    offline.close()
+
+
+def test_a_damaged_cache_is_ignored(enrolled: Path, follow: Callable[[Path], Running]) -> None:
+    (enrolled / "snapshot.json").write_text('{"revision": 3, "role": "gatew')
+    point_at(enrolled, f"https://127.0.0.1:{closed_port()}")
+    run = follow(enrolled)
+    assert run.quiet_for(1.0)
+    assert run.follower.snapshot is None
+    run.close()
+
+
+def test_a_revoked_device_applies_the_revoked_marker_and_forgets_its_snapshot(
+    enrolled: Path, admin: AccountSession, follow: Callable[[Path], Running]
+) -> None:
+    run = follow(enrolled)
+    first = run.next(15)
+    cached = enrolled / "snapshot.json"
+    wait_until(cached.exists, "snapshot.json")
+
+    admin.client.post(f"/v1/devices/{run.identity.device_id}/revoke")
+    marker = run.next(10)
+    assert marker == {
+        "role": "gateway",
+        "device_id": first["device_id"],
+        "name": first["name"],
+        "revision": -1,
+        "revoked": True,
+    }
+    wait_until(lambda: not cached.exists(), "snapshot.json to be removed")
+    assert run.follower.revoked and run.follower.snapshot is None
+    assert run.quiet_for(WATCH * 1.5)  # told once, not on every refused poll
+    run.close()
