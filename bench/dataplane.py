@@ -22,7 +22,7 @@ Every part has its baselines measured in the same invocation:
    the devices, and one flat set of expanded src . dst . proto . port elements
    loaded for 1% and 5% of the devices and extrapolated to all of them (loading
    millions of interval elements does not fit the time budget).
-3. change to enforcement: with the Lab deployed, the bench app is removed from and
+3. change to enforcement: with the Lab deployed, the app "iperf" is removed from and
    added back to alice's policy --changes times; a poller inside the client
    namespace opens a fresh TCP connection every few milliseconds and timestamps
    when the result flips. Baseline: the controller's own propagation (write ->
@@ -68,7 +68,7 @@ PARTS = ("throughput", "policy", "propagation")
 IPERF_PORT = 5201
 RR_PORT = 5202  # echo server: request/response and the propagation poller
 MESSAGE = 64  # bytes per request and per response
-BENCH_APP = "bench"
+BENCH_APP = "iperf"  # TCP 5201 (iperf3) and 5202 (echo), ICMP: added to alice's policy
 POLICY = "eng-apps"  # alice (client 1) is in group eng
 WG_MTU = 1420  # what zerogate's own interfaces use
 WG_PORTS = (41001, 41002)
@@ -99,7 +99,8 @@ while True:
 
 RR_CLIENT = r"""
 import json, socket, sys, time
-host, port, size, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+host, port, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+limit = float(sys.argv[5])
 s = socket.create_connection((host, port), timeout=5)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 msg = b"z" * size
@@ -125,7 +126,8 @@ print(json.dumps(samples))
 
 POLLER = r"""
 import socket, sys, threading, time
-host, port, interval, timeout, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+host, port = sys.argv[1], int(sys.argv[2])
+interval, timeout, limit = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 stop = threading.Event()
 def stdin_closed():
     sys.stdin.read()
@@ -384,7 +386,7 @@ def policy_part(args: argparse.Namespace, report: Report, workdir: Path) -> None
     ]
     body2 = render_gateway_nft(NFT_INTERFACE, live, smaller)
 
-    # Baselines on a prefix of the devices (the generator's devices are in random order already).
+    # Baselines on a prefix of the devices: group memberships are random, so a prefix is a fair sample.
     samples: dict[float, CompiledPolicy] = {}
     for pct in sorted({*FLAT_PERCENTS, 1.0}):
         n = max(1, round(len(inputs.devices) * pct / 100))
@@ -448,20 +450,42 @@ def policy_part(args: argparse.Namespace, report: Report, workdir: Path) -> None
     rules2, elements2 = count_ruleset(body2)
     rules_s, elements_s = count_ruleset(body_small)
     rows = [
-        [f"per-grant table, {args.users} users x {args.apps} apps: first load", f"{times['full']:.3f}",
-         str(rules), str(elements), mb(scripts["full"])],
-        ["  same table, full reload after removing one source", f"{times['reload']:.3f}",
-         str(rules2), str(elements2), mb(scripts["full2"])],
+        [
+            f"per-grant table, {args.users} users x {args.apps} apps: first load",
+            f"{times['full']:.3f}",
+            str(rules),
+            str(elements),
+            mb(scripts["full"]),
+        ],
+        [
+            "  same table, full reload after removing one source",
+            f"{times['reload']:.3f}",
+            str(rules2),
+            str(elements2),
+            mb(scripts["full2"]),
+        ],
         ["  same table, that source added back (nft add element)", f"{times['add']:.3f}", "-", "1", "-"],
-        [f"baseline: per-grant table, 1% of devices ({len(small_live)})", f"{times['small']:.3f}",
-         str(rules_s), str(elements_s), mb(scripts["small"])],
-    ]  # fmt: skip
+        [
+            f"baseline: per-grant table, 1% of devices ({len(small_live)})",
+            f"{times['small']:.3f}",
+            str(rules_s),
+            str(elements_s),
+            mb(scripts["small"]),
+        ],
+    ]
     biggest = max(flat)
     for pct in sorted(flat):
         text, n_el, _, devices = flat[pct]
         r, e = count_ruleset(text)
-        rows.append([f"baseline: one flat set, {pct:g}% of devices ({devices})", f"{times[f'flat{pct:g}']:.3f}",
-                     str(r), str(e), mb(scripts[f"flat{pct:g}"])])  # fmt: skip
+        rows.append(
+            [
+                f"baseline: one flat set, {pct:g}% of devices ({devices})",
+                f"{times[f'flat{pct:g}']:.3f}",
+                str(r),
+                str(e),
+                mb(scripts[f"flat{pct:g}"]),
+            ]
+        )
         report.expect(  # the table's elements: the flat set plus the live-clients set
             e == n_el + devices,
             f"flat set {pct:g}%: rendered {e} elements, built {n_el} + {devices}",
@@ -471,8 +495,15 @@ def policy_part(args: argparse.Namespace, report: Report, workdir: Path) -> None
     per_element = {pct: times[f"flat{pct:g}"] / max(1, flat[pct][1]) for pct in flat}
     est_elements = round(total_tuples * big_elements / max(1, big_tuples))
     est_seconds = per_element[biggest] * est_elements
-    rows.append([f"baseline: one flat set, all devices (linear from {biggest:g}%)",
-                 f"~{est_seconds:.1f}", "-", f"~{est_elements}", "-"])  # fmt: skip
+    rows.append(
+        [
+            f"baseline: one flat set, all devices (linear from {biggest:g}%)",
+            f"~{est_seconds:.1f}",
+            "-",
+            f"~{est_elements}",
+            "-",
+        ]
+    )
 
     print_table(
         ["policy apply: nft -f in a private namespace", "seconds", "rules", "set elements", "MB"], rows
@@ -494,18 +525,20 @@ def policy_part(args: argparse.Namespace, report: Report, workdir: Path) -> None
             f"inputs: policy_compile.make_inputs(users={args.users}, apps={args.apps}, groups={args.groups}, "
             f"policies={args.policies}, seed={args.seed}); real compiler {compile_s:.2f} s, "
             f"{len(grants)} grants; render_gateway_nft {render_s:.2f} s",
-            "seconds = wall time of 'nft -f' of the replace-table script the gateway applies (parse, netlink, "
-            "kernel commit) in a namespace of its own; 'rules' counts every rule of the table, the chains' "
+            "seconds = wall time of 'nft -f' of the replace-table script the gateway applies "
+            "(parse, netlink, kernel commit) in a namespace of its own; 'rules' counts every rule of the "
+            "table, the chains' "
             "fixed ones included; 'set elements' counts the live-clients set too",
             "reload = what the gateway does on every policy change today: the whole table replaced in one "
             "transaction; 'nft add element' is what an incremental diff would pay instead (nft reads the "
             "table into its cache first, so even one element costs more than a tiny table would)",
             "per-grant at 1% of the devices: the per-policy sets and rules dominate, sources are cheap: "
             f"{marginal * 1e6:.1f} us per additional source element between 1% and all devices",
-            f"flat set: one element per expanded (src . dst . proto . port) tuple, {total_tuples} tuples for all "
-            f"devices, too many to load in the time budget; measured at "
+            f"flat set: one element per expanded (src . dst . proto . port) tuple, {total_tuples} tuples "
+            f"for all devices, too many to load in the time budget; measured at "
             f"{', '.join(f'{p:g}%' for p in sorted(flat))} of the devices ({growth} per element) and "
-            f"extrapolated linearly from {biggest:g}%: a lower bound when the cost per element grows with the set",
+            f"extrapolated linearly from {biggest:g}%: a lower bound when the cost per element grows "
+            "with the set",
             f"whole part took {time.perf_counter() - started:.0f} s",
         ]
     )
@@ -591,9 +624,24 @@ class Baselines:
             key_file = t.tmp / f"{ifname}.key"
             key_file.touch(mode=0o600)
             key_file.write_text(keys[i][0] + "\n")
-            t.run(side, ["wg", "set", ifname, "listen-port", str(WG_PORTS[i]), "private-key", str(key_file),
-                         "peer", keys[peer][1], "allowed-ips", f"{self.wg_addresses()[peer]}/32",
-                         "endpoint", f"{self.direct_addresses()[peer]}:{WG_PORTS[peer]}"])  # fmt: skip
+            t.run(
+                side,
+                [
+                    "wg",
+                    "set",
+                    ifname,
+                    "listen-port",
+                    str(WG_PORTS[i]),
+                    "private-key",
+                    str(key_file),
+                    "peer",
+                    keys[peer][1],
+                    "allowed-ips",
+                    f"{self.wg_addresses()[peer]}/32",
+                    "endpoint",
+                    f"{self.direct_addresses()[peer]}:{WG_PORTS[peer]}",
+                ],
+            )
             netns.add_address(t.ns(side), ifname, f"{self.wg_addresses()[i]}/30")
             t.run(side, ["ip", "link", "set", "dev", ifname, "mtu", str(WG_MTU), "up"])
 
@@ -659,9 +707,11 @@ def measure_path(topo: Topology, host: str, args: argparse.Namespace, what: str)
         raise BenchError(f"{what}: request/response client failed: {rr.stderr.strip()[-400:]}")
     samples = [float(x) for x in json.loads(rr.stdout)]
     ping = topo.run(
-        ns, ["ping", "-n", "-c", str(args.pings), "-i", "0.01", "-W", "1", host], check=False,
+        ns,
+        ["ping", "-n", "-c", str(args.pings), "-i", "0.01", "-W", "1", host],
+        check=False,
         timeout=args.pings * 0.05 + 20,
-    )  # fmt: skip
+    )
     rtts = parse_ping(ping.stdout)
     if not samples or not rtts:
         raise BenchError(f"{what}: no round trips measured (ping said: {ping.stdout.strip()[-300:]})")
@@ -691,8 +741,13 @@ def throughput_part(lab: Lab, args: argparse.Namespace, report: Report) -> None:
     mbps = {k: r.bits_per_second / 1e6 for k, r in results.items()}
     rows = [row(f"TCP throughput, 1 stream, {args.seconds:g} s (Mbit/s)", mbps, ".0f")]
     for p in (50, 99):
-        rows.append(row(f"TCP {MESSAGE} B request/response p{p} (us)",
-                        {k: percentile(r.rr, p) * 1e6 for k, r in results.items()}, ".0f"))  # fmt: skip
+        rows.append(
+            row(
+                f"TCP {MESSAGE} B request/response p{p} (us)",
+                {k: percentile(r.rr, p) * 1e6 for k, r in results.items()},
+                ".0f",
+            )
+        )
     for p in (50, 99):
         rows.append(
             row(f"ping RTT p{p} (us)", {k: percentile(r.ping, p) * 1e6 for k, r in results.items()}, ".0f")
@@ -712,8 +767,9 @@ def throughput_part(lab: Lab, args: argparse.Namespace, report: Report) -> None:
     )
     print_notes(
         [
-            "zerogate path: client ns -wg-> gateway ns (nftables policy) -wg-> connector ns (SNAT) -> app ns, "
-            "two wireguard-go hops and two bridges; baselines run between the same client and app namespaces "
+            "zerogate path: client ns -wg-> gateway ns (nftables policy) -wg-> connector ns (SNAT) -> "
+            "app ns, two wireguard-go hops and two bridges; baselines run between the same client and "
+            "app namespaces "
             "over a veth of their own, plain wg-go over that veth (MTU 1420 like zerogate's)",
             f"throughput: iperf3 -t {args.seconds:g}, one TCP stream, receiver's rate; ratios are zerogate / "
             "baseline, so below 1 is slower for throughput and above 1 is slower for round trips",
@@ -829,7 +885,7 @@ def propagation_part(lab: Lab, args: argparse.Namespace, report: Report, base_ap
         limit = args.changes * 2 * (CHANGE_TIMEOUT + 1) + 30
         poller = Poller.start(topo, lab.client_ns("alice"), str(topo.app_address), RR_PORT, limit)
         if poller.wait_flip(True, 0.0, CHANGE_TIMEOUT) is None:
-            raise BenchError("the poller in the client namespace never reached the bench app")
+            raise BenchError(f"the poller in the client namespace never reached the app {BENCH_APP!r}")
         for i in range(args.changes):
             for up, apps in ((False, base_apps), (True, [*base_apps, BENCH_APP])):
                 what = f"change {i + 1} ({'restore' if up else 'cut'})"
@@ -840,8 +896,10 @@ def propagation_part(lab: Lab, args: argparse.Namespace, report: Report, base_ap
                 revisions.add(produced)
                 end = poller.wait_flip(up, t0, CHANGE_TIMEOUT)
                 if end is None:
-                    raise BenchError(f"{what}: the client's connections did not {'resume' if up else 'stop'} "
-                                     f"within {CHANGE_TIMEOUT:g} s")  # fmt: skip
+                    raise BenchError(
+                        f"{what}: the client's connections did not {'resume' if up else 'stop'} "
+                        f"within {CHANGE_TIMEOUT:g} s"
+                    )
                 (restored if up else cut).append(end - t0)
                 if not watcher.wait_past(produced - 1, time.monotonic() + CHANGE_TIMEOUT):
                     raise BenchError(
@@ -865,8 +923,11 @@ def propagation_part(lab: Lab, args: argparse.Namespace, report: Report, base_ap
     def row(name: str, samples: list[float]) -> list[str]:
         if not samples:
             return [name, "0", "-", "-", "-"]
-        return [name, str(len(samples)), *(f"{v * 1e3:.1f}" for v in
-                (percentile(samples, 50), percentile(samples, 99), max(samples)))]  # fmt: skip
+        return [
+            name,
+            str(len(samples)),
+            *(f"{v * 1e3:.1f}" for v in (percentile(samples, 50), percentile(samples, 99), max(samples))),
+        ]
 
     rows = [
         row(f"PATCH /v1/policies/{POLICY} (the write alone)", writes),
@@ -875,25 +936,32 @@ def propagation_part(lab: Lab, args: argparse.Namespace, report: Report, base_ap
         row("write -> gateway enforces: access restored", restored),
         row("  gateway's own nft -f per apply (its log)", nft_ms),
     ]
-    print_table([f"policy change -> effect ({args.changes} changes each way)", "n", "p50 ms", "p99 ms", "max ms"],
-                rows)  # fmt: skip
+    print_table(
+        [f"policy change -> effect ({args.changes} changes each way)", "n", "p50 ms", "p99 ms", "max ms"],
+        rows,
+    )
     both = cut + restored
     report.expect(all(v > 0 for v in both), "a change took effect before it was written", hard=True)
     report.expect(
         statistics.median(both) >= statistics.median(watched) * 0.8,
         "enforcement was faster than the controller's own propagation: the poller or watcher is off",
     )
-    report.expect(len(nft_ms) >= len(revisions) // 2, f"the gateway log shows only {len(nft_ms)} of "
-                  f"{len(revisions)} applies")  # fmt: skip
+    report.expect(
+        len(nft_ms) >= len(revisions) // 2,
+        f"the gateway log shows only {len(nft_ms)} of {len(revisions)} applies",
+    )
     print_notes(
         [
             f"each change PATCHes the applications of policy {POLICY} (alice's), removing or adding the "
-            f"bench app (TCP {IPERF_PORT},{RR_PORT} + ICMP); the gateway follows the snapshot by long-poll",
+            f"app {BENCH_APP!r} (TCP {IPERF_PORT},{RR_PORT} + ICMP); the gateway follows the snapshot "
+            "by long-poll",
             f"enforcement: a poller inside alice's namespace opens a fresh TCP connection to port {RR_PORT} "
-            f"every {POLL_INTERVAL * 1e3:.0f} ms (refused at once by the gateway's reject when cut); the figure "
-            "is write start -> end of the first attempt with the new result, an upper bound within one interval",
-            "baseline: a connector credential long-polls GET /v1/snapshot like bench/controller_propagation.py "
-            "(same Watcher class), timed on the same writes: the part of the delay that is the controller's",
+            f"every {POLL_INTERVAL * 1e3:.0f} ms (refused at once by the gateway's reject when cut); the "
+            "figure is write start -> end of the first attempt with the new result, an upper bound within "
+            "one interval",
+            "baseline: a connector credential long-polls GET /v1/snapshot like "
+            "bench/controller_propagation.py (same Watcher class), timed on the same writes: the part of "
+            "the delay that is the controller's",
             f"p99 of {len(cut)} samples is nearly the maximum (nearest-rank); whole part took "
             f"{time.perf_counter() - started:.0f} s",
         ]
@@ -901,7 +969,7 @@ def propagation_part(lab: Lab, args: argparse.Namespace, report: Report, base_ap
 
 
 def stop_daemons(lab: Lab, grace: float) -> None:
-    """SIGTERM the Lab's daemons all at once; SIGKILL (by PID, our own children) what still runs after ``grace``.
+    """SIGTERM the Lab's daemons at once; SIGKILL (by PID: our own children) what runs after ``grace``.
 
     A daemon parked in its snapshot long-poll only notices SIGTERM when the poll
     returns (up to 25 s); its namespace is about to be deleted, so nothing is lost.
@@ -942,8 +1010,9 @@ def lab_parts(args: argparse.Namespace, report: Report, parts: set[str]) -> None
         lab = Lab(topo)
         try:
             iperf = topo.popen("app", ["iperf3", "-s", "-p", str(IPERF_PORT)], log=topo.tmp / "iperf3.log")
-            echo = topo.popen("app", [sys.executable, "-I", "-c", ECHO_SERVER, str(RR_PORT)],
-                              log=topo.tmp / "echo.log")  # fmt: skip
+            echo = topo.popen(
+                "app", [sys.executable, "-I", "-c", ECHO_SERVER, str(RR_PORT)], log=topo.tmp / "echo.log"
+            )
             wait_listening(topo, "app", IPERF_PORT, iperf, "iperf3 server")
             wait_listening(topo, "app", RR_PORT, echo, "echo server")
             lab.deploy(connectors=1)
@@ -961,9 +1030,14 @@ def lab_parts(args: argparse.Namespace, report: Report, parts: set[str]) -> None
             )
             base_apps = [a for a in lab.admin.get(f"/v1/policies/{POLICY}")["applications"] if a != BENCH_APP]
             lab.admin.patch(f"/v1/policies/{POLICY}", {"applications": [*base_apps, BENCH_APP]})
-            wait_for(lambda: tcp_connects(topo, "cl1", app, RR_PORT), 15, "alice reaching the bench app")
-            print(f"(lab deployed in {time.perf_counter() - started:.0f} s: topology slot {topo.index}, "
-                  "controller, gateway, 1 connector, 2 clients)\n", flush=True)  # fmt: skip
+            wait_for(
+                lambda: tcp_connects(topo, "cl1", app, RR_PORT), 15, f"alice reaching the app {BENCH_APP!r}"
+            )
+            print(
+                f"(lab deployed in {time.perf_counter() - started:.0f} s: topology slot {topo.index}, "
+                "controller, gateway, 1 connector, 2 clients)\n",
+                flush=True,
+            )
             if "throughput" in parts:
                 throughput_part(lab, args, report)
             if "propagation" in parts:
@@ -981,8 +1055,12 @@ def lab_parts(args: argparse.Namespace, report: Report, parts: set[str]) -> None
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each iperf3 run (default 5)")
-    parser.add_argument("--rr-iterations", type=int, default=2000,
-                        help="timed 64-byte request/response round trips per path (default 2000)")  # fmt: skip
+    parser.add_argument(
+        "--rr-iterations",
+        type=int,
+        default=2000,
+        help="timed 64-byte request/response round trips per path (default 2000)",
+    )
     parser.add_argument("--pings", type=int, default=200, help="pings per path, 10 ms apart (default 200)")
     parser.add_argument("--users", type=int, default=10_000, help="policy part: users, one device each")
     parser.add_argument("--apps", type=int, default=1_000, help="policy part: applications")
@@ -1021,8 +1099,10 @@ def main(argv: list[str]) -> int:
     for message in report.errors:
         print(f"error: {message}")
     verdict = "FAILED" if report.errors else "ok"
-    print(f"dataplane benchmark: {verdict} in {time.perf_counter() - began:.0f} s "
-          f"({len(report.warnings)} warning(s))")  # fmt: skip
+    print(
+        f"dataplane benchmark: {verdict} in {time.perf_counter() - began:.0f} s "
+        f"({len(report.warnings)} warning(s))"
+    )
     return 1 if report.errors else 0
 
 

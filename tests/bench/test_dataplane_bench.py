@@ -27,7 +27,7 @@ def cells(out: str, label: str) -> list[str]:
     """The cells after the label of the first table row that starts with ``label``."""
     for line in out.splitlines():
         if line.startswith(label):
-            return re.split(r"\s{2,}", line[len(label) :].strip())
+            return re.split(r"\s{2,}", line.strip())[1:]  # labels never hold two spaces in a row
     raise AssertionError(f"no row starting with {label!r} in:\n{out}")
 
 

@@ -223,6 +223,22 @@ def test_the_rendered_table_loads_and_reloads_in_a_fresh_namespace(
     load(ns, without_gateway)
 
 
+@needs_root_nft
+@pytest.mark.parametrize(
+    "subnets",
+    [["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3/32"], []],
+    ids=["overlapping-subnets", "no-subnets"],
+)
+def test_edge_case_groups_load(make_netns: Callable[[str], Netns], subnets: list[str]) -> None:
+    ns = make_netns("e")
+    snap = snapshot()
+    snap["connector_group"]["subnets"] = subnets
+    snap["client_blocks"] = ["100.64.0.0/16", "100.64.0.0/10"]
+    body = plan_connector(snap, interface="zg0", listen_port=LISTEN_PORT).nft_body
+    load(ns, body)
+    load(ns, body)
+
+
 # Real packets. The "tunnel" is a veth named like the WireGuard interface; the
 # namespace on its far side stands for the gateway and its clients.
 #

@@ -155,6 +155,8 @@ def test_nothing_from_the_internet_reaches_the_lan_or_connector(env: tuple[Lab, 
     listening = t.run("cn1", ["ss", "-Hltnu"]).stdout.split("\n")
     tcp = [line for line in listening if line.startswith("tcp")]
     assert tcp == [], tcp
+    udp = [line.split()[4] for line in listening if line.startswith("udp")]
+    assert udp and all(local.rsplit(":", 1)[1] == "51820" for local in udp), udp  # WireGuard's own only
     # a spoofed packet "from a client" arriving on the WAN is not forwarded either
     r = _run(lab, "atk", ["ping", "-c", "2", "-W", "1", "-I", str(t.attacker_address), str(t.app_address)])
     assert r.returncode != 0

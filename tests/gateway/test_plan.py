@@ -375,6 +375,31 @@ def test_the_rendered_table_loads_and_reloads_in_a_fresh_namespace(
     assert "p7_svc" not in listed and "set clients" in listed
 
 
+@needs_root_nft
+def test_grants_spanning_the_whole_address_and_port_space_load(make_netns: Callable[[str], Netns]) -> None:
+    grants = [
+        {
+            "policy_id": 1,
+            "sources": ["100.64.0.2"],
+            "rules": [
+                ["0.0.0.0/0", "tcp", 0, 65535],
+                ["0.0.0.0/0", "udp", 53, 53],
+                ["10.0.0.1/32", "udp", 0, 65535],
+                ["0.0.0.0/0", "icmp", 0, 0],
+                ["255.255.255.255/32", "any", 0, 65535],
+                ["0.0.0.0/1", "any", 0, 65535],
+            ],
+        }
+    ]
+    ns = make_netns("e")
+    body = render_gateway_nft("zg0", ["100.64.0.2"], grants)
+    assert "0.0.0.0-255.255.255.255 . tcp . 0-65535" in body
+    load(ns, body)
+    load(ns, body)
+    listed = ns.run("nft", "list", "set", "inet", "zerogate", "p1_svc").stdout
+    assert "10.0.0.1 . udp . 0-65535" in listed
+
+
 # Real packets: WireGuard puts clients and connectors on one interface; here two
 # veths stand in for it (one to the clients, one to the LAN behind the connector),
 # both matched by the interface pattern "zgt*", plus one non-tunnel interface.

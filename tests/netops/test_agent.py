@@ -15,6 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +85,27 @@ def enrolled(admin: AccountSession, unique: Callable[[str], str], tmp_path: Path
 class Running:
     """A SnapshotFollower on its own thread; every snapshot it applies lands in ``applied``."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(
+        self,
+        state: Path,
+        deadline: Callable[[], datetime | None] = lambda: None,
+        fail_on: Callable[[int], bool] = lambda n: False,
+    ) -> None:
         self.identity = DeviceIdentity.load(state, "gateway")
         self.applied: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.follower = SnapshotFollower(self.identity, self.applied.put)
+        self.calls = 0
+        self.fail_on = fail_on
+        self.follower = SnapshotFollower(self.identity, self._apply, deadline)
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _apply(self, snapshot: dict[str, Any]) -> None:
+        self.calls += 1
+        self.applied.put(snapshot)
+        if self.fail_on(self.calls):
+            raise RuntimeError("nft refused the ruleset")
 
     def _run(self) -> None:
         try:
@@ -122,11 +136,11 @@ class Running:
 
 
 @pytest.fixture
-def follow() -> Iterator[Callable[[Path], Running]]:
+def follow() -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start(state: Path) -> Running:
-        started.append(Running(state))
+    def start(state: Path, **kw: Any) -> Running:
+        started.append(Running(state, **kw))
         return started[-1]
 
     try:
@@ -158,7 +172,7 @@ def point_at(state: Path, url: str) -> None:
 
 
 def test_follower_applies_the_snapshot_keeps_it_0600_and_follows_changes(
-    enrolled: Path, admin: AccountSession, unique: Callable[[str], str], follow: Callable[[Path], Running]
+    enrolled: Path, admin: AccountSession, unique: Callable[[str], str], follow: Callable[..., Running]
 ) -> None:
     run = follow(enrolled)
     first = run.next(15)
@@ -184,7 +198,7 @@ def test_follower_applies_the_snapshot_keeps_it_0600_and_follows_changes(
 
 
 def test_fail_static_with_the_controller_unreachable_applies_the_cached_snapshot_and_keeps_trying(
-    enrolled: Path, follow: Callable[[Path], Running]
+    enrolled: Path, follow: Callable[..., Running]
 ) -> None:
     online = follow(enrolled)
     good = online.next(15)
@@ -212,7 +226,7 @@ def test_fail_static_with_the_controller_unreachable_applies_the_cached_snapshot
     offline.close()
 
 
-def test_a_damaged_cache_is_ignored(enrolled: Path, follow: Callable[[Path], Running]) -> None:
+def test_a_damaged_cache_is_ignored(enrolled: Path, follow: Callable[..., Running]) -> None:
     (enrolled / "snapshot.json").write_text('{"revision": 3, "role": "gatew')
     point_at(enrolled, f"https://127.0.0.1:{closed_port()}")
     run = follow(enrolled)
@@ -222,7 +236,7 @@ def test_a_damaged_cache_is_ignored(enrolled: Path, follow: Callable[[Path], Run
 
 
 def test_a_revoked_device_applies_the_revoked_marker_and_forgets_its_snapshot(
-    enrolled: Path, admin: AccountSession, follow: Callable[[Path], Running]
+    enrolled: Path, admin: AccountSession, follow: Callable[..., Running]
 ) -> None:
     run = follow(enrolled)
     first = run.next(15)
@@ -241,4 +255,28 @@ def test_a_revoked_device_applies_the_revoked_marker_and_forgets_its_snapshot(
     wait_until(lambda: not cached.exists(), "snapshot.json to be removed")
     assert run.follower.revoked and run.follower.snapshot is None
     assert run.quiet_for(WATCH * 1.5)  # told once, not on every refused poll
+    run.close()
+
+
+def test_a_passing_deadline_re_applies_the_current_snapshot(
+    enrolled: Path, follow: Callable[..., Running]
+) -> None:
+    due = datetime.now(UTC) + timedelta(seconds=0.5)
+    run = follow(enrolled, deadline=lambda: due)
+    first = run.next(15)
+    again = run.next(5)  # no new revision: the deadline (a session ending) alone re-plans
+    assert again == first
+    run.close()
+
+
+def test_a_failing_re_plan_at_a_deadline_does_not_stop_the_follower(
+    enrolled: Path, follow: Callable[..., Running]
+) -> None:
+    due = datetime.now(UTC) + timedelta(seconds=0.5)
+    run = follow(enrolled, deadline=lambda: due, fail_on=lambda n: n == 2)
+    run.next(15)
+    run.next(5)  # the re-plan at the deadline, which fails
+    wait_until(lambda: run.calls >= 3 or not run.thread.is_alive(), "another attempt or the end of run()")
+    assert run.error is None, f"run() ended with {run.error!r}"
+    assert run.thread.is_alive()
     run.close()

@@ -107,11 +107,6 @@ def test_ensure_addresses_adds_the_missing_and_removes_the_extra(ns: Netns) -> N
     assert ns.call(lambda: links.addresses("zgd0")) == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: removing the primary address of a subnet makes the kernel drop its secondaries "
-    "(promote_secondaries is 0 by default), and ensure_addresses does not re-add the wanted one",
-)
 def test_ensure_addresses_keeps_a_wanted_address_that_shares_a_subnet_with_a_removed_one(ns: Netns) -> None:
     ns.call(lambda: links.ensure_addresses("zgd0", ["10.50.0.1/24", "10.50.0.2/24"]))
     assert ns.call(lambda: links.addresses("zgd0")) == {"10.50.0.1/24", "10.50.0.2/24"}

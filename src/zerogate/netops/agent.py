@@ -180,7 +180,11 @@ class SnapshotFollower:
                 backoff.reset()
                 if snap is None:
                     if due is not None and due <= datetime.now(UTC) and self.snapshot is not None:
-                        self._accept(self.snapshot)  # re-plan for the passing deadline
+                        try:
+                            self._accept(self.snapshot)  # re-plan for the passing deadline
+                        except Exception as exc:  # previous state stays; retry later
+                            log.error("could not re-plan at a deadline (keeping the current state): %s", exc)
+                            stop.wait(backoff.next())
                     continue
                 try:
                     self._accept(snap)

@@ -37,6 +37,8 @@ def parse_reply(packet: bytes, ident: int) -> int | None:
     if len(packet) < 28:
         return None
     ihl = (packet[0] & 0x0F) * 4
+    if len(packet) < ihl + 8:
+        return None
     icmp_type, _, _, rid, seq = struct.unpack("!BBHHH", packet[ihl : ihl + 8])
     return seq if icmp_type == ECHO_REPLY and rid == ident else None
 

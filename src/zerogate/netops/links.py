@@ -30,6 +30,8 @@ def ensure_addresses(dev: str, wanted: Iterable[str]) -> None:
     have = addresses(dev)
     for a in sorted(have - want):
         run(["ip", "addr", "del", a, "dev", dev])
+    if have - want:
+        have = addresses(dev)  # deleting a primary address also drops its secondaries
     for a in sorted(want - have):
         run(["ip", "addr", "add", a, "dev", dev])
 

@@ -36,7 +36,11 @@ class PeerStatus:
 
 
 def check_ifname(name: str) -> str:
-    if not name or len(name) > MAX_IFNAME or not all(c.isalnum() or c in "-_." for c in name):
+    if (
+        not name
+        or len(name) > MAX_IFNAME
+        or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name)
+    ):
         raise ValueError(
             f"interface name {name!r} is not valid: 1-{MAX_IFNAME} letters, digits, '-', '_' or '.'"
         )
