@@ -235,6 +235,22 @@ async def _new_device(
     return device, credential
 
 
+def check_key_usable(key: ProvisioningKey | None) -> ProvisioningKey:
+    """Raise the error ``/v1/enroll`` would give for this key; return it if usable."""
+    if key is None:
+        raise Unauthorized("provisioning key not recognised: copy the whole install string again")
+    if key.revoked_at is not None:
+        raise Forbidden("provisioning key was revoked: ask an admin for a new install string")
+    if key.expires_at <= utcnow():
+        raise Forbidden(
+            f"provisioning key expired at {key.expires_at:%Y-%m-%d %H:%M} UTC: "
+            "ask an admin for a new install string"
+        )
+    if key.uses >= key.max_uses:
+        raise Forbidden(f"provisioning key already used {key.uses} of {key.max_uses} times")
+    return key
+
+
 @router.post("/enroll", response_model=s.EnrollResponse, tags=["enrollment"])
 async def enroll(body: s.EnrollRequest, request: Request, state: State) -> s.EnrollResponse:
     """Enroll a connector or gateway with a provisioning key."""
@@ -246,17 +262,7 @@ async def enroll(body: s.EnrollRequest, request: Request, state: State) -> s.Enr
         key = await session.scalar(
             select(ProvisioningKey).where(ProvisioningKey.digest == token_digest(body.key))
         )
-        if key is None:
-            raise Unauthorized("provisioning key not recognised: copy the whole install string again")
-        if key.revoked_at is not None:
-            raise Forbidden("provisioning key was revoked: ask an admin for a new install string")
-        if key.expires_at <= utcnow():
-            raise Forbidden(
-                f"provisioning key expired at {key.expires_at:%Y-%m-%d %H:%M} UTC: "
-                "ask an admin for a new install string"
-            )
-        if key.uses >= key.max_uses:
-            raise Forbidden(f"provisioning key already used {key.uses} of {key.max_uses} times")
+        key = check_key_usable(key)
         key.uses += 1
         if key.connector_group_id is not None:
             role = "connector"

@@ -18,11 +18,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from zerogate.controller import schemas as s
+from zerogate.controller.api_devices import check_key_usable
 from zerogate.controller.auth import State
-from zerogate.controller.state import Forbidden, NotFound, Unauthorized
+from zerogate.controller.state import NotFound
 from zerogate.netops.udp_probe import probe_port_for
 from zerogate.pki.credentials import token_digest
-from zerogate.store.db import utcnow
 from zerogate.store.models import ConnectorGroup, Gateway, ProvisioningKey
 
 router = APIRouter(prefix="/v1", tags=["enrollment"])
@@ -51,22 +51,6 @@ class PreflightResponse(BaseModel):
     )
     expires_at: datetime
     uses_left: int
-
-
-def check_key_usable(key: ProvisioningKey | None) -> ProvisioningKey:
-    """Raise the error ``/v1/enroll`` would give for this key; return it if usable."""
-    if key is None:
-        raise Unauthorized("provisioning key not recognised: copy the whole install string again")
-    if key.revoked_at is not None:
-        raise Forbidden("provisioning key was revoked: ask an admin for a new install string")
-    if key.expires_at <= utcnow():
-        raise Forbidden(
-            f"provisioning key expired at {key.expires_at:%Y-%m-%d %H:%M} UTC: "
-            "ask an admin for a new install string"
-        )
-    if key.uses >= key.max_uses:
-        raise Forbidden(f"provisioning key already used {key.uses} of {key.max_uses} times")
-    return key
 
 
 def _endpoint(g: Gateway) -> GatewayEndpoint:
