@@ -21,6 +21,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+from nstools import Netns  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
 from zerogate.controller.localrun import AccountSession, LocalController  # noqa: E402
 
@@ -115,6 +116,30 @@ def admin(controller: LocalController) -> AccountSession:
 def unique() -> Callable[[str], str]:
     """unique("grp") -> "grp-1a2b3c": object names that never clash within a module."""
     return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+# ---------------------------------------------------------------------------
+# Network namespaces (the Netns class and `sh` live in tests/nstools.py)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_netns() -> Iterator[Callable[[str], Netns]]:
+    """make_netns("gw") -> a new Netns named zgut<pid>gw<hex>; every one is closed at teardown.
+
+    Keep tags short: the name must stay a valid namespace name. Needs root.
+    """
+    made: list[Netns] = []
+
+    def make(tag: str) -> Netns:
+        made.append(Netns(tag))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            ns.close()
 
 
 # ---------------------------------------------------------------------------

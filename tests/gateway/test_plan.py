@@ -9,21 +9,17 @@ Regenerate the golden file with ``ZEROGATE_UPDATE_GOLDEN=1``.
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
-import secrets
 import shutil
 import socket
-import subprocess
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
+from nstools import Netns
 from zerogate.gateway.plan import choose_active, plan_gateway, render_gateway_nft
 from zerogate.netops import nftables
 from zerogate.netops.wireguard import WgPeer
@@ -31,8 +27,6 @@ from zerogate.netops.wireguard import WgPeer
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("ZEROGATE_UPDATE_GOLDEN") == "1"
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-T = TypeVar("T")
-
 needs_root_nft = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and the Debian package nftables"
 )
@@ -279,79 +273,6 @@ def test_grant_order_and_source_order_do_not_change_the_ruleset() -> None:
 
 
 # --------------------------------------------------------------------------- namespaces
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-
-def sh(*argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=30, check=False)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r
-
-
-class Netns:
-    """A network namespace created for one test; ``close`` deletes its links, then it."""
-
-    def __init__(self, tag: str) -> None:
-        self.name = f"zgut{os.getpid()}{tag}{secrets.token_hex(2)}"
-        sh("ip", "netns", "add", self.name)
-        sh("ip", "-n", self.name, "link", "set", "lo", "up")
-
-    def ip(self, *args: str) -> None:
-        sh("ip", "-n", self.name, *args)
-
-    def run(
-        self, *argv: str, input: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", self.name, *argv, input=input, check=check)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in a thread that joined this namespace (sockets keep it afterwards)."""
-        box: dict[str, Any] = {}
-
-        def body() -> None:
-            try:
-                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns {self.name}")
-                finally:
-                    os.close(fd)
-                box["value"] = fn()
-            except BaseException as exc:
-                box["error"] = exc
-
-        t = threading.Thread(target=body)
-        t.start()
-        t.join(60)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        r = sh("ip", "-n", self.name, "-j", "link", "show", check=False)
-        for link in json.loads(r.stdout or "[]"):
-            if link.get("ifname") != "lo":
-                sh("ip", "-n", self.name, "link", "del", link["ifname"], check=False)
-        sh("ip", "netns", "del", self.name, check=False)
-
-
-@pytest.fixture
-def make_netns() -> Iterator[Callable[[str], Netns]]:
-    made: list[Netns] = []
-
-    def make(tag: str) -> Netns:
-        made.append(Netns(tag))
-        return made[-1]
-
-    try:
-        yield make
-    finally:
-        for ns in made:
-            ns.close()
 
 
 def load(ns: Netns, body: str) -> None:

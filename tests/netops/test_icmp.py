@@ -4,23 +4,15 @@ network namespace answered by the kernel of another, over a veth pair.
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
-import secrets
 import struct
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import pytest
 
+from nstools import Netns
 from zerogate.netops.icmp import ECHO_REPLY, ECHO_REQUEST, Prober, checksum, echo_request, parse_reply
-
-T = TypeVar("T")
-
 
 # --------------------------------------------------------------------------- pure
 
@@ -78,80 +70,20 @@ def test_parse_reply_of_a_truncated_datagram_with_ip_options_is_none() -> None:
 
 # --------------------------------------------------------------------------- real probes
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r
-
-
-class Netns:
-    """A network namespace created for one test; ``close`` deletes its links, then it."""
-
-    def __init__(self, tag: str) -> None:
-        self.name = f"zgut{os.getpid()}{tag}{secrets.token_hex(2)}"
-        sh("ip", "netns", "add", self.name)
-        sh("ip", "-n", self.name, "link", "set", "lo", "up")
-
-    def ip(self, *args: str) -> None:
-        sh("ip", "-n", self.name, *args)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in a thread that joined this namespace (sockets keep it afterwards)."""
-        box: dict[str, Any] = {}
-
-        def body() -> None:
-            try:
-                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns {self.name}")
-                finally:
-                    os.close(fd)
-                box["value"] = fn()
-            except BaseException as exc:
-                box["error"] = exc
-
-        t = threading.Thread(target=body)
-        t.start()
-        t.join(60)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        r = sh("ip", "-n", self.name, "-j", "link", "show", check=False)
-        for link in json.loads(r.stdout or "[]"):
-            if link.get("ifname") != "lo":
-                sh("ip", "-n", self.name, "link", "del", link["ifname"], check=False)
-        sh("ip", "netns", "del", self.name, check=False)
-
 
 @pytest.fixture
-def pair() -> Iterator[tuple[Netns, Netns]]:
+def pair(make_netns: Callable[[str], Netns]) -> tuple[Netns, Netns]:
     """Prober side 10.77.0.1 and .3 ── veth ── 10.77.0.2 answering side."""
     if os.geteuid() != 0:
         pytest.skip("needs root (raw sockets, network namespaces)")
-    made: list[Netns] = []
-    try:
-        a = Netns("pa")
-        made.append(a)
-        b = Netns("pb")
-        made.append(b)
-        a.ip("link", "add", "p0", "type", "veth", "peer", "name", "p0", "netns", b.name)
-        a.ip("addr", "add", "10.77.0.1/24", "dev", "p0")
-        a.ip("addr", "add", "10.77.0.3/24", "dev", "p0")
-        b.ip("addr", "add", "10.77.0.2/24", "dev", "p0")
-        a.ip("link", "set", "p0", "up")
-        b.ip("link", "set", "p0", "up")
-        yield a, b
-    finally:
-        for ns in made:
-            ns.close()
+    a, b = make_netns("pa"), make_netns("pb")
+    a.ip("link", "add", "p0", "type", "veth", "peer", "name", "p0", "netns", b.name)
+    a.ip("addr", "add", "10.77.0.1/24", "dev", "p0")
+    a.ip("addr", "add", "10.77.0.3/24", "dev", "p0")
+    b.ip("addr", "add", "10.77.0.2/24", "dev", "p0")
+    a.ip("link", "set", "p0", "up")
+    b.ip("link", "set", "p0", "up")
+    return a, b
 
 
 def probe_until(prober: Prober, targets: list[str], done: Callable[[], bool], limit: float = 5.0) -> None:

@@ -4,89 +4,28 @@ interfaces (veth pairs) inside a network namespace this test creates.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import secrets
-import subprocess
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import ip_network
-from typing import Any, TypeVar
 
 import pytest
 
+from nstools import Netns
 from zerogate.netops import links
-
-T = TypeVar("T")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r
-
-
-class Netns:
-    """A network namespace created for one test; ``close`` deletes its links, then it."""
-
-    def __init__(self) -> None:
-        self.name = f"zgut{os.getpid()}ln{secrets.token_hex(2)}"
-        sh("ip", "netns", "add", self.name)
-        sh("ip", "-n", self.name, "link", "set", "lo", "up")
-
-    def ip(self, *args: str) -> str:
-        return sh("ip", "-n", self.name, *args).stdout
-
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in a thread that joined this namespace (so ``ip`` runs there)."""
-        box: dict[str, Any] = {}
-
-        def body() -> None:
-            try:
-                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns {self.name}")
-                finally:
-                    os.close(fd)
-                box["value"] = fn()
-            except BaseException as exc:
-                box["error"] = exc
-
-        t = threading.Thread(target=body)
-        t.start()
-        t.join(60)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        r = sh("ip", "-n", self.name, "-j", "link", "show", check=False)
-        for link in json.loads(r.stdout or "[]"):
-            if link.get("ifname") != "lo":
-                sh("ip", "-n", self.name, "link", "del", link["ifname"], check=False)
-        sh("ip", "netns", "del", self.name, check=False)
-
 
 @pytest.fixture
-def ns() -> Iterator[Netns]:
+def ns(make_netns: Callable[[str], Netns]) -> Netns:
     """A namespace with two veth pairs, all up: zgd0/zgp0 and zgd1/zgp1."""
-    n = Netns()
-    try:
-        for dev, peer in (("zgd0", "zgp0"), ("zgd1", "zgp1")):
-            n.ip("link", "add", dev, "type", "veth", "peer", "name", peer)
-            n.ip("link", "set", dev, "up")
-            n.ip("link", "set", peer, "up")
-        yield n
-    finally:
-        n.close()
+    n = make_netns("ln")
+    for dev, peer in (("zgd0", "zgp0"), ("zgd1", "zgp1")):
+        n.ip("link", "add", dev, "type", "veth", "peer", "name", peer)
+        n.ip("link", "set", dev, "up")
+        n.ip("link", "set", peer, "up")
+    return n
 
 
 def kernel_routes(ns: Netns, dev: str) -> set[str]:

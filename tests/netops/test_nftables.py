@@ -4,21 +4,15 @@ network namespace this test creates (the host's ruleset is never touched).
 
 from __future__ import annotations
 
-import ctypes
 import os
-import secrets
 import shutil
-import subprocess
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import pytest
 
+from nstools import Netns
 from zerogate.netops import nftables
 from zerogate.netops.command import CommandError
-
-T = TypeVar("T")
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nft") is None, reason="needs root and the Debian package nftables"
@@ -36,51 +30,9 @@ def test_replace_table_script_declares_deletes_and_recreates_in_one_file() -> No
     )
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-
-class Netns:
-    """A network namespace created for one test; ``close`` removes it."""
-
-    def __init__(self) -> None:
-        self.name = f"zgut{os.getpid()}nf{secrets.token_hex(2)}"
-        subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=30)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in a thread that joined this namespace (so ``nft`` runs there)."""
-        box: dict[str, Any] = {}
-
-        def body() -> None:
-            try:
-                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns {self.name}")
-                finally:
-                    os.close(fd)
-                box["value"] = fn()
-            except BaseException as exc:
-                box["error"] = exc
-
-        t = threading.Thread(target=body)
-        t.start()
-        t.join(60)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.name], check=False, timeout=30)
-
-
 @pytest.fixture
-def ns() -> Iterator[Netns]:
-    n = Netns()
-    try:
-        yield n
-    finally:
-        n.close()
+def ns(make_netns: Callable[[str], Netns]) -> Netns:
+    return make_netns("nf")
 
 
 def script(body: str) -> str:

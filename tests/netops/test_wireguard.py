@@ -4,20 +4,18 @@ real interfaces run by wireguard-go inside network namespaces this test creates.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
 import shutil
-import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
+from nstools import Netns, sh
 from zerogate.netops.wireguard import (
     MAX_IFNAME,
     PeerStatus,
@@ -28,8 +26,6 @@ from zerogate.netops.wireguard import (
     render_config,
 )
 from zerogate.pki.wireguard import generate_keypair
-
-T = TypeVar("T")
 
 # Captured from `wg show IFACE dump` (wireguard-tools v1.0.20210914, wireguard-go):
 # the interface line, then one line per peer; fields are tab-separated.
@@ -133,76 +129,6 @@ needs_wireguard_go = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("wireguard-go", "wg", "ip")),
     reason="needs root and the Debian packages wireguard-go and wireguard-tools",
 )
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r
-
-
-class Netns:
-    """A network namespace created for one test; ``close`` deletes its links
-    (which ends any wireguard-go serving them), then the namespace."""
-
-    def __init__(self, tag: str) -> None:
-        self.name = f"zgut{os.getpid()}{tag}{secrets.token_hex(2)}"
-        sh("ip", "netns", "add", self.name)
-        sh("ip", "-n", self.name, "link", "set", "lo", "up")
-
-    def ip(self, *args: str) -> str:
-        return sh("ip", "-n", self.name, *args).stdout
-
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in a thread that joined this namespace (its child processes start there too)."""
-        box: dict[str, Any] = {}
-
-        def body() -> None:
-            try:
-                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns {self.name}")
-                finally:
-                    os.close(fd)
-                box["value"] = fn()
-            except BaseException as exc:
-                box["error"] = exc
-
-        t = threading.Thread(target=body)
-        t.start()
-        t.join(60)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
-
-    def pids(self) -> list[int]:
-        return [int(p) for p in sh("ip", "netns", "pids", self.name).stdout.split()]
-
-    def close(self) -> None:
-        r = sh("ip", "-n", self.name, "-j", "link", "show", check=False)
-        for link in json.loads(r.stdout or "[]"):
-            if link.get("ifname") != "lo":
-                sh("ip", "-n", self.name, "link", "del", link["ifname"], check=False)
-        sh("ip", "netns", "del", self.name, check=False)
-
-
-@pytest.fixture
-def make_netns() -> Iterator[Callable[[str], Netns]]:
-    made: list[Netns] = []
-
-    def make(tag: str) -> Netns:
-        made.append(Netns(tag))
-        return made[-1]
-
-    try:
-        yield make
-    finally:
-        for ns in made:
-            ns.close()
 
 
 @pytest.fixture
