@@ -139,8 +139,15 @@ def _serve(role: str, state_dir: Path, build: Callable[[DeviceIdentity], Any], k
     except (NotEnrolled, OSError, ValueError) as exc:
         fail(str(exc))
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        # The main thread may sit in a 25-s long-poll: interrupt it, once.
+        if not stop.is_set():
+            stop.set()
+            raise StopRequested
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     daemon = build(identity)
     logging.getLogger("zerogate").info(
         "%s %s (device %d) starting; controller %s",
@@ -151,8 +158,14 @@ def _serve(role: str, state_dir: Path, build: Callable[[DeviceIdentity], Any], k
     )
     try:
         daemon.run(stop, keep_on_exit=keep)
+    except StopRequested:
+        pass
     except CommandError as exc:
         fail(str(exc))
+
+
+class StopRequested(BaseException):
+    """SIGTERM/SIGINT: unwinds whatever the main thread was waiting on; the daemon tears down."""
 
 
 InterfaceOpt = typer.Option("zg0", "--interface", help="WireGuard interface name (at most 15 characters).")
