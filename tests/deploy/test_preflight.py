@@ -7,6 +7,7 @@ way out.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -390,11 +391,13 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.upper() not in _PROXY_VARS}
 
 
+_subnets = itertools.count(1)  # groups may not overlap: a fresh /24 for each (a random one collided)
+
+
 def new_group(admin: AccountSession, unique: Callable[[str], str]) -> str:
     name = unique("pfgrp")
-    admin.client.post(
-        "/v1/connector-groups", {"name": name, "subnets": [f"10.77.{uuid.uuid4().int % 250}.0/24"]}
-    )
+    n = next(_subnets)
+    admin.client.post("/v1/connector-groups", {"name": name, "subnets": [f"10.77.{n // 256}.{n % 256}/32"]})
     return name
 
 
