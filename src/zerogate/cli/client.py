@@ -21,7 +21,7 @@ import typer
 from zerogate.cli.common import JsonOpt, ask, emit, err, errors_to_exit, fail, out, read_secret
 from zerogate.client.plan import ClientPlan, plan_client
 from zerogate.netops import links
-from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, write_private
+from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, save_identity, write_private
 from zerogate.netops.command import CommandError
 from zerogate.netops.controller_api import ApiError, ControllerClient, fetch_ca
 from zerogate.netops.dataplane import Dataplane
@@ -110,11 +110,6 @@ def _register(state_dir: Path, info: dict[str, Any], token: str, name: str, inte
                 "local_networks": local,
             },
         )
-    write_private(state_dir / "device.key", key_pem.decode())
-    write_private(state_dir / "wg.key", wg_private + "\n")
-    write_private(state_dir / "credential", r["credential"] + "\n")
-    (state_dir / "device.pem").write_text(r["certificate"])
-    (state_dir / "ca.pem").write_text(info["ca_pem"])
     device = {
         "role": "client",
         "name": r["name"],
@@ -124,7 +119,15 @@ def _register(state_dir: Path, info: dict[str, Any], token: str, name: str, inte
         "address_block": r["address_block"],
         "wg_public_key": wg_public,
     }
-    write_private(state_dir / "device.json", json.dumps(device, indent=2))
+    save_identity(
+        state_dir,
+        key_pem=key_pem,
+        wg_private=wg_private,
+        credential=r["credential"],
+        certificate=r["certificate"],
+        ca_pem=info["ca_pem"].encode(),
+        info=device,
+    )
     if r["moved_from_default_block"]:
         err.print(
             f"[yellow]The default address block collides with a network this device is on; "

@@ -9,9 +9,7 @@ and ``device.json``.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import socket
 import threading
@@ -22,7 +20,7 @@ from typing import Any
 import typer
 
 from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, out
-from zerogate.netops.agent import DeviceIdentity, NotEnrolled
+from zerogate.netops.agent import DeviceIdentity, NotEnrolled, save_identity
 from zerogate.netops.command import CommandError
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
 from zerogate.netops.wireguard import check_ifname
@@ -36,14 +34,6 @@ connector_app = typer.Typer(
 gateway_app = typer.Typer(
     help="Gateway: the public edge that clients and connectors meet at.", no_args_is_help=True
 )
-
-
-def _write(path: Path, data: str, secret: bool) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def enroll_device(
@@ -71,13 +61,6 @@ def enroll_device(
             f"this install string enrolls a {r['role']}, not a {role}: run 'zerogate {r['role']} enroll' "
             f"(device {r['device_id']} was enrolled; an admin can revoke it)"
         )
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_dir, 0o700)
-    _write(state_dir / "device.key", key_pem.decode(), True)
-    _write(state_dir / "wg.key", wg_private + "\n", True)
-    _write(state_dir / "credential", r["credential"] + "\n", True)
-    _write(state_dir / "device.pem", r["certificate"], False)
-    _write(state_dir / "ca.pem", ca_pem.decode(), False)
     summary = {
         "role": role,
         "name": r["name"],
@@ -86,7 +69,15 @@ def enroll_device(
         "ca_pin": info.ca_pin,
         "wg_public_key": wg_public,
     }
-    _write(marker, json.dumps(summary, indent=2) + "\n", False)
+    save_identity(
+        state_dir,
+        key_pem=key_pem,
+        wg_private=wg_private,
+        credential=r["credential"],
+        certificate=r["certificate"],
+        ca_pem=ca_pem,
+        info=summary,
+    )
     return summary | {"state_dir": str(state_dir)}
 
 

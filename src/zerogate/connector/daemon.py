@@ -10,13 +10,11 @@ from typing import Any
 from zerogate import __version__
 from zerogate.connector.plan import ConnectorPlan, plan_connector
 from zerogate.netops import links
-from zerogate.netops.agent import Backoff, DeviceIdentity, SnapshotFollower
-from zerogate.netops.controller_api import ControllerError
-from zerogate.netops.dataplane import Dataplane, guard_firewalld
+from zerogate.netops.agent import Backoff, DeviceIdentity, SnapshotFollower, report_loop
+from zerogate.netops.dataplane import Dataplane, guard_firewalld, serve
 
 log = logging.getLogger(__name__)
 
-REPORT_INTERVAL = 5.0
 REJECT_AFTER = 180.0  # WireGuard drops a session whose handshake is older than this
 SILENT_AFTER = 3.0  # the gateway probes every 0.2 s: this long without a byte means the path is gone
 
@@ -103,57 +101,29 @@ class ConnectorDaemon:
                     next_redial = time.monotonic() + backoff.next()
             self.tunnel_up = up
 
-    def report_loop(self, stop: threading.Event) -> None:
-        with self.identity.client(timeout=10) as api:
-            while not stop.wait(REPORT_INTERVAL):
-                try:
-                    with self.lock:
-                        _, peers = self.dp.status()
-                    api.post(
-                        "/v1/report",
-                        {
-                            "version": __version__,
-                            "interface": self.dp.interface,
-                            "peers": [
-                                {
-                                    "role": "gateway",
-                                    "public_key": p.public_key,
-                                    "endpoint": p.endpoint,
-                                    "latest_handshake": p.latest_handshake,
-                                    "rx_bytes": p.rx_bytes,
-                                    "tx_bytes": p.tx_bytes,
-                                }
-                                for p in peers
-                            ],
-                            "details": {
-                                "revision": (self.snapshot or {}).get("revision"),
-                                "tunnel_up": self.tunnel_up,
-                                "wireguard": self.dp.wg.implementation,
-                            },
-                        },
-                    )
-                except ControllerError as exc:
-                    log.debug("report not delivered: %s", exc)
-                except Exception as exc:
-                    log.warning("could not build the status report: %s", exc)
+    def report(self) -> dict[str, Any]:
+        with self.lock:
+            _, peers = self.dp.status()
+        return {
+            "version": __version__,
+            "interface": self.dp.interface,
+            "peers": [{"role": "gateway"} | p.as_report() for p in peers],
+            "details": {
+                "revision": (self.snapshot or {}).get("revision"),
+                "tunnel_up": self.tunnel_up,
+                "wireguard": self.dp.wg.implementation,
+            },
+        }
 
     def run(self, stop: threading.Event, keep_on_exit: bool = False) -> None:
-        self.dp.ensure_interface()
-        threads = [
-            threading.Thread(target=self.tunnel_loop, args=(stop,), name="tunnel", daemon=True),
-            threading.Thread(target=self.report_loop, args=(stop,), name="report", daemon=True),
-        ]
-        for t in threads:
-            t.start()
         # replies to our own dialling need no open port; firewalld must only let the tunnel forward
         guard_firewalld(self.dp.interface, None, stop)
-        try:
-            self.follower.run(stop)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=5)
-            if not keep_on_exit:
-                with self.lock:
-                    self.dp.teardown()
-                log.info("connector stopped; tunnel %s and table inet zerogate removed", self.dp.interface)
+        serve(
+            "connector",
+            self.dp,
+            self.lock,
+            self.follower.run,
+            [self.tunnel_loop, lambda ev: report_loop(self.identity, self.report, ev)],
+            stop,
+            keep_on_exit,
+        )

@@ -207,18 +207,26 @@ class LocalController:
         activation_code: str,
         password: str = "user password 12345",  # noqa: S107
     ) -> AccountSession:
+        auth = self.activate_account(username, activation_code, password)
+        return self.login(username, password, auth)
+
+    def activate_account(self, username: str, activation_code: str, password: str) -> Authenticator:
+        """Set the password and confirm TOTP, without signing in (the caller signs in elsewhere)."""
         with self.client() as c:
             enrollment = c.post(
                 "/v1/auth/activate",
                 {"username": username, "activation_code": activation_code, "password": password},
             )
-        return self._finish_enrollment(username, password, enrollment)
+        return self._confirm_totp(username, password, enrollment)
 
     def _finish_enrollment(self, username: str, password: str, enrollment: dict[str, Any]) -> AccountSession:
+        return self.login(username, password, self._confirm_totp(username, password, enrollment))
+
+    def _confirm_totp(self, username: str, password: str, enrollment: dict[str, Any]) -> Authenticator:
         auth = Authenticator(enrollment["totp_secret"])
         with self.client() as c:
             c.post("/v1/auth/totp/confirm", {"username": username, "password": password, "totp": auth.code()})
-        return self.login(username, password, auth)
+        return auth
 
     def login(self, username: str, password: str, auth: Authenticator) -> AccountSession:
         with self.client() as c:

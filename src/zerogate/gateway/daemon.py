@@ -6,22 +6,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from zerogate import __version__
-from zerogate.gateway.plan import GatewayPlan, choose_active, plan_gateway
+from zerogate.gateway.plan import GatewayPlan, choose_active, plan_gateway, render_gateway_nft
 from zerogate.netops import links
-from zerogate.netops.agent import DeviceIdentity, SnapshotFollower
-from zerogate.netops.controller_api import ControllerError
-from zerogate.netops.dataplane import Dataplane, guard_firewalld
+from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, report_loop
+from zerogate.netops.dataplane import Dataplane, guard_firewalld, serve
 from zerogate.netops.icmp import Prober
 
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 0.2  # seconds between probe rounds (the issue asks for <= 0.3)
 DOWN_AFTER = 0.9  # a connector that has not answered for this long is down
-REPORT_INTERVAL = 5.0
 
 
 class Gateway:
@@ -37,6 +36,9 @@ class Gateway:
         self.stop: threading.Event | None = None
         self.responder: threading.Thread | None = None
         self.rtt: dict[str, float] = {}
+        self._nft_grants: Sequence[Mapping[str, Any]] | None = None
+        self._nft_live: tuple[str, ...] = ()
+        self._nft_text = ""
 
     # -- reconcile
 
@@ -68,7 +70,11 @@ class Gateway:
         connectors = self.snapshot.get("connectors", [])
         self.active = choose_active(connectors, self.up, self.active)
         plan = plan_gateway(
-            self.snapshot, interface=self.dp.interface, now=datetime.now(UTC), active=self.active
+            self.snapshot,
+            interface=self.dp.interface,
+            now=datetime.now(UTC),
+            active=self.active,
+            render_nft=self._render_nft,
         )
         links.enable_forwarding()
         self.dp.apply(
@@ -79,6 +85,15 @@ class Gateway:
             nft_body=plan.nft_body,
         )
         self.plan = plan
+
+    def _render_nft(self, interface: str, live: Sequence[str], grants: Sequence[Mapping[str, Any]]) -> str:
+        """The policy table depends on the snapshot's grants and the live clients
+        only; a failover (probe thread) must not re-render 500k elements."""
+        key = tuple(live)
+        if grants is not self._nft_grants or key != self._nft_live:
+            self._nft_text = render_gateway_nft(interface, live, grants)
+            self._nft_grants, self._nft_live = grants, key
+        return self._nft_text
 
     def next_deadline(self) -> datetime | None:
         return self.plan.next_expiry if self.plan else None
@@ -132,6 +147,7 @@ class Gateway:
                     "name": c["name"],
                     "address": c.get("address"),
                     "up": c["name"] in self.up,
+                    "rtt_ms": self.rtt.get(str(c.get("address"))),
                     "active": self.active.get(c["connector_group"]) == c["name"],
                 }
             for c in snap.get("clients", []):
@@ -143,16 +159,7 @@ class Gateway:
             out = []
             for p in peers:
                 entry = by_key.get(p.public_key, {"role": "unknown"})
-                out.append(
-                    entry
-                    | {
-                        "public_key": p.public_key,
-                        "endpoint": p.endpoint,
-                        "latest_handshake": p.latest_handshake,
-                        "rx_bytes": p.rx_bytes,
-                        "tx_bytes": p.tx_bytes,
-                    }
-                )
+                out.append(entry | p.as_report())
             return {
                 "version": __version__,
                 "interface": self.dp.interface,
@@ -166,37 +173,19 @@ class Gateway:
                 },
             }
 
-    def report_loop(self, stop: threading.Event) -> None:
-        with self.identity.client(timeout=10) as api:
-            while not stop.wait(REPORT_INTERVAL):
-                try:
-                    api.post("/v1/report", self.report())
-                except ControllerError as exc:
-                    log.debug("report not delivered: %s", exc)
-                except Exception as exc:
-                    log.warning("could not build the status report: %s", exc)
-
     # -- lifecycle
 
     def run(self, stop: threading.Event, keep_on_exit: bool = False) -> None:
-        self.dp.ensure_interface()
-        threads = [
-            threading.Thread(target=self.probe_loop, args=(stop,), name="probe", daemon=True),
-            threading.Thread(target=self.report_loop, args=(stop,), name="report", daemon=True),
-        ]
         self.stop = stop
-        for t in threads:
-            t.start()
-        try:
-            self.follower.run(stop)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=5)
-            if not keep_on_exit:
-                with self.lock:
-                    self.dp.teardown()
-                log.info("gateway stopped; tunnel %s and table inet zerogate removed", self.dp.interface)
+        serve(
+            "gateway",
+            self.dp,
+            self.lock,
+            self.follower.run,
+            [self.probe_loop, lambda ev: report_loop(self.identity, self.report, ev)],
+            stop,
+            keep_on_exit,
+        )
 
 
 def start_probe_responder(

@@ -14,7 +14,7 @@ cannot use another client's address.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Network, ip_network
@@ -22,8 +22,6 @@ from typing import Any
 
 from zerogate.netops.wireguard import WgPeer
 from zerogate.policy.intervals import disjoint
-
-CONNECTOR_KEEPALIVE = None  # connectors keep the tunnel alive from their side
 
 
 @dataclass(frozen=True)
@@ -69,9 +67,19 @@ def choose_active(
     return active
 
 
+RenderNft = Callable[[str, Sequence[str], Sequence[Mapping[str, Any]]], str]
+
+
 def plan_gateway(
-    snapshot: Mapping[str, Any], *, interface: str, now: datetime, active: Mapping[str, str]
+    snapshot: Mapping[str, Any],
+    *,
+    interface: str,
+    now: datetime,
+    active: Mapping[str, str],
+    render_nft: RenderNft | None = None,
 ) -> GatewayPlan:
+    """``render_nft`` (default :func:`render_gateway_nft`) lets the daemon reuse the
+    table text when only the active connectors changed (a failover)."""
     gw = snapshot.get("gateway") or {}
     blocks = [ip_network(b) for b in snapshot.get("client_blocks", [])]
     tunnel = snapshot.get("tunnel_addresses", [])
@@ -101,7 +109,7 @@ def plan_gateway(
         addresses=addresses,
         routes=tuple(sorted(routes)),
         peers=tuple(peers),
-        nft_body=render_gateway_nft(interface, live, grants),
+        nft_body=(render_nft or render_gateway_nft)(interface, live, grants),
         live_clients=tuple(live),
         next_expiry=min(expiries) if expiries else None,
     )

@@ -65,10 +65,10 @@ class DeviceIdentity:
         return ControllerClient(self.controller_url, self.ca_pem, token=self.credential, timeout=timeout)
 
 
-def write_private(path: Path, data: str) -> None:
-    """Atomically replace ``path`` with ``data``, mode 0600."""
+def write_private(path: Path, data: str, mode: int = 0o600) -> None:
+    """Atomically replace ``path`` with ``data`` (mode 0600 unless told otherwise)."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as f:
         f.write(data)
     os.replace(tmp, path)
@@ -88,6 +88,42 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+REPORT_INTERVAL = 5.0
+
+
+def report_loop(identity: DeviceIdentity, build: Callable[[], dict[str, Any]], stop: threading.Event) -> None:
+    """POST ``build()`` to /v1/report every few seconds until ``stop``; never raises."""
+    with identity.client(timeout=10) as api:
+        while not stop.wait(REPORT_INTERVAL):
+            try:
+                api.post("/v1/report", build())
+            except ControllerError as exc:
+                log.debug("report not delivered: %s", exc)
+            except Exception as exc:  # reporting must never stop the data plane
+                log.warning("could not build the status report: %s", exc)
+
+
+def save_identity(
+    state_dir: Path,
+    *,
+    key_pem: bytes,
+    wg_private: str,
+    credential: str,
+    certificate: str,
+    ca_pem: bytes,
+    info: dict[str, Any],
+) -> None:
+    """Write an enrolled device's state: secrets 0600, then ``device.json`` last (the marker)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_dir, 0o700)
+    write_private(state_dir / "device.key", key_pem.decode())
+    write_private(state_dir / "wg.key", wg_private + "\n")
+    write_private(state_dir / "credential", credential + "\n")
+    write_private(state_dir / "device.pem", certificate, 0o644)
+    write_private(state_dir / "ca.pem", ca_pem.decode(), 0o644)
+    write_private(state_dir / "device.json", json.dumps(info, indent=2) + "\n", 0o644)
 
 
 class SnapshotFollower:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from zerogate.netops import links, nftables
@@ -93,3 +93,30 @@ def guard_firewalld(
     thread = threading.Thread(target=fw.run_watch, args=(stop,), name="firewalld", daemon=True)
     thread.start()
     return thread
+
+
+def serve(
+    role: str,
+    dp: Dataplane,
+    lock: threading.RLock,
+    follow: Callable[[threading.Event], None],
+    loops: Sequence[Callable[[threading.Event], None]],
+    stop: threading.Event,
+    keep_on_exit: bool,
+) -> None:
+    """Run ``follow`` (the snapshot follower) with ``loops`` beside it in threads;
+    on the way out stop them and, unless ``keep_on_exit``, remove tunnel and table."""
+    dp.ensure_interface()
+    threads = [threading.Thread(target=f, args=(stop,), name=f.__name__, daemon=True) for f in loops]
+    for t in threads:
+        t.start()
+    try:
+        follow(stop)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+        if not keep_on_exit:
+            with lock:
+                dp.teardown()
+            log.info("%s stopped; tunnel %s and table inet zerogate removed", role, dp.interface)

@@ -34,6 +34,15 @@ class PeerStatus:
     rx_bytes: int
     tx_bytes: int
 
+    def as_report(self) -> dict[str, object]:
+        return {
+            "public_key": self.public_key,
+            "endpoint": self.endpoint,
+            "latest_handshake": self.latest_handshake,
+            "rx_bytes": self.rx_bytes,
+            "tx_bytes": self.tx_bytes,
+        }
+
 
 def check_ifname(name: str) -> str:
     if (

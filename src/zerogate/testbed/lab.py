@@ -89,13 +89,7 @@ class Lab:
         a.post("/v1/gateways", {"name": "edge", "public_endpoint": str(t.gateway_address)})
         for i, (user, group) in enumerate(USERS.items(), start=1):
             created = a.post("/v1/users", {"username": user, "groups": [group]})
-            with self.controller.client() as c:
-                enrollment = c.post(
-                    "/v1/auth/activate",
-                    {"username": user, "activation_code": created["activation_code"], "password": PASSWORD},
-                )
-                auth = Authenticator(enrollment["totp_secret"])
-                c.post("/v1/auth/totp/confirm", {"username": user, "password": PASSWORD, "totp": auth.code()})
+            auth = self.controller.activate_account(user, created["activation_code"], PASSWORD)
             self.people[user] = Person(user, PASSWORD, auth, i)
 
     # -- commands in namespaces
