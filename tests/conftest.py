@@ -26,6 +26,18 @@ from pgserver import PostgresServer  # noqa: E402
 from zerogate.controller.localrun import AccountSession, LocalController  # noqa: E402
 
 # ---------------------------------------------------------------------------
+# Test outcome on the item, so fixtures can print diagnostics after a failure
+# ---------------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+# ---------------------------------------------------------------------------
 # Databases: a private PostgreSQL server and per-test databases
 # ---------------------------------------------------------------------------
 

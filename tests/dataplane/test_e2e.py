@@ -40,6 +40,25 @@ def env() -> Iterator[tuple[Lab, Apps]]:
             lab.close()
 
 
+@pytest.fixture(autouse=True)
+def diagnostics_on_failure(request: pytest.FixtureRequest, env: tuple[Lab, Apps]) -> Iterator[None]:
+    """After a failed test, print what the daemons logged and what the gateway and connectors hold."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or not rep.failed:
+        return
+    lab, _ = env
+    for role in ("gw", "cn1", "cn2"):
+        print(f"--- {role} log (tail) ---\n{lab.log(role)[-3000:]}")
+        wg = lab.topo.run(role, ["wg", "show", lab.topo.wg_interface(role)], check=False)
+        print(f"--- {role} wg show ---\n{wg.stdout}{wg.stderr}")
+    for user in ("alice", "dave"):
+        ns = lab.client_ns(user)
+        wg = lab.topo.run(ns, ["wg", "show", lab.topo.wg_interface(ns)], check=False)
+        routes = lab.topo.run(ns, ["ip", "-4", "route"], check=False)
+        print(f"--- {user} ({ns}) wg show / routes ---\n{wg.stdout}{wg.stderr}{routes.stdout}")
+
+
 def _run(lab: Lab, ns: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
     return lab.topo.run(ns, argv, check=False, timeout=20)
 
