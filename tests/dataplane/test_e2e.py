@@ -133,25 +133,30 @@ def test_split_tunnel_routes_only_allowed_destinations(env: tuple[Lab, Apps]) ->
     assert str(lab.topo.lan) not in routes  # not the whole LAN, only the app
 
 
+def serving_connector(lab: Lab) -> int:
+    """Which connector the gateway sends the LAN to now: the peer whose allowed IPs hold it."""
+    gw = lab.topo.run("gw", ["wg", "show", lab.topo.wg_interface("gw"), "allowed-ips"]).stdout
+    holder = next(line.split()[0] for line in gw.splitlines() if str(lab.topo.lan) in line.split()[1:])
+    for i in (1, 2):
+        key = lab.topo.run(f"cn{i}", ["wg", "show", lab.topo.wg_interface(f"cn{i}"), "public-key"]).stdout
+        if key.strip() == holder:
+            return i
+    raise AssertionError(f"no connector holds {lab.topo.lan}:\n{gw}")
+
+
 def test_snat_off_app_sees_client_address(env: tuple[Lab, Apps]) -> None:
     lab, apps = env
+    want = address(lab, "alice")
     lab.admin.patch("/v1/connector-groups/site", {"snat": False})
-    lab.topo.app_route_clients(1)
     try:
-        want = address(lab, "alice")
 
-        # the active connector may be cn2: route the clients back through whichever serves now
         def sees_client() -> bool:
-            for i in (1, 2):
-                lab.topo.run(
-                    "app", ["ip", "route", "replace", "100.64.0.0/10", "via", str(lab.topo.connector_lan(i))]
-                )
-                r = http(lab, apps, "alice")
-                if r.returncode == 0 and r.stdout.strip() == want:
-                    return True
-            return False
+            # the LAN's return route for client addresses points at the connector serving now
+            lab.topo.app_route_clients(serving_connector(lab))
+            r = http(lab, apps, "alice")
+            return r.returncode == 0 and r.stdout.strip() == want
 
-        wait_for(sees_client, 10, "the app to see the client's own address with SNAT off")
+        wait_for(sees_client, 30, "the app to see the client's own address with SNAT off")
     finally:
         lab.admin.patch("/v1/connector-groups/site", {"snat": True})
         lab.topo.app_route_clients_remove()
@@ -160,7 +165,7 @@ def test_snat_off_app_sees_client_address(env: tuple[Lab, Apps]) -> None:
         r = http(lab, apps, "alice")
         return r.returncode == 0 and r.stdout.strip().startswith(str(lab.topo.lan).rsplit(".", 1)[0])
 
-    wait_for(snat_back, 10, "SNAT back on")
+    wait_for(snat_back, 30, "SNAT back on")
 
 
 def test_nothing_from_the_internet_reaches_the_lan_or_connector(env: tuple[Lab, Apps]) -> None:
@@ -224,20 +229,21 @@ def test_session_expiry_cuts_traffic(env: tuple[Lab, Apps]) -> None:
     run_sql(lab.controller, f"update devices set session_expires_at = '{ends}' where id = {dev}")
     lab.admin.patch("/v1/groups/dba", {"description": "bump"})  # any change makes the gateway refetch
     assert psql(lab, apps, "dave").returncode == 0
-    wait_for(lambda: psql(lab, apps, "dave").returncode != 0, 15, "expired session cut", interval=0.3)
+    wait_for(lambda: psql(lab, apps, "dave").returncode != 0, 30, "expired session cut", interval=0.3)
     # signing in again restores access
     lab.client_login("dave")
     lab.client_up("dave")
-    wait_for(lambda: psql(lab, apps, "dave").returncode == 0, 10, "access back after a new sign-in")
+    wait_for(lambda: psql(lab, apps, "dave").returncode == 0, 30, "access back after a new sign-in")
 
 
 PROBE_TIMEOUT = 0.3  # a TCP connect through the tunnel takes a few ms; no SYN retry is needed
+SURE_TIMEOUT = 3.0  # long enough that a loaded machine still connects when the path is open
 
 
-def tcp_connects(lab: Lab, user: str, port: int) -> bool:
-    """One fresh TCP connection from the user's client to the app, with a short timeout."""
+def tcp_connects(lab: Lab, user: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """One fresh TCP connection from the user's client to the app."""
     script = f"exec 3<>/dev/tcp/{lab.topo.app_address}/{port}"
-    r = lab.topo.run(lab.client_ns(user), ["timeout", str(PROBE_TIMEOUT), "bash", "-c", script], check=False)
+    r = lab.topo.run(lab.client_ns(user), ["timeout", str(timeout), "bash", "-c", script], check=False)
     return r.returncode == 0
 
 
@@ -245,14 +251,18 @@ def assert_cut_within(lab: Lab, user: str, port: int, action: Callable[[], objec
     """Run ``action``, then open fresh connections until one fails.
 
     The cut happened no later than the end of the first failing attempt:
-    its start plus PROBE_TIMEOUT. That bound must be within 2 s.
+    its start plus PROBE_TIMEOUT. That bound must be within 2 s. A short
+    attempt can also fail because the machine is busy, so a failure counts
+    only when a patient attempt right after it fails too.
     """
-    assert tcp_connects(lab, user, port), f"{what}: {user} could not connect before the change"
+    wait_for(
+        lambda: tcp_connects(lab, user, port, SURE_TIMEOUT), 30, f"{what}: {user} connects before the change"
+    )
     started = time.monotonic()
     action()
     while True:
         attempt = time.monotonic()
-        if not tcp_connects(lab, user, port):
+        if not tcp_connects(lab, user, port) and not tcp_connects(lab, user, port, SURE_TIMEOUT):
             bound = attempt - started + PROBE_TIMEOUT
             assert bound <= 2.0, f"{what}: traffic still flowed {bound:.2f} s after the change"
             return bound
@@ -289,8 +299,7 @@ def test_address_block_collision_moves_to_the_next_block(env: tuple[Lab, Apps]) 
     up = lab.client_up("dave", force=True)
     assert up["address"].startswith("100.65."), up
     assert up["tunnel"] == "up"
-    r = wait_for(lambda: psql(lab, apps, "dave").returncode == 0, 10, "dave reaches the db from 100.65/16")
-    assert r < 10
+    wait_for(lambda: psql(lab, apps, "dave").returncode == 0, 30, "dave reaches the db from 100.65/16")
 
 
 def test_gateway_reports_peers_to_the_controller(env: tuple[Lab, Apps]) -> None:
@@ -299,9 +308,11 @@ def test_gateway_reports_peers_to_the_controller(env: tuple[Lab, Apps]) -> None:
     def reported() -> bool:
         gw = [d for d in lab.admin.get("/v1/devices", {"role": "gateway"}) if d["status"] == "active"]
         report = gw[0].get("report") if gw else None
-        return bool(report and any(p["role"] == "connector" and p["latest_handshake"] for p in report["peers"]))
+        return bool(
+            report and any(p["role"] == "connector" and p["latest_handshake"] for p in report["peers"])
+        )
 
-    wait_for(reported, 15, "a gateway report with connector handshakes", interval=0.5)
+    wait_for(reported, 30, "a gateway report with connector handshakes", interval=0.5)
     gw = next(d for d in lab.admin.get("/v1/devices", {"role": "gateway"}) if d["status"] == "active")
     report = gw["report"]
     assert report["version"]
@@ -314,7 +325,6 @@ def test_gateway_reports_peers_to_the_controller(env: tuple[Lab, Apps]) -> None:
 
 def test_revoking_connectors_cuts_traffic_within_2_s(env: tuple[Lab, Apps]) -> None:
     lab, _ = env
-    wait_for(lambda: tcp_connects(lab, "dave", 5432), 10, "dave connects")
 
     def remove_connectors() -> None:
         for c in lab.admin.get("/v1/connectors"):
