@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from apiaccess import raw, register
 from dbaccess import run_sql
 from zerogate.cli.device import enroll_device
 from zerogate.controller.localrun import AccountSession, LocalController, zerogate_argv
@@ -70,21 +71,6 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def sql_past(controller: LocalController) -> str:
     return "now() - interval '1 minute'" if controller.database else "'2000-01-01 00:00:00.000000'"
-
-
-def raw(
-    controller: LocalController,
-    method: str,
-    path: str,
-    body: Any = None,
-    token: str | None = None,
-    params: dict[str, Any] | None = None,
-) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(
-        base_url=controller.url, verify=make_ssl_context(controller.ca_pem), trust_env=False, timeout=30
-    ) as h:
-        return h.request(method, path, json=body, headers=headers, params=params)
 
 
 _subnet_numbers = itertools.count(1)
@@ -645,18 +631,6 @@ def test_connector_enroll_cli_reports_a_used_key_clearly(
 @pytest.fixture(scope="module")
 def pool_user(controller: LocalController, admin: AccountSession) -> AccountSession:
     return controller.create_user(admin, "pool-user", [])
-
-
-def register(
-    controller: LocalController, session: AccountSession, name: str, local_networks: list[str] | None = None
-) -> httpx.Response:
-    body = {
-        "name": name,
-        "csr": create_csr(generate_private_key(), name).decode(),
-        "wg_public_key": generate_keypair()[1],
-        "local_networks": local_networks or [],
-    }
-    return raw(controller, "POST", "/v1/clients", body, token=session.token)
 
 
 def test_client_gets_an_address_from_the_default_block(

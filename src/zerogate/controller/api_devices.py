@@ -25,7 +25,7 @@ from zerogate import __version__
 from zerogate.controller import schemas as s
 from zerogate.controller.api_objects import by_name, default_pool
 from zerogate.controller.auth import Admin, AnyAccount, DeviceCaller, State, client_source
-from zerogate.controller.policy_inputs import load_policy_inputs
+from zerogate.controller.policy_cache import PolicyCache
 from zerogate.controller.state import (
     Conflict,
     ControllerState,
@@ -38,14 +38,12 @@ from zerogate.controller.state import (
 from zerogate.pki.ca import PKIError, ca_pin, sign_device_csr
 from zerogate.pki.credentials import new_token, token_digest, token_hint
 from zerogate.pki.install_string import InstallString
-from zerogate.policy.compiler import compile_policy
 from zerogate.policy.pool import AddressPool, PoolError, gateway_address
 from zerogate.store.db import utcnow
 from zerogate.store.models import (
     Account,
     AddressPoolRow,
     ApiToken,
-    Application,
     Connector,
     ConnectorGroup,
     Device,
@@ -65,7 +63,13 @@ async def ca_certificate(state: State) -> PlainTextResponse:
 @router.get("/health", tags=["meta"])
 async def health(state: State) -> dict[str, Any]:
     await state.db.ping()
-    return {"status": "ok", "revision": state.watch.current, "version": __version__}
+    cache = state.policies
+    return {
+        "status": "ok",
+        "revision": state.watch.current,
+        "version": __version__,
+        "policy_cache": {"hits": cache.hits, "misses": cache.misses, "revision": cache.revision},
+    }
 
 
 # ----------------------------------------------------------------- provisioning keys
@@ -482,7 +486,9 @@ async def delete_connector(name: str, admin: Admin, state: State) -> None:
 # ----------------------------------------------------------------- snapshots
 
 
-async def build_snapshot(session: AsyncSession, device: Device, revision: int) -> dict[str, Any]:
+async def build_snapshot(
+    session: AsyncSession, device: Device, revision: int, policies: PolicyCache
+) -> dict[str, Any]:
     """Exactly what this device needs, nothing about anyone else's secrets."""
     pool_row = await session.scalar(select(AddressPoolRow).where(AddressPoolRow.name == "default"))
     blocks = pool_row.blocks if pool_row else []
@@ -506,8 +512,7 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
         "name": device.name,
     }
     if device.role == "gateway":
-        inputs = await load_policy_inputs(session)
-        compiled = compile_policy(inputs, now=utcnow())
+        view = await policies.get(session, revision)
         connectors = [
             {
                 "name": c.name,
@@ -520,7 +525,7 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
             for c in await session.scalars(select(Connector).order_by(Connector.name))
             if c.device.status == "active"
         ]
-        client_devices = {d.device_id: d for d in inputs.devices}
+        client_devices = {d.device_id: d for d in view.inputs.devices}
         clients = [
             {
                 "device_id": d.id,
@@ -545,20 +550,7 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
             "client_blocks": blocks,
             "connectors": connectors,
             "clients": clients,
-            "policy": {
-                "grants": [
-                    {
-                        "policy_id": g.policy_id,
-                        "name": g.name,
-                        "sources": [str(a) for a in g.sources],
-                        "rules": [
-                            [str(r.destination), r.protocol, r.first_port, r.last_port] for r in g.rules
-                        ],
-                    }
-                    for g in compiled.policies.values()
-                ],
-                "valid_until": compiled.next_change.isoformat() if compiled.next_change else None,
-            },
+            "policy": view.grants_json(),
         }
     if device.role == "connector":
         c = await session.scalar(select(Connector).where(Connector.device_id == device.id))
@@ -577,17 +569,14 @@ async def build_snapshot(session: AsyncSession, device: Device, revision: int) -
             "gateways": gateways,
         }
     # client: its address and the destinations its user's policies allow
-    inputs = await load_policy_inputs(session)
-    compiled = compile_policy(inputs, now=utcnow())
-    rules = compiled.rules_for_source(IPv4Address(device.address)) if device.address else ()
-    app_names = {a.id: a.name for a in await session.scalars(select(Application))}
-    policy_apps = {p.id: sorted(app_names[i] for i in p.app_ids) for p in inputs.policies}
+    view = await policies.get(session, revision)
+    rules = view.compiled.rules_for_source(IPv4Address(device.address)) if device.address else ()
     return base | {
         "address": device.address,
         "session_expires_at": device.session_expires_at.isoformat() if device.session_expires_at else None,
         "gateways": gateways,
         "routes": sorted({str(r.destination) for r in rules}),
-        "applications": sorted({n for r in rules for n in policy_apps.get(r.policy_id, [])}),
+        "applications": sorted({n for r in rules for n in view.apps_by_policy.get(r.policy_id, [])}),
     }
 
 
@@ -605,13 +594,15 @@ async def snapshot(
     if after >= 0 and state.watch.current <= after and wait > 0:
         await state.watch.wait_past(after, min(wait, state.settings.watch_max_seconds))
     async with state.db.read() as session:
+        # The revision first, in the same session: whatever is read after it is at
+        # least that new, so a device never holds an older snapshot under a newer number.
+        revision = await state.db.revision(session)
         device = await session.get(Device, who.id)
         if device is None or device.status != "active":
             raise Unauthorized("device was revoked")
-        revision = await state.db.revision()
         if after >= 0 and revision <= after:
             return Response(status_code=204)
-        snap = await build_snapshot(session, device, revision)
+        snap = await build_snapshot(session, device, revision, state.policies)
     body = json.dumps(snap, sort_keys=True)
     return Response(
         content=body,

@@ -6,7 +6,7 @@ place that turns rows into its frozen input types.
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import datetime, time
 from ipaddress import IPv4Address, ip_network
 from typing import Any
 
@@ -46,8 +46,9 @@ def window_from_json(w: dict[str, Any] | None) -> TimeWindow | None:
     )
 
 
-async def load_policy_inputs(session: AsyncSession) -> PolicyInputs:
-    now = utcnow()
+async def load_policy_inputs(session: AsyncSession, now: datetime | None = None) -> PolicyInputs:
+    """Everything the policy compiler needs; client devices whose session ended by ``now`` are left out."""
+    now = now or utcnow()
     users = tuple(
         UserSpec(
             id=a.id,

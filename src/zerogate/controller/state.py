@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from zerogate.controller.config import ControllerSettings
+from zerogate.controller.policy_cache import PolicyCache
 from zerogate.store.db import Database, WriteTx
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ class ControllerState:
     ca_key_pem: bytes
     throttle: LoginThrottle
     watch: RevisionWatch
+    policies: PolicyCache = field(default_factory=PolicyCache)
 
     @asynccontextmanager
     async def mutation(

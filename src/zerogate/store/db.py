@@ -181,10 +181,12 @@ class Database:
         if tx.bumped and self.on_revision is not None:
             self.on_revision(tx.state.revision)
 
-    async def revision(self) -> int:
-        async with self.read() as session:
-            rev = await session.scalar(select(DeploymentState.revision).where(DeploymentState.id == 1))
-        return int(rev or 0)
+    async def revision(self, session: AsyncSession | None = None) -> int:
+        """The config revision; in ``session`` when given, so it matches what that session reads."""
+        if session is not None:
+            return await read_revision(session)
+        async with self.read() as own:
+            return await read_revision(own)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -192,6 +194,11 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def read_revision(session: AsyncSession) -> int:
+    rev = await session.scalar(select(DeploymentState.revision).where(DeploymentState.id == 1))
+    return int(rev or 0)
 
 
 def upgrade_schema(url: str) -> None:
