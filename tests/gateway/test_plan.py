@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from nstools import Netns
-from zerogate.gateway.plan import choose_active, plan_gateway, render_gateway_nft
+from zerogate.gateway.plan import choose_active, plan_gateway, render_gateway_nft, render_gateway_table
 from zerogate.netops import nftables
 from zerogate.netops.wireguard import WgPeer
 
@@ -193,7 +193,7 @@ def test_expired_sessions_and_clients_without_an_address_get_no_peer() -> None:
     assert set(client_peers) == {key(20), key(21), key(22)}
     assert client_peers[key(20)] == WgPeer(key(20), ("100.64.0.2/32",))
     # the expired clients are not in the nft client set either, though a grant still names one
-    line = next(ln for ln in plan.nft_body.splitlines() if ln.strip().startswith("set clients "))
+    line = next(ln for ln in plan.nft_body.text.splitlines() if ln.strip().startswith("set clients "))
     elements = line.split("elements = {")[1].split("}")[0]
     assert sorted(e.strip() for e in elements.split(",")) == ["100.64.0.12", "100.64.0.2", "100.64.0.3"]
 
@@ -248,11 +248,11 @@ def test_listen_port_and_tunnel_addresses_come_from_the_snapshot() -> None:
 
 def test_nft_body_is_the_rendering_of_the_live_clients_and_grants() -> None:
     plan = plan_gateway(snapshot(), interface="zg0", now=NOW, active={})
-    assert plan.nft_body == render_gateway_nft("zg0", list(plan.live_clients), GRANTS)
+    assert plan.nft_body.text == render_gateway_nft("zg0", list(plan.live_clients), GRANTS)
 
 
 def test_render_gateway_nft_matches_the_golden_file() -> None:
-    body = plan_gateway(snapshot(), interface="zg0", now=NOW, active={"site": "cn-a"}).nft_body
+    body = plan_gateway(snapshot(), interface="zg0", now=NOW, active={"site": "cn-a"}).nft_body.text
     path = GOLDEN / "gateway.nft"
     if UPDATE:
         GOLDEN.mkdir(exist_ok=True)
@@ -272,6 +272,40 @@ def test_grant_order_and_source_order_do_not_change_the_ruleset() -> None:
     assert a == b
 
 
+def with_sources(pid: int, sources: list[str]) -> list[dict[str, Any]]:
+    return [g | {"sources": sources} if g["policy_id"] == pid else g for g in GRANTS]
+
+
+def test_a_change_of_sources_or_live_clients_is_an_element_update() -> None:
+    old = render_gateway_table("zg0", ["100.64.0.2", "100.64.0.3"], GRANTS)
+    new = render_gateway_table(
+        "zg0", ["100.64.0.3", "100.64.0.4"], with_sources(7, ["100.64.0.2", "100.64.0.9"])
+    )
+    script = nftables.update_script("inet", "zerogate", old, new)
+    assert script == (
+        "delete element inet zerogate clients { 100.64.0.2 }\n"
+        "add element inet zerogate clients { 100.64.0.4 }\n"
+        "delete element inet zerogate p7_src { 100.64.0.12, 100.64.0.3, 100.64.0.77 }\n"
+        "add element inet zerogate p7_src { 100.64.0.9 }\n"
+    )
+    assert nftables.update_script("inet", "zerogate", new, new) == ""
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda g: [*g, {"policy_id": 11, "sources": ["100.64.0.2"], "rules": [["10.5.0.0/24", "tcp", 22, 22]]}], id="grant-added"),
+        pytest.param(lambda g: [x for x in g if x["policy_id"] != 3], id="grant-removed"),
+        pytest.param(lambda g: [x | {"rules": [["10.1.0.0/24", "tcp", 81, 81]]} if x["policy_id"] == 7 else x for x in g], id="destinations-changed"),
+    ],
+)  # fmt: skip
+def test_a_change_of_rules_or_destinations_reloads_the_whole_table(change: Callable[[Any], Any]) -> None:
+    old = render_gateway_table("zg0", ["100.64.0.2"], GRANTS)
+    new = render_gateway_table("zg0", ["100.64.0.2"], change(GRANTS))
+    assert nftables.update_script("inet", "zerogate", old, new) is None
+    assert nftables.update_script("inet", "zerogate", None, new) is None
+
+
 # --------------------------------------------------------------------------- namespaces
 
 
@@ -284,7 +318,7 @@ def test_the_rendered_table_loads_and_reloads_in_a_fresh_namespace(
     make_netns: Callable[[str], Netns],
 ) -> None:
     ns = make_netns("g")
-    body = plan_gateway(snapshot(), interface="zg0", now=NOW, active={"site": "cn-a"}).nft_body
+    body = plan_gateway(snapshot(), interface="zg0", now=NOW, active={"site": "cn-a"}).nft_body.text
     load(ns, body)
     first = ns.run("nft", "list", "table", "inet", "zerogate").stdout
     load(ns, body)  # replacing the table is re-runnable
@@ -294,6 +328,61 @@ def test_the_rendered_table_loads_and_reloads_in_a_fresh_namespace(
     load(ns, render_gateway_nft("zg0", [], []))
     listed = ns.run("nft", "list", "table", "inet", "zerogate").stdout
     assert "p7_svc" not in listed and "set clients" in listed
+
+
+@needs_root_nft
+def test_an_element_update_leaves_the_same_table_as_a_full_load(make_netns: Callable[[str], Netns]) -> None:
+    ns = make_netns("d")
+    old = render_gateway_table("zg0", ["100.64.0.2", "100.64.0.3", "100.64.0.12"], GRANTS)
+    new = render_gateway_table(
+        "zg0", ["100.64.0.3", "100.64.0.4"], with_sources(7, ["100.64.0.4", "100.64.0.12"])
+    )
+    load(ns, new.text)
+    want = ns.run("nft", "list", "table", "inet", "zerogate").stdout
+    load(ns, old.text)
+    script = nftables.update_script("inet", "zerogate", old, new)
+    assert script
+    ns.run("nft", "-f", "-", input=script)
+    assert ns.run("nft", "list", "table", "inet", "zerogate").stdout == want
+
+
+DATAPLANE_APPLY = """
+import json, sys
+from zerogate.gateway.plan import render_gateway_table
+from zerogate.netops.dataplane import Dataplane
+from zerogate.netops.nftables import TableBody
+grants = json.loads(sys.argv[1])
+dp = Dataplane("zgd0", "unused")
+modes = []
+for live in json.loads(sys.argv[2]):
+    dp._apply_table(render_gateway_table("zg0", live, grants))
+    modes.append(dp.last_nft_mode)
+    if len(modes) == 2:  # someone removes an element behind our back
+        import subprocess
+        subprocess.run(["nft", "delete", "element", "inet", "zerogate", "clients", "{ 100.64.0.3 }"], check=True)
+print(json.dumps(modes))
+"""
+
+
+@needs_root_nft
+def test_the_gateway_updates_elements_and_reloads_when_its_table_was_edited(
+    make_netns: Callable[[str], Netns],
+) -> None:
+    import json
+    import sys
+
+    ns = make_netns("u")
+    lives = [
+        ["100.64.0.2", "100.64.0.3"],
+        ["100.64.0.3", "100.64.0.4"],
+        ["100.64.0.4"],
+        ["100.64.0.4", "100.64.0.5"],
+    ]
+    out = ns.run(sys.executable, "-c", DATAPLANE_APPLY, json.dumps(GRANTS), json.dumps(lives)).stdout
+    # first load, a diff, a diff that cannot delete what someone removed (so a reload), a diff
+    assert json.loads(out) == ["full", "elements", "full", "elements"]
+    listed = ns.run("nft", "list", "set", "inet", "zerogate", "clients").stdout
+    assert "100.64.0.4" in listed and "100.64.0.5" in listed and "100.64.0.3" not in listed
 
 
 @needs_root_nft
@@ -404,7 +493,7 @@ def test_real_packets_follow_the_grants(site: dict[str, Netns]) -> None:
     # without our table everything is forwarded: the topology itself works
     assert tcp(client, "100.64.0.99", lan, "10.2.0.10", 5432) == "ok"
     plan = plan_gateway(snapshot(), interface="zgt*", now=NOW, active={"site": "cn-a"})
-    load(gw, plan.nft_body)
+    load(gw, plan.nft_body.text)
 
     assert tcp(client, "100.64.0.2", lan, "10.1.0.5", 22) == "ok"  # the host rule
     assert tcp(client, "100.64.0.2", lan, "10.1.0.200", 443) == "ok"  # the subnet rule

@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from zerogate import __version__
-from zerogate.gateway.plan import GatewayPlan, choose_active, plan_gateway, render_gateway_nft
+from zerogate.gateway.plan import GatewayPlan, choose_active, plan_gateway, render_gateway_table
 from zerogate.netops import links
 from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, report_loop
 from zerogate.netops.dataplane import Dataplane, guard_firewalld, serve
 from zerogate.netops.icmp import Prober
+from zerogate.netops.nftables import TableBody
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Gateway:
         self.rtt: dict[str, float] = {}
         self._nft_grants: Sequence[Mapping[str, Any]] | None = None
         self._nft_live: tuple[str, ...] = ()
-        self._nft_text = ""
+        self._nft_table: TableBody | None = None
 
     # -- reconcile
 
@@ -57,11 +58,12 @@ class Gateway:
                 self.responder = start_probe_responder(self.identity, port + 1, self.stop)
                 guard_firewalld(self.dp.interface, (port, port + 1), self.stop)
             log.info(
-                "applied revision %s: %d live clients, %d connectors, %d policy grants (nft %.0f ms)",
+                "applied revision %s: %d live clients, %d connectors, %d policy grants (nft %s %.0f ms)",
                 snapshot.get("revision"),
                 len(self.plan.live_clients),
                 len(snapshot.get("connectors", [])),
                 len(snapshot.get("policy", {}).get("grants", [])),
+                self.dp.last_nft_mode or "unchanged",
                 self.dp.last_nft_ms,
             )
 
@@ -86,14 +88,16 @@ class Gateway:
         )
         self.plan = plan
 
-    def _render_nft(self, interface: str, live: Sequence[str], grants: Sequence[Mapping[str, Any]]) -> str:
+    def _render_nft(
+        self, interface: str, live: Sequence[str], grants: Sequence[Mapping[str, Any]]
+    ) -> TableBody:
         """The policy table depends on the snapshot's grants and the live clients
         only; a failover (probe thread) must not re-render 500k elements."""
         key = tuple(live)
-        if grants is not self._nft_grants or key != self._nft_live:
-            self._nft_text = render_gateway_nft(interface, live, grants)
+        if self._nft_table is None or grants is not self._nft_grants or key != self._nft_live:
+            self._nft_table = render_gateway_table(interface, live, grants)
             self._nft_grants, self._nft_live = grants, key
-        return self._nft_text
+        return self._nft_table
 
     def next_deadline(self) -> datetime | None:
         return self.plan.next_expiry if self.plan else None

@@ -14,12 +14,13 @@ cannot use another client's address.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Network, ip_network
 from typing import Any
 
+from zerogate.netops.nftables import TableBody
 from zerogate.netops.wireguard import WgPeer
 from zerogate.policy.intervals import disjoint
 
@@ -30,7 +31,7 @@ class GatewayPlan:
     addresses: tuple[str, ...]
     routes: tuple[str, ...]
     peers: tuple[WgPeer, ...]
-    nft_body: str
+    nft_body: TableBody
     live_clients: tuple[str, ...]
     next_expiry: datetime | None
 
@@ -67,7 +68,7 @@ def choose_active(
     return active
 
 
-RenderNft = Callable[[str, Sequence[str], Sequence[Mapping[str, Any]]], str]
+RenderNft = Callable[[str, Sequence[str], Sequence[Mapping[str, Any]]], TableBody]
 
 
 def plan_gateway(
@@ -78,7 +79,7 @@ def plan_gateway(
     active: Mapping[str, str],
     render_nft: RenderNft | None = None,
 ) -> GatewayPlan:
-    """``render_nft`` (default :func:`render_gateway_nft`) lets the daemon reuse the
+    """``render_nft`` (default :func:`render_gateway_table`) lets the daemon reuse the
     table text when only the active connectors changed (a failover)."""
     gw = snapshot.get("gateway") or {}
     blocks = [ip_network(b) for b in snapshot.get("client_blocks", [])]
@@ -109,7 +110,7 @@ def plan_gateway(
         addresses=addresses,
         routes=tuple(sorted(routes)),
         peers=tuple(peers),
-        nft_body=(render_nft or render_gateway_nft)(interface, live, grants),
+        nft_body=(render_nft or render_gateway_table)(interface, live, grants),
         live_clients=tuple(live),
         next_expiry=min(expiries) if expiries else None,
     )
@@ -125,8 +126,9 @@ def _set(name: str, type_: str, elements: Sequence[str], interval: bool) -> str:
     return f"  set {name} {{ type {type_};{flags}{body} }}\n"
 
 
-def render_grant(grant: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """(set definitions, rules) for one policy grant."""
+def render_grant(grant: Mapping[str, Any]) -> tuple[str, list[str], frozenset[str]]:
+    """(interval set definitions, rules, source addresses) for one policy grant;
+    the source set ``p<id>_src`` itself is declared by the caller."""
     pid = int(grant["policy_id"])
     by_proto: dict[str, list[tuple[IPv4Network, int, int]]] = {}
     for dest, proto, first, last in grant["rules"]:
@@ -134,10 +136,10 @@ def render_grant(grant: Mapping[str, Any]) -> tuple[str, list[str]]:
         if not isinstance(net, IPv4Network):
             continue  # the tunnel carries IPv4 only
         by_proto.setdefault(proto, []).append((net, int(first), int(last)))
-    sources = sorted(set(grant["sources"]), key=lambda a: tuple(int(x) for x in a.split(".")))
+    sources = frozenset(grant["sources"])
     if not sources or not by_proto:
-        return "", []
-    sets = _set(f"p{pid}_src", "ipv4_addr", sources, False)
+        return "", [], frozenset()
+    sets = ""
     rules: list[str] = []
     svc = [
         f"{e.address_text()} . {proto} . {lo if lo == hi else f'{lo}-{hi}'}"
@@ -156,22 +158,41 @@ def render_grant(grant: Mapping[str, Any]) -> tuple[str, list[str]]:
     if anyp:
         sets += _set(f"p{pid}_any", "ipv4_addr", anyp, True)
         rules.append(f"ip saddr @p{pid}_src ip daddr @p{pid}_any accept")
-    return sets, rules
+    return sets, rules, sources
+
+
+def _by_address(addresses: Iterable[str]) -> list[str]:
+    return sorted(addresses, key=lambda a: tuple(int(x) for x in a.split(".")))
 
 
 def render_gateway_nft(
     interface: str, live_clients: Sequence[str], grants: Sequence[Mapping[str, Any]]
 ) -> str:
     """The body of ``table inet zerogate`` for the gateway."""
-    parts = [_set("clients", "ipv4_addr", sorted(set(live_clients)), False)]
+    return render_gateway_table(interface, live_clients, grants).text
+
+
+def render_gateway_table(
+    interface: str, live_clients: Sequence[str], grants: Sequence[Mapping[str, Any]]
+) -> TableBody:
+    """The gateway's table, with the live clients and every grant's sources as
+    plain sets, so that a change of who may connect is an element update."""
+    plain: dict[str, frozenset[str]] = {"clients": frozenset(live_clients)}
+    skeleton = [_set("clients", "ipv4_addr", (), False)]
+    text = [_set("clients", "ipv4_addr", sorted(plain["clients"]), False)]
     rules: list[str] = []
     for g in sorted(grants, key=lambda g: int(g["policy_id"])):
-        sets, grant_rules = render_grant(g)
-        parts.append(sets)
+        sets, grant_rules, sources = render_grant(g)
+        if not grant_rules:
+            continue
+        name = f"p{int(g['policy_id'])}_src"
+        plain[name] = sources
+        skeleton.append(_set(name, "ipv4_addr", (), False) + sets)
+        text.append(_set(name, "ipv4_addr", _by_address(sources), False) + sets)
         rules += grant_rules
     dev = f'"{interface}"'
     grant_lines = "".join(f"    {r}\n" for r in rules)
-    parts.append(
+    chains = (
         "  chain forward {\n"
         "    type filter hook forward priority filter; policy accept;\n"
         f"    iifname {dev} jump from_tunnel\n"
@@ -192,4 +213,4 @@ def render_gateway_nft(
         f"    iifname {dev} drop\n"
         "  }\n"
     )
-    return "".join(parts)
+    return TableBody("".join(text) + chains, "".join(skeleton) + chains, plain)

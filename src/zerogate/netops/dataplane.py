@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from zerogate.netops import links, nftables
+from zerogate.netops.command import CommandError
 from zerogate.netops.wireguard import PeerStatus, WgInterface, WgPeer
 
 log = logging.getLogger(__name__)
@@ -22,10 +23,11 @@ class Dataplane:
     wg: WgInterface = field(init=False)
     _peers: tuple[WgPeer, ...] | None = None
     _listen: int | None = None
-    _nft: str | None = None
+    _nft: nftables.TableBody | None = None
     _addresses: tuple[str, ...] | None = None
     _routes: tuple[str, ...] | None = None
     last_nft_ms: float = 0.0
+    last_nft_mode: str = ""
 
     def __post_init__(self) -> None:
         self.wg = WgInterface(self.interface)
@@ -45,15 +47,17 @@ class Dataplane:
         peers: Sequence[WgPeer],
         addresses: Sequence[str],
         routes: Sequence[str],
-        nft_body: str | None,
+        nft_body: str | nftables.TableBody | None,
     ) -> None:
         """Policy first (atomic; a failure changes nothing), then peers, addresses, routes."""
         self.ensure_interface()
-        if nft_body is not None and nft_body != self._nft:
-            started = time.perf_counter()
-            nftables.apply(nftables.replace_table_script("inet", nftables.TABLE, nft_body))
-            self.last_nft_ms = (time.perf_counter() - started) * 1000
-            self._nft = nft_body
+        self.last_nft_mode, self.last_nft_ms = "", 0.0
+        if nft_body is not None:
+            table = (
+                nft_body if isinstance(nft_body, nftables.TableBody) else nftables.TableBody.fixed(nft_body)
+            )
+            if self._nft is None or table.text != self._nft.text:
+                self._apply_table(table)
         peers_t = tuple(peers)
         if peers_t != self._peers or listen_port != self._listen:
             self.wg.sync(self.private_key, listen_port, peers_t)
@@ -64,6 +68,24 @@ class Dataplane:
         if tuple(routes) != self._routes:
             links.ensure_routes(self.interface, routes)
             self._routes = tuple(routes)
+
+    def _apply_table(self, table: nftables.TableBody) -> None:
+        """Only the changed set elements when nothing else changed, else the whole
+        table; both are one transaction. A refused diff (someone edited our table)
+        falls back to the whole table, which puts everything back as planned."""
+        started = time.perf_counter()
+        script = nftables.update_script("inet", nftables.TABLE, self._nft, table)
+        if script:
+            try:
+                nftables.apply(script)
+            except CommandError as exc:
+                log.warning("element update refused (%s); loading the whole table", exc.stderr.strip()[:200])
+                script = None
+        if script is None:
+            nftables.apply(nftables.replace_table_script("inet", nftables.TABLE, table.text))
+        self.last_nft_ms = (time.perf_counter() - started) * 1000
+        self.last_nft_mode = "full" if script is None else "elements"
+        self._nft = table
 
     def status(self) -> tuple[int, list[PeerStatus]]:
         if not self.wg.exists():

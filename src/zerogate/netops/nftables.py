@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 from zerogate.netops.command import CommandError, require, run
 
 TABLE = "zerogate"
@@ -14,6 +17,35 @@ def replace_table_script(family: str, name: str, body: str) -> str:
     nft applies the whole file or nothing.
     """
     return f"table {family} {name} {{}}\ndelete table {family} {name}\ntable {family} {name} {{\n{body}}}\n"
+
+
+@dataclass(frozen=True, eq=False)
+class TableBody:
+    """A table body whose plain (non-interval) ``elements`` sets may change
+    without a reload: ``skeleton`` is the body with those sets declared empty,
+    ``text`` the whole body with their elements."""
+
+    text: str
+    skeleton: str = ""
+    elements: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def fixed(cls, text: str) -> TableBody:
+        return cls(text, text, {})
+
+
+def update_script(family: str, name: str, old: TableBody | None, new: TableBody) -> str | None:
+    """The element deletes and adds that turn ``old`` into ``new`` (one transaction),
+    "" when nothing changed, or None when more than elements changed (reload instead)."""
+    if old is None or old.skeleton != new.skeleton or old.elements.keys() != new.elements.keys():
+        return None
+    lines = []
+    for set_name in sorted(new.elements):
+        before, after = old.elements[set_name], new.elements[set_name]
+        for verb, items in (("delete", before - after), ("add", after - before)):
+            if items:
+                lines.append(f"{verb} element {family} {name} {set_name} {{ {', '.join(sorted(items))} }}\n")
+    return "".join(lines)
 
 
 def check(script: str) -> None:
