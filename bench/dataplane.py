@@ -867,7 +867,7 @@ class Poller:
             self.reader.join(timeout=5)
 
 
-_APPLIED = re.compile(r"applied revision (\d+): .*\(nft (\d+) ms\)")
+_APPLIED = re.compile(r"applied revision (\d+): .*\(nft (?:full|elements|unchanged) (\d+) ms\)")
 
 
 def gateway_nft_ms(log: str, revisions: set[int]) -> list[float]:
