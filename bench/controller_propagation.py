@@ -24,8 +24,6 @@ each answer), which is how a real watcher behaves too.
 from __future__ import annotations
 
 import argparse
-import math
-import signal
 import statistics
 import sys
 import tempfile
@@ -33,7 +31,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
+
+from _common import percentile, unwind_on_sigterm
 
 from zerogate.controller.localrun import LocalController
 from zerogate.netops.controller_api import ControllerClient, ControllerError
@@ -43,18 +42,6 @@ from zerogate.pki.wireguard import generate_keypair
 GROUP = "bench-propagation"
 WATCH_WAIT = 10  # seconds the server may hold one long-poll
 WARMUP = 10
-
-
-def percentile(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile (no interpolation), so p100 is the maximum."""
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM (e.g. from run_all) unwinds like Ctrl-C so every finally runs.
-    raise KeyboardInterrupt
 
 
 @dataclass
@@ -263,7 +250,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.changes < 1:
         parser.error("--changes must be at least 1")
-    signal.signal(signal.SIGTERM, _terminate)
+    unwind_on_sigterm()
     try:
         with tempfile.TemporaryDirectory(prefix="zg-bench-propagation-") as tmp:
             return run(args, Path(tmp))

@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,11 +49,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from _common import percentile, unwind_on_sigterm
 from controller_propagation import GROUP as WATCH_GROUP
-from controller_propagation import Watcher, enroll_connector, percentile
+from controller_propagation import Watcher, enroll_connector
 from policy_compile import NOW, make_inputs
 
 from zerogate.gateway.plan import render_gateway_nft, render_gateway_table
@@ -169,11 +168,6 @@ print(json.dumps({"results": results}))
 
 class BenchError(RuntimeError):
     """A measurement could not be made; the message says which and why."""
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM (e.g. from run_all) unwinds like Ctrl-C so every finally runs.
-    raise KeyboardInterrupt
 
 
 # -- pure helpers: parsing, rendering, formatting ----------------------------------------------
@@ -1100,7 +1094,7 @@ def main(argv: list[str]) -> int:
         print("error: the data-plane benchmark creates network namespaces; run it as root", file=sys.stderr)
         return 2
     parts = set(args.only or PARTS)
-    signal.signal(signal.SIGTERM, _terminate)
+    unwind_on_sigterm()
     report = Report()
     began = time.perf_counter()
     try:

@@ -21,14 +21,13 @@ kept-alive connection (so the difference is the TLS handshake).
 from __future__ import annotations
 
 import argparse
-import math
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
+
+from _common import percentile, unwind_on_sigterm
 
 from zerogate.controller.localrun import LocalController
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
@@ -38,18 +37,6 @@ from zerogate.pki.wireguard import generate_keypair
 
 GROUP = "bench-enrollment"
 WARMUP = 5
-
-
-def percentile(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile (no interpolation), so p100 is the maximum."""
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM (e.g. from run_all) unwinds like Ctrl-C so every finally runs.
-    raise KeyboardInterrupt
 
 
 def make_device_keys(name: str) -> tuple[str, str]:
@@ -176,7 +163,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.enrollments <= 4000:
         parser.error("--enrollments must be between 1 and 4000 (a key allows at most 10000 uses)")
-    signal.signal(signal.SIGTERM, _terminate)
+    unwind_on_sigterm()
     try:
         with tempfile.TemporaryDirectory(prefix="zg-bench-enrollment-") as tmp:
             return run(args, Path(tmp))

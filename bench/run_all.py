@@ -12,19 +12,15 @@ controller and temporary files), then killed if it does not stop in time.
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import FrameType
+
+from _common import unwind_on_sigterm
 
 BENCH_DIR = Path(__file__).resolve().parent
 STOP_GRACE = 20.0  # seconds a benchmark gets to clean up after SIGTERM
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def benchmarks() -> list[Path]:
@@ -74,7 +70,7 @@ def main(argv: list[str]) -> int:
         if unknown:
             parser.error(f"no such benchmark: {', '.join(sorted(unknown))}")
         scripts = [p for p in scripts if p.stem in wanted]
-    signal.signal(signal.SIGTERM, _terminate)
+    unwind_on_sigterm()
 
     results: list[tuple[str, str, float]] = []
     try:

@@ -32,6 +32,8 @@ from datetime import timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from _common import percentile, unwind_on_sigterm
+
 from zerogate.controller.api_devices import build_snapshot
 from zerogate.controller.localrun import LocalController
 from zerogate.controller.policy_cache import PolicyCache
@@ -132,16 +134,14 @@ async def measure(db: Database, ids: list[int], requests: int, shared: bool, see
     return [await timed(db, rng.choice(ids), cache if shared else PolicyCache()) for _ in range(requests)]
 
 
-def row(name: str, samples: list[float], devices: int) -> list[str]:
-    p50 = statistics.median(samples)
-    p99 = sorted(samples)[min(len(samples) - 1, int(len(samples) * 0.99))]
-    return [
-        name,
-        str(len(samples)),
-        f"{p50:.2f}",
-        f"{p99:.2f}",
-        f"{devices * statistics.mean(samples) / 1000:.1f}",
-    ]
+def cells(samples: list[float]) -> list[str]:
+    """requests, p50 ms, p99 ms (nearest-rank)."""
+    return [str(len(samples)), f"{percentile(samples, 50):.2f}", f"{percentile(samples, 99):.2f}"]
+
+
+def all_devices(samples: list[float], devices: int) -> str:
+    """Seconds for every device to fetch once, at the mean cost of a request."""
+    return f"{devices * statistics.mean(samples) / 1000:.1f}"
 
 
 async def run(args: argparse.Namespace, data: Path) -> None:
@@ -160,10 +160,14 @@ async def run(args: argparse.Namespace, data: Path) -> None:
     finally:
         await db.close()
     rows = [
-        ["client snapshot, cached (first one compiles)", *row("", cached, len(ids))[1:]],
-        ["client snapshot, compile per request (baseline)", *row("", baseline, len(ids))[1:]],
-        ["gateway snapshot, cache warm", *row("", gw_warm, 1)[1:4], "-"],
-        ["gateway snapshot, cold (baseline)", *row("", gw_cold, 1)[1:4], "-"],
+        ["client snapshot, cached (first one compiles)", *cells(cached), all_devices(cached, len(ids))],
+        [
+            "client snapshot, compile per request (baseline)",
+            *cells(baseline),
+            all_devices(baseline, len(ids)),
+        ],
+        ["gateway snapshot, cache warm", *cells(gw_warm), "-"],
+        ["gateway snapshot, cold (baseline)", *cells(gw_cold), "-"],
     ]
     headers = ["what", "requests", "p50 ms", "p99 ms", f"all {len(ids)} devices once, s"]
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
@@ -186,6 +190,7 @@ def main() -> int:
     for name in ("users", "apps", "groups", "policies", "requests", "baseline_requests"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    unwind_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="zg-bench-snap-") as tmp:
         asyncio.run(run(args, Path(tmp) / "data"))
     return 0
