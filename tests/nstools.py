@@ -52,31 +52,8 @@ class Netns:
         return sh("ip", "netns", "exec", self.name, *argv, input=input, check=check)
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in a thread that joined this namespace.
-
-        Sockets it opens keep the namespace afterwards, and child processes it
-        starts (``nft``, ``ip``, ``wireguard-go``) run there too.
-        """
-        box: dict[str, Any] = {}
-
-        def body() -> None:
-            try:
-                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
-                try:
-                    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                        raise OSError(ctypes.get_errno(), f"setns {self.name}")
-                finally:
-                    os.close(fd)
-                box["value"] = fn()
-            except BaseException as exc:
-                box["error"] = exc
-
-        t = threading.Thread(target=body)
-        t.start()
-        t.join(60)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+        """Run ``fn`` in a thread that joined this namespace (see :func:`call_in_netns`)."""
+        return call_in_netns(self.name, fn)
 
     def pids(self) -> list[int]:
         """Processes living in the namespace (``ip netns pids``)."""
@@ -89,3 +66,31 @@ class Netns:
             if link.get("ifname") != "lo":
                 sh("ip", "-n", self.name, "link", "del", link["ifname"], check=False)
         sh("ip", "netns", "del", self.name, check=False)
+
+
+def call_in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread that joined network namespace ``name``.
+
+    Sockets it opens keep the namespace afterwards, and child processes it
+    starts (``nft``, ``ip``, ``wireguard-go``) run there too.
+    """
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {name}")
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(60)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]

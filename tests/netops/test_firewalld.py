@@ -11,7 +11,6 @@ the tunnel-like interface ``zg-…``) and a "LAN" namespace (in zone dmz).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import shutil
@@ -23,10 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from nstools import call_in_netns
 from zerogate.netops.firewalld import (
     POLICY,
     ZONE,
@@ -120,40 +119,10 @@ def test_no_bus_means_not_available_and_ensure_says_why(tmp_path: Path) -> None:
 # namespaces and sockets
 # ---------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-
-def in_netns(ns: str, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a fresh thread that has joined network namespace ``ns``.
-
-    Sockets keep the namespace they were created in, so ``fn`` can hand them out.
-    """
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
 
 def udp_arrives(src_ns: str, dst_ns: str, dst_ip: str, port: int, wait: float = 0.6) -> bool:
-    server = in_netns(dst_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    client = in_netns(src_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    server = call_in_netns(dst_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    client = call_in_netns(src_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     with server, client:
         server.bind(("0.0.0.0", port))
         server.settimeout(wait)
@@ -165,8 +134,8 @@ def udp_arrives(src_ns: str, dst_ns: str, dst_ip: str, port: int, wait: float = 
 
 
 def tcp_connects(src_ns: str, dst_ns: str, dst_ip: str, port: int, wait: float = 1.5) -> bool:
-    server = in_netns(dst_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-    client = in_netns(src_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    server = call_in_netns(dst_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    client = call_in_netns(src_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     with server, client:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(("0.0.0.0", port))
