@@ -210,9 +210,14 @@ def _fail(argv: Sequence[str], returncode: int, output: str) -> NetnsError:
 
 def run_ip(args: Sequence[str], ns: str | None = None, *, timeout: float = _IP_TIMEOUT) -> str:
     """Run one ``ip`` command (in ``ns`` when given); return its standard output."""
-    argv = ip_argv(args, ns)
+    return _run_ip_argv(ip_argv(args, ns), None, timeout)
+
+
+def _run_ip_argv(argv: list[str], stdin: str | None, timeout: float) -> str:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=timeout, check=False)
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, env=_env(), timeout=timeout, check=False
+        )
     except FileNotFoundError:
         raise NetnsError("the 'ip' program was not found; install the Debian package 'iproute2'") from None
     except subprocess.TimeoutExpired:
@@ -238,22 +243,7 @@ def run_batch(
     if not commands:
         return
     argv = ip_argv(["-force", "-batch", "-"] if force else ["-batch", "-"], ns)
-    try:
-        done = subprocess.run(
-            argv,
-            input=render_batch(commands),
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise NetnsError("the 'ip' program was not found; install the Debian package 'iproute2'") from None
-    except subprocess.TimeoutExpired:
-        raise NetnsError(f"'{' '.join(argv)}' did not finish within {timeout:g} s") from None
-    if done.returncode != 0:
-        raise _fail(argv, done.returncode, done.stderr or done.stdout)
+    _run_ip_argv(argv, render_batch(commands), timeout)
 
 
 def run_parallel(jobs: Sequence[tuple[Sequence[str], str | None]], *, timeout: float = _IP_TIMEOUT) -> None:
