@@ -25,7 +25,7 @@ from zerogate.controller.policy_inputs import load_policy_inputs
 from zerogate.model.policy import PolicyInputs
 from zerogate.policy.compiler import CompiledPolicy, compile_policy
 from zerogate.store.db import read_revision, utcnow
-from zerogate.store.models import Application, Device
+from zerogate.store.models import Device
 
 
 @dataclass
@@ -69,7 +69,7 @@ async def load_view(session: AsyncSession, revision: int, now: datetime) -> Poli
         )
     )
     bounds = [t for t in (compiled.next_change, next_expiry) if t is not None]
-    names = {a.id: a.name for a in await session.scalars(select(Application))}
+    names = {a.id: a.name for a in inputs.apps}
     return PolicyView(
         revision=revision,
         inputs=inputs,
