@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from dbaccess import run_sql
+from zerogate.cli.common import safe
 from zerogate.controller.localrun import AccountSession, Authenticator, LocalController
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.install_string import parse_install_string
@@ -116,6 +118,79 @@ def test_group_create_list_show(cli: Run, unique: Unique) -> None:
     listed = ok_json(cli("admin", "group", "list", "--json"))
     assert [g for g in listed if g["name"] == name] == [created]
     assert ok_json(cli("admin", "group", "show", name, "--json"))["description"] == "Engineering"
+
+
+def test_group_add_and_remove_member(cli: Run, admin: AccountSession, unique: Unique) -> None:
+    ann, bob = (admin.client.post("/v1/users", {"username": unique(n)})["username"] for n in ("ann", "bob"))
+    group = admin.client.post("/v1/groups", {"name": unique("ops"), "members": [ann]})["name"]
+
+    added = ok_json(cli("admin", "group", "add-member", group, ann, bob, "--json"))
+    assert added == {"name": group, "added": [bob], "removed": [], "member_count": 2}
+    removed = cli("admin", "group", "remove-member", group, ann)
+    assert removed.returncode == 0, removed.stderr
+    assert one_line(removed.stdout) == f"Group {group}: -{ann}; it has 1 member(s)."
+    assert admin.client.get(f"/v1/groups/{group}")["members"] == [bob]
+
+    unknown = cli("admin", "group", "add-member", group, "nobody-at-all")
+    assert (unknown.returncode, one_line(unknown.stderr)) == (
+        1,
+        "error: no user named 'nobody-at-all' (HTTP 404)",
+    )
+
+
+# ESC [2J clears the screen; NUL and BEL are invisible; the markup would be
+# rendered as colour and a clickable link. PostgreSQL text cannot hold NUL.
+_ESC, _NUL, _BEL = "\x1b", "\x00", "\x07"
+_MARKUP = "[red]x[/] [link=https://evil.example]click[/link]"
+
+
+def _plant_display_name(controller: LocalController, username: str) -> str:
+    """Write a hostile display name straight into the database (the API refuses it)."""
+    sqlite = not controller.database
+    char = "char" if sqlite else "chr"
+    nul = f" || {char}(0)" if sqlite else ""
+    run_sql(
+        controller,
+        f"UPDATE accounts SET display_name = 'evil' || {char}(27) || '[2J'{nul} || {char}(7) "
+        f"|| '{_MARKUP}' WHERE username = '{username}'",
+    )
+    return "evil" + _ESC + "[2J" + (_NUL if sqlite else "") + _BEL + _MARKUP
+
+
+def test_hostile_names_are_printed_harmlessly(
+    cli: Run, controller: LocalController, admin: AccountSession, unique: Unique
+) -> None:
+    username = admin.client.post("/v1/users", {"username": unique("mallory")})["username"]
+    planted = _plant_display_name(controller, username)
+    assert admin.client.get(f"/v1/users/{username}")["display_name"] == planted  # the server sends it as is
+
+    for args in (["admin", "user", "list"], ["admin", "user", "show", username]):
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert not {_ESC, _NUL, _BEL} & set(result.stdout), args
+        # Made visible, and the markup printed as text, not interpreted.
+        assert "evil\\x1b[2J" in result.stdout and "\\x07" in result.stdout
+        assert _MARKUP in result.stdout, result.stdout
+
+    as_json = cli("admin", "user", "show", username, "--json")
+    assert not {_ESC, _NUL, _BEL} & set(as_json.stdout)
+    assert ok_json(as_json)["display_name"] == planted  # escaped in JSON, not lost
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("a\x1b[2Jb", "a\\x1b[2Jb"),  # "[2J" is no markup tag; its ESC is what did harm
+        ("nul\x00", "nul\\x00"),
+        ("bidi\u202e", "bidi\\u202e"),
+        ("[bold]x[/bold]", "\\[bold]x\\[/bold]"),
+        ("trailing\\", "trailing\\\\"),  # would otherwise escape the template's closing tag
+        ("plain text", "plain text"),
+    ],
+    ids=["esc", "nul", "bidi-override", "markup", "trailing-backslash", "plain"],
+)
+def test_safe_makes_values_inert_in_markup(value: str, shown: str) -> None:
+    assert safe(value) == shown
 
 
 def test_site_application_policy(cli: Run, admin: AccountSession, unique: Unique) -> None:

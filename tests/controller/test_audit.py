@@ -265,7 +265,8 @@ def test_tampering_is_detected_and_located(fresh_controller: LocalController, tm
     assert r.returncode == 1
     assert "BROKEN" in r.stdout and "record 6" in r.stdout and "changed" in r.stdout
 
-    # 2. Change a record and recompute its own hash: the next record's link gives it away.
+    # 2. Change a record and recompute its own hash: the next record's link gives
+    #    it away, and so do its MAC and the anchor checkpoint written after it.
     rec = original[8]
     forged = AuditEntry(
         id=rec["id"],
@@ -284,12 +285,12 @@ def test_tampering_is_detected_and_located(fresh_controller: LocalController, tm
         lc,
         f"""UPDATE audit_log SET details = '{{"name": "nothing-to-see"}}', hash = '{entry_hash(forged)}' WHERE id = 8""",
     )
-    expected.add((9, "link"))
+    expected |= {(9, "link"), (8, "mac"), (8, "checkpoint")}
     check()
 
     # 3. Delete a record in the middle.
     run_sql(lc, "DELETE FROM audit_log WHERE id = 11")
-    expected |= {(12, "missing"), (12, "link")}
+    expected |= {(12, "missing"), (12, "link"), (11, "checkpoint gone")}
     check()
 
     # 4. Cut the newest records off the end.
@@ -310,6 +311,10 @@ def _kind(problem: str) -> str:
         ("link to the previous record is broken", "link"),
         ("are missing", "missing"),
         ("cut off the end", "cut off"),
+        ("MAC is wrong", "mac"),
+        ("has no MAC", "no mac"),
+        ("differs from the anchor checkpoint", "checkpoint"),
+        ("named by an anchor checkpoint is missing", "checkpoint gone"),
     ):
         if marker in problem:
             return kind

@@ -390,9 +390,16 @@ def _retry_after(r: httpx.Response) -> int:
     return value
 
 
+# A first delay longer than any test, so "throttled now" cannot pass by while a test runs.
+SLOW_THROTTLE = {"ZEROGATE_THROTTLE_DELAY_SECONDS": "600"}
+
+
 def test_login_throttle_per_account(fresh_controller: Callable[..., LocalController]) -> None:
+    # Per account *from one source*: tests/controller/test_abuse.py shows the
+    # owner at another address is not affected.
     lc = fresh_controller(
         {"ZEROGATE_LOGIN_FAILURES_PER_ACCOUNT": "3", "ZEROGATE_LOGIN_FAILURES_PER_SOURCE": "100"}
+        | SLOW_THROTTLE
     )
     admin = lc.bootstrap_admin()
     victim = lc.create_user(admin, "victim", [])
@@ -405,7 +412,8 @@ def test_login_throttle_per_account(fresh_controller: Callable[..., LocalControl
             login(lc, "victim", "guessed password 1", current_code(victim.authenticator.secret)).status_code
             == 401
         )
-    # Now even the right password and code are refused for this account, with a Retry-After.
+    # Now even the right password and code are refused for this account from
+    # this address, with a Retry-After.
     r = login(lc, "victim", USER_PASSWORD, current_code(victim.authenticator.secret))
     _retry_after(r)
     # TOTP confirmation is throttled by the same counter.
@@ -420,6 +428,8 @@ def test_login_throttle_per_account(fresh_controller: Callable[..., LocalControl
     r = login(lc, "bystander", USER_PASSWORD, bystander.code())
     assert r.status_code == 200, r.text
 
+    # (A record per refusal: test deployments do not aggregate them, see
+    # tests/controller/test_abuse.py for aggregation.)
     denied = [a for a in admin.client.get("/v1/audit", {"action": "login"}) if a["outcome"] == "denied"]
     assert [a["details"]["error"] for a in denied if a["object_id"] == "victim"] == [
         "wrong username or password"
@@ -429,6 +439,7 @@ def test_login_throttle_per_account(fresh_controller: Callable[..., LocalControl
 def test_login_throttle_per_source(fresh_controller: Callable[..., LocalController]) -> None:
     lc = fresh_controller(
         {"ZEROGATE_LOGIN_FAILURES_PER_ACCOUNT": "100", "ZEROGATE_LOGIN_FAILURES_PER_SOURCE": "4"}
+        | SLOW_THROTTLE
     )
     admin = lc.bootstrap_admin()
     # Spraying guesses over many account names from one address ...

@@ -313,11 +313,155 @@ CASES: list[tuple[str, str, str, Any, int, list[str]]] = [
      {"username": "{user}", "destination": "10.50.0.10", "protocol": "icmp", "port": 443}, 422,
      ["icmp has no ports"]),
 ]
+
+ESC = "\x1b[2J"  # "clear the screen" to a terminal that prints it raw
+NEWLINE = "U+000A"
+
+# Issue 8: what an attacker found. A trailing newline passed re.match + "$"
+# (a second "alice" that prints like the first); control and invisible
+# characters reached terminals; network configs the data plane cannot use;
+# loose coercion of JSON types.
+HARDENING_CASES: list[tuple[str, str, str, Any, int, list[str]]] = [
+    # names and endpoints with a trailing newline
+    ("user-name-trailing-newline", "POST", "/v1/users", {"username": "{user}\n"}, 422, ["username", NEWLINE]),
+    ("admin-name-trailing-newline", "POST", "/v1/admins", {"username": "admin\n"}, 422, ["username", NEWLINE]),
+    ("group-name-trailing-newline", "POST", "/v1/groups", {"name": "{group}\n"}, 422, ["name", NEWLINE]),
+    ("site-name-trailing-newline", "POST", "/v1/connector-groups", cg_body("10.60.0.0/24", name="{cg}\n"), 422,
+     ["name", NEWLINE]),
+    ("gateway-name-trailing-newline", "POST", "/v1/gateways", gw_body(name="{gw}\n"), 422, ["name", NEWLINE]),
+    ("app-name-trailing-newline", "POST", "/v1/applications", app_body(dest()) | {"name": "{app}\n"}, 422,
+     ["name", NEWLINE]),
+    ("policy-name-trailing-newline", "POST", "/v1/policies", policy_body(name="{policy}\n"), 422,
+     ["name", NEWLINE]),
+    ("token-name-trailing-newline", "POST", "/v1/tokens", {"name": "cli\n"}, 422, ["name", NEWLINE]),
+    ("gateway-endpoint-trailing-newline", "POST", "/v1/gateways", gw_body(public_endpoint="gw.example.net\n"),
+     422, ["public_endpoint", NEWLINE]),
+    ("patch-gateway-endpoint-trailing-newline", "PATCH", "/v1/gateways/{gw}",
+     {"public_endpoint": "edge1.example.net\n"}, 422, ["public_endpoint", NEWLINE]),
+    ("gateway-endpoint-zone-id", "POST", "/v1/gateways", gw_body(public_endpoint="fe80::1%eth0"), 422,
+     ["public_endpoint", "zone ids"]),
+    ("gateway-endpoint-ipv4-mapped", "POST", "/v1/gateways", gw_body(public_endpoint="::ffff:192.0.2.1"), 422,
+     ["IPv4-mapped", "write it as IPv4: 192.0.2.1"]),
+    # control and invisible characters in free text
+    ("display-name-escape", "POST", "/v1/users", {"username": "newbie", "display_name": ESC + "boss"}, 422,
+     ["display_name", "U+001B at position 1", "printable text only"]),
+    ("display-name-nul", "POST", "/v1/users", {"username": "newbie", "display_name": "a\x00b"}, 422,
+     ["display_name", "U+0000 at position 2"]),
+    ("display-name-bidi-override", "POST", "/v1/users", {"username": "newbie", "display_name": "\u202eexe.txt"},
+     422, ["U+202E"]),
+    ("display-name-zero-width-space", "POST", "/v1/users", {"username": "newbie", "display_name": "ad\u200bmin"},
+     422, ["U+200B"]),
+    ("display-name-line-separator", "POST", "/v1/users", {"username": "newbie", "display_name": "a\u2028b"},
+     422, ["U+2028"]),
+    ("display-name-private-use", "POST", "/v1/users", {"username": "newbie", "display_name": "\ue000"}, 422,
+     ["U+E000"]),
+    ("patch-display-name-escape", "PATCH", "/v1/users/{user}", {"display_name": ESC}, 422,
+     ["display_name", "U+001B"]),
+    ("email-trailing-newline", "POST", "/v1/users", {"username": "newbie", "email": "new@example.com\n"}, 422,
+     ["email", NEWLINE]),
+    ("patch-email-escape", "PATCH", "/v1/users/{user}", {"email": "v@example.com" + ESC}, 422,
+     ["email", "U+001B"]),
+    ("group-description-escape", "POST", "/v1/groups", {"name": "g-new", "description": ESC}, 422,
+     ["description", "U+001B"]),
+    ("patch-group-description-escape", "PATCH", "/v1/groups/{group}", {"description": ESC}, 422, ["U+001B"]),
+    ("site-description-escape", "POST", "/v1/connector-groups", cg_body("10.60.0.0/24", description=ESC), 422,
+     ["description", "U+001B"]),
+    ("gateway-description-nul", "POST", "/v1/gateways", gw_body(description="a\x00"), 422, ["U+0000"]),
+    ("app-description-escape", "POST", "/v1/applications", app_body(dest()) | {"description": ESC}, 422,
+     ["U+001B"]),
+    ("policy-description-escape", "POST", "/v1/policies", policy_body(description=ESC), 422, ["U+001B"]),
+    ("key-description-escape", "POST", "/v1/connector-groups/{cg}/provisioning-keys", {"description": ESC}, 422,
+     ["description", "U+001B"]),
+    ("connector-description-escape", "PATCH", "/v1/connectors/{conn}", {"description": ESC}, 422,
+     ["description", "U+001B"]),
+    ("connector-location-escape", "PATCH", "/v1/connectors/{conn}", {"location": ESC}, 422,
+     ["location", "U+001B"]),
+    ("connector-owner-newline", "PATCH", "/v1/connectors/{conn}", {"owner": "ops\nteam"}, 422,
+     ["owner", "U+000A at position 4"]),
+    ("policy-time-zone-newline", "POST", "/v1/policies", policy_body(time_window=window(tz="UTC\n")), 422,
+     ["tz", NEWLINE]),
+    # subnets a connector cannot front
+    ("site-subnet-ipv6", "POST", "/v1/connector-groups", cg_body("fd00:1::/64"), 422, ["must be IPv4"]),
+    ("patch-site-subnet-ipv6", "PATCH", "/v1/connector-groups/{cg2}", {"subnets": ["fd00:2::/64"]}, 422,
+     ["must be IPv4"]),
+    ("site-subnet-everything", "POST", "/v1/connector-groups", cg_body("0.0.0.0/0"), 422,
+     ["0.0.0.0/0 covers every address"]),
+    ("site-subnet-half-of-everything", "POST", "/v1/connector-groups", cg_body("0.0.0.0/1"), 422,
+     ["0.0.0.0/1 includes 0.0.0.0/8"]),
+    ("site-subnet-this-network", "POST", "/v1/connector-groups", cg_body("0.0.0.0/8"), 422, ["unspecified"]),
+    ("site-subnet-loopback", "POST", "/v1/connector-groups", cg_body("127.0.0.0/8"), 422,
+     ["127.0.0.0/8 is in 127.0.0.0/8 (loopback addresses)"]),
+    ("site-subnet-link-local", "POST", "/v1/connector-groups", cg_body("169.254.10.0/24"), 422, ["link-local"]),
+    ("site-subnet-multicast", "POST", "/v1/connector-groups", cg_body("239.1.0.0/16"), 422, ["multicast"]),
+    ("site-subnet-reserved", "POST", "/v1/connector-groups", cg_body("240.0.0.0/8"), 422, ["reserved"]),
+    ("site-subnet-broadcast", "POST", "/v1/connector-groups", cg_body("255.255.255.255/32"), 422, ["broadcast"]),
+    ("site-subnet-ipv4-mapped", "POST", "/v1/connector-groups", cg_body("::ffff:10.1.0.0/120"), 422,
+     ["IPv4-mapped", "write it as IPv4: 10.1.0.0/24"]),
+    ("site-subnet-ipv4-mapped-overlap", "POST", "/v1/connector-groups", cg_body("::ffff:10.50.0.0/120"), 422,
+     ["write it as IPv4: 10.50.0.0/24"]),
+    ("site-subnet-zone-id", "POST", "/v1/connector-groups", cg_body("fe80::%eth0/64"), 422, ["zone ids"]),
+    ("site-subnet-trailing-newline", "POST", "/v1/connector-groups", cg_body("10.60.0.0/24\n"), 422, [NEWLINE]),
+    ("site-subnet-in-client-pool", "POST", "/v1/connector-groups", cg_body("100.64.7.0/24"), 409,
+     ["subnet 100.64.7.0/24 overlaps client address block 100.64.0.0/16", "PUT /v1/address-pool"]),
+    ("site-subnet-in-pool-alternate", "POST", "/v1/connector-groups", cg_body("100.83.0.0/24"), 409,
+     ["overlaps client address block 100.83.0.0/16"]),
+    ("site-subnet-covers-client-pool", "POST", "/v1/connector-groups", cg_body("100.0.0.0/8"), 409,
+     ["overlaps client address block 100.64.0.0/16"]),
+    ("patch-site-subnet-in-client-pool", "PATCH", "/v1/connector-groups/{cg2}", {"subnets": ["100.70.0.0/24"]},
+     409, ["overlaps client address block 100.70.0.0/16"]),
+    ("vip-ipv4-mapped", "POST", "/v1/connector-groups", cg_body("10.60.0.0/24", vrrp_virtual_ip="::ffff:10.60.0.1"),
+     422, ["vrrp_virtual_ip", "write it as IPv4: 10.60.0.1"]),
+    ("patch-vip-zone-id", "PATCH", "/v1/connector-groups/{cg}", {"vrrp_virtual_ip": "fe80::1%eth0"}, 422,
+     ["zone ids"]),
+    ("app-destination-ipv4-mapped", "POST", "/v1/applications", app_body(dest("::ffff:10.50.0.20")), 422,
+     ["write it as IPv4: 10.50.0.20/32"]),
+    ("app-destination-ipv6", "POST", "/v1/applications", app_body(dest("fd00::1")), 422, ["must be IPv4"]),
+    ("patch-app-destination-ipv4-mapped", "PATCH", "/v1/applications/{app}",
+     {"destinations": [dest("::ffff:10.50.0.0/120")]}, 422, ["write it as IPv4: 10.50.0.0/24"]),
+    ("explain-ipv4-mapped", "POST", "/v1/policy/explain",
+     {"username": "{user}", "destination": "::ffff:10.50.0.10", "port": 443}, 422, ["write it as IPv4: 10.50.0.10"]),
+    # client address pool blocks clients cannot be given, or that a site fronts
+    ("pool-everything", "PUT", "/v1/address-pool", {"blocks": ["0.0.0.0/0"]}, 422, ["covers every address"]),
+    ("pool-loopback", "PUT", "/v1/address-pool", {"blocks": ["100.64.0.0/16", "127.0.0.0/16"]}, 422,
+     ["loopback"]),
+    ("pool-multicast", "PUT", "/v1/address-pool", {"blocks": ["100.64.0.0/16", "224.0.0.0/16"]}, 422,
+     ["multicast"]),
+    ("pool-ipv4-mapped", "PUT", "/v1/address-pool", {"blocks": ["::ffff:100.90.0.0/112"]}, 422,
+     ["write it as IPv4: 100.90.0.0/16"]),
+    ("pool-overlaps-site", "PUT", "/v1/address-pool", {"blocks": ["100.64.0.0/16", "10.50.0.0/16"]}, 409,
+     ["block 10.50.0.0/16 overlaps subnet 10.50.0.0/24 of connector group 'site-a'"]),
+    ("pool-inside-site", "PUT", "/v1/address-pool", {"blocks": ["100.64.0.0/16", "10.51.0.0/28"]}, 409,
+     ["overlaps subnet 10.51.0.0/24 of connector group 'site-b'"]),
+    # strict JSON types: 0 is not false, true is not 1, "5" is not 5
+    ("disabled-as-0", "PATCH", "/v1/users/{user}", {"disabled": 0}, 422, ["disabled", "valid boolean"]),
+    ("disabled-as-string", "PATCH", "/v1/users/{user}", {"disabled": "false"}, 422, ["disabled", "valid boolean"]),
+    ("token-ttl-as-true", "POST", "/v1/tokens", {"name": "cli", "ttl_days": True}, 422,
+     ["ttl_days", "valid integer"]),
+    ("token-ttl-as-string", "POST", "/v1/tokens", {"name": "cli", "ttl_days": "5"}, 422, ["ttl_days"]),
+    ("token-ttl-as-float", "POST", "/v1/tokens", {"name": "cli", "ttl_days": 5.0}, 422, ["ttl_days"]),
+    ("key-max-uses-as-string", "POST", "/v1/connector-groups/{cg}/provisioning-keys", {"max_uses": "5"}, 422,
+     ["max_uses", "valid integer"]),
+    ("key-ttl-as-true", "POST", "/v1/connector-groups/{cg}/provisioning-keys", {"ttl_minutes": True}, 422,
+     ["ttl_minutes"]),
+    ("gateway-port-as-string", "POST", "/v1/gateways", gw_body(port_first="51820"), 422, ["port_first"]),
+    ("site-snat-as-1", "POST", "/v1/connector-groups", cg_body("10.60.0.0/24", snat=1), 422,
+     ["snat", "valid boolean"]),
+    ("policy-mfa-as-1", "POST", "/v1/policies", policy_body(require_mfa=1), 422, ["require_mfa"]),
+    ("patch-policy-enabled-as-string", "PATCH", "/v1/policies/{policy}", {"enabled": "no"}, 422, ["enabled"]),
+    ("policy-time-as-number", "POST", "/v1/policies", policy_body(time_window=window(start=28800)), 422,
+     ["start", "text like '08:00'"]),
+    ("explain-port-as-string", "POST", "/v1/policy/explain",
+     {"username": "{user}", "destination": "10.50.0.10", "port": "443"}, 422, ["port", "valid integer"]),
+    ("explain-mfa-as-0", "POST", "/v1/policy/explain",
+     {"username": "{user}", "destination": "10.50.0.10", "port": 443, "mfa": 0}, 422, ["mfa"]),
+]
 # fmt: on
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "body", "status", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    ("method", "path", "body", "status", "fragments"),
+    [c[1:] for c in CASES + HARDENING_CASES],
+    ids=[c[0] for c in CASES + HARDENING_CASES],
 )
 def test_bad_input_is_refused_and_changes_nothing(
     admin: AccountSession,
@@ -334,10 +478,15 @@ def test_bad_input_is_refused_and_changes_nothing(
 
 @pytest.mark.parametrize(
     ("written", "stored"),
-    [("FD00:1::/64", "fd00:1::/64"), ("fd00:2:0:0::/64", "fd00:2::/64"), ("10.70.0.7", "10.70.0.7/32")],
+    [
+        ("10.70.0.7", "10.70.0.7/32"),
+        (" 10.71.0.0/24 ", "10.71.0.0/24"),
+        ("10.72.0.0/255.255.255.0", "10.72.0.0/24"),
+    ],
 )
 def test_subnet_in_any_valid_spelling_is_accepted(admin: AccountSession, written: str, stored: str) -> None:
-    """Upper case or partly compressed IPv6 has no host bits; it is stored in canonical form."""
+    """A bare address, spaces around it or a netmask: it is stored in canonical form. (IPv6
+    subnets are refused: a connector's firewall sets hold IPv4 only.)"""
     name = "v-" + stored.replace(":", "").replace("/", "-").replace(".", "-")
     created = admin.client.post("/v1/connector-groups", {"name": name, "subnets": [written]})
     assert created["subnets"] == [stored]
@@ -367,10 +516,21 @@ def test_connector_name_accepted(
         ("", "at least 1 character"),
         (" leading-space", "not a valid connector name"),
         ("trailing-space ", "not a valid connector name"),
-        ("tab\tinside", "not a valid connector name"),
+        ("tab\tinside", "U+0009 at position 4"),
         ("naïve", "not a valid connector name"),
+        ("conn-1\n", "U+000A at position 7"),
+        ("conn-\x1b[2J", "U+001B"),
     ],
-    ids=["51-chars", "empty", "leading-space", "trailing-space", "control-char", "non-ascii"],
+    ids=[
+        "51-chars",
+        "empty",
+        "leading-space",
+        "trailing-space",
+        "control-char",
+        "non-ascii",
+        "trailing-newline",
+        "escape",
+    ],
 )
 def test_connector_name_refused_on_enroll(
     admin: AccountSession, world: dict[str, Any], controller: LocalController, name: str, fragment: str

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import typer
 
-from zerogate.cli.common import JsonOpt, ask, emit, errors_to_exit, fail, out, read_secret
+from zerogate.cli.common import JsonOpt, ask, emit, errors_to_exit, fail, read_secret, say, visible
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
 
 app = typer.Typer(
@@ -96,11 +96,13 @@ def _show_totp(enrollment: dict[str, Any], as_json: bool) -> None:
     if as_json:
         emit(enrollment, True)
         return
-    out.print(
+    say(
         "Add this account to your authenticator app (TOTP, 6 digits, 30 s):\n"
-        f"  secret: [bold]{enrollment['totp_secret']}[/]\n  uri:    {enrollment['otpauth_uri']}\n"
-        f"Then confirm: zerogate admin totp-confirm --username {enrollment['username']} --totp CODE",
-        highlight=False,
+        "  secret: [bold]{}[/]\n  uri:    {}\n"
+        "Then confirm: zerogate admin totp-confirm --username {} --totp CODE",
+        enrollment["totp_secret"],
+        enrollment["otpauth_uri"],
+        enrollment["username"],
     )
 
 
@@ -179,9 +181,7 @@ def totp_confirm(
         totp = ask("TOTP code", totp)
         with ControllerClient(p["url"], p["ca_pem"].encode()) as c:
             c.post("/v1/auth/totp/confirm", {"username": username, "password": password, "totp": totp})
-        out.print(
-            f"[green]Account {username} is active.[/] Sign in: zerogate admin login --username {username}"
-        )
+        say("[green]Account {} is active.[/] Sign in: zerogate admin login --username {}", username, username)
 
 
 @app.command()
@@ -206,7 +206,7 @@ def login(
         with ControllerClient(base, ca_pem.encode()) as c:
             r = c.post("/v1/auth/login", {"username": username, "password": password, "totp": totp})
         save_profile({"url": base, "ca_pem": ca_pem, "username": username, "token": r["token"]})
-        out.print(f"Signed in as {username} ({r['kind']}) until {r['expires_at']}.")
+        say("Signed in as {} ({}) until {}.", username, r["kind"], r["expires_at"])
 
 
 @app.command()
@@ -219,7 +219,7 @@ def logout() -> None:
                 c.post("/v1/auth/logout")
         p.pop("token", None)
         save_profile(p)
-        out.print("Signed out.")
+        say("Signed out.")
 
 
 @app.command()
@@ -276,7 +276,7 @@ def _resource_app(kind: str) -> typer.Typer:
     def delete(name: str = typer.Argument(..., help=f"The {kind}'s {key}.")) -> None:
         with errors_to_exit(), client() as c:
             c.delete(f"{path}/{quote(name, safe='')}")
-            out.print(f"Deleted {kind} {name}.")
+            say("Deleted {} {}.", kind, name)
 
     @sub.command("update")
     def update(
@@ -334,9 +334,12 @@ def _account_create(kind: str) -> None:
             as_json,
         )
         if not as_json:
-            out.print(
-                f"Give {username} this activation code (shown once): [bold]{r['activation_code']}[/]\n"
-                f"They run: zerogate admin activate --url URL --pin PIN --username {username}"
+            say(
+                "Give {} this activation code (shown once): [bold]{}[/]\n"
+                "They run: zerogate admin activate --url URL --pin PIN --username {}",
+                username,
+                r["activation_code"],
+                username,
             )
 
     @_apps[kind].command("reset")
@@ -358,6 +361,44 @@ def group_create(
     as_json: bool = JsonOpt,
 ) -> None:
     _create("group", {"name": name, "description": description, "members": member}, as_json)
+
+
+def _change_members(group: str, add: list[str], remove: list[str], as_json: bool) -> None:
+    """Send only the change, never the whole member list (cheap for large groups)."""
+    with errors_to_exit(), client() as c:
+        r = c.patch(f"/v1/groups/{quote(group, safe='')}/members", {"add": add, "remove": remove})
+    if as_json:
+        emit(r, True)
+        return
+    changed = r["added"] or r["removed"]
+    say(
+        "Group {}: {}; it has {} member(s).",
+        r["name"],
+        ", ".join([*(f"+{u}" for u in r["added"]), *(f"-{u}" for u in r["removed"])])
+        if changed
+        else "no change",
+        r["member_count"],
+    )
+
+
+@_apps["group"].command("add-member")
+def group_add_member(
+    group: str = typer.Argument(..., help="The group's name."),
+    usernames: list[str] = typer.Argument(..., help="Users to add (members already are left as they are)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Add users to a group."""
+    _change_members(group, usernames, [], as_json)
+
+
+@_apps["group"].command("remove-member")
+def group_remove_member(
+    group: str = typer.Argument(..., help="The group's name."),
+    usernames: list[str] = typer.Argument(..., help="Users to remove (non-members are ignored)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove users from a group."""
+    _change_members(group, [], usernames, as_json)
 
 
 @_apps["connector-group"].command("create")
@@ -509,7 +550,7 @@ def connector_revoke(name: str) -> None:
     """Revoke the connector's credential and drop it from every gateway (same as delete)."""
     with errors_to_exit(), client() as c:
         c.delete(f"/v1/connectors/{quote(name, safe='')}")
-        out.print(f"Connector {name} revoked.")
+        say("Connector {} revoked.", name)
 
 
 # ----------------------------------------------------------------- keys, devices, tokens, audit, pool
@@ -541,10 +582,13 @@ def key_create(
         emit(r, True)
         return
     role = "connector" if connector_group else "gateway"
-    out.print(
-        f"Install string for {r['target']} (valid until {r['expires_at']}, {r['max_uses']} use(s)); on the host, as root:"
+    say(
+        "Install string for {} (valid until {}, {} use(s)); on the host, as root:",
+        r["target"],
+        r["expires_at"],
+        r["max_uses"],
     )
-    print(f"zerogate {role} enroll {r['install_string']}")
+    print(f"zerogate {role} enroll {visible(r['install_string'])}")
 
 
 @key_app.command("list")
@@ -561,7 +605,7 @@ def key_list(as_json: bool = JsonOpt) -> None:
 def key_revoke(key_id: int) -> None:
     with errors_to_exit(), client() as c:
         c.delete(f"/v1/provisioning-keys/{key_id}")
-        out.print(f"Provisioning key {key_id} revoked.")
+        say("Provisioning key {} revoked.", key_id)
 
 
 device_app = typer.Typer(help="Enrolled gateways, connectors and client devices.", no_args_is_help=True)
@@ -612,7 +656,7 @@ def token_list(as_json: bool = JsonOpt) -> None:
 def token_revoke(token_id: int) -> None:
     with errors_to_exit(), client() as c:
         c.delete(f"/v1/tokens/{token_id}")
-        out.print(f"Token {token_id} revoked.")
+        say("Token {} revoked.", token_id)
 
 
 @app.command("address-pool")
@@ -644,8 +688,7 @@ def explain(
     if as_json:
         emit(r, True)
     else:
-        verdict = "[green]ALLOW[/]" if r["allowed"] else "[red]DENY[/]"
-        out.print(f"{verdict} {r['reason']}", highlight=False)
+        say("[green]ALLOW[/] {}" if r["allowed"] else "[red]DENY[/] {}", r["reason"])
 
 
 audit_app = typer.Typer(help="The append-only, hash-chained audit log.", no_args_is_help=True)
@@ -678,10 +721,24 @@ def audit_verify(as_json: bool = JsonOpt) -> None:
     if as_json:
         emit(r, True)
     elif r["ok"]:
-        out.print(f"[green]OK[/] audit chain intact: {r['records']} records, head {r['head_id']}")
+        say("[green]OK[/] audit chain intact: {} records, head {}", r["records"], r["head_id"])
     else:
-        out.print(f"[red]BROKEN[/] audit chain ({r['records']} records):")
+        say("[red]BROKEN[/] audit chain ({} records):", r["records"])
         for p in r["problems"]:
-            out.print(f"  record {p['record_id']}: {p['problem']}", highlight=False)
+            say("  record {}: {}", p["record_id"], p["problem"])
+    if not as_json:
+        if r.get("anchored_from") is None:
+            say("anchor: not anchored yet")
+        else:
+            say(
+                "anchor: records from {} carry a MAC ({} older ones chain-checked only); "
+                "{} checkpoints, newest at record {}",
+                r["anchored_from"],
+                r.get("not_anchored", 0),
+                r.get("checkpoints", 0),
+                r.get("newest_checkpoint", 0),
+            )
+        for warning in r.get("warnings", []):
+            say("[yellow]warning:[/] {}", warning)
     if not r["ok"]:
         raise typer.Exit(1)

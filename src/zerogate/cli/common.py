@@ -1,17 +1,29 @@
-"""What every CLI command shares: output (table or --json), errors, secrets input."""
+"""What every CLI command shares: output (table or --json), errors, secrets input.
+
+Every value printed comes from a controller (or an old database, or a hostile
+server), so it goes through :func:`safe` here, never per command: Rich markup in
+it (``[red]``, ``[link=...]``) prints literally and control or invisible
+characters (ESC, NUL, bidi overrides) print as escapes like ``\\x1b`` instead of
+driving the terminal. Messages are built with :func:`say`: our own markup in
+the template, values filled in safely. ``--json`` output is ``json.dumps`` with
+ASCII escapes, which escapes every control character.
+"""
 
 from __future__ import annotations
 
 import getpass
 import json
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from zerogate.netops.controller_api import ApiError, ControllerError
 
@@ -20,9 +32,37 @@ err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
 
+# Control (Cc), format (Cf: zero-width, bidi overrides), surrogate, private use,
+# line and paragraph separators: the characters the controller refuses in names.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def visible(value: object) -> str:
+    """``str(value)`` with control and invisible characters written as escapes."""
+    text = str(value)
+    return "".join(_escaped(ch) if unicodedata.category(ch) in _INVISIBLE else ch for ch in text)
+
+
+def safe(value: object) -> str:
+    """``value`` ready to go into Rich markup: visible, and its own markup escaped."""
+    return escape(visible(value))
+
+
+def say(template: str, *values: object, console: Console = out) -> None:
+    """Print ``template`` (trusted Rich markup with ``{}`` fields) filled with ``values`` made safe."""
+    console.print(template.format(*(safe(v) for v in values)), highlight=False)
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Exit with ``error: message``; the message may quote the server or the user, so it is printed safely."""
+    err.print(f"[bold red]error:[/] {safe(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -42,7 +82,8 @@ def errors_to_exit() -> Iterator[None]:
 def emit(data: Any, as_json: bool, columns: Sequence[str] | None = None, title: str | None = None) -> None:
     """Print ``data`` (a dict or a list of dicts) as JSON or as a table."""
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        # ensure_ascii (the default, spelt out): every control character becomes \\u00XX.
+        print(json.dumps(data, indent=2, sort_keys=True, default=str, ensure_ascii=True))
         return
     rows = data if isinstance(data, list) else [data]
     if not rows:
@@ -53,24 +94,29 @@ def emit(data: Any, as_json: bool, columns: Sequence[str] | None = None, title: 
         table.add_column(style="bold")
         table.add_column()
         for key, value in data.items():
-            table.add_row(key, _cell(value))
+            table.add_row(Text(visible(key)), _cell(value))
         out.print(table)
         return
     cols = list(columns or rows[0].keys())
     table = Table(title=title)
     for c in cols:
-        table.add_column(c)
+        table.add_column(Text(visible(c)))
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in cols))
     out.print(table)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
+    """A table cell as plain Text: Rich parses markup in str cells, never in Text."""
+    return Text(visible(_cell_text(value)))
+
+
+def _cell_text(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
         return (
-            ", ".join(_cell(v) for v in value)
+            ", ".join(_cell_text(v) for v in value)
             if value and not isinstance(value[0], dict)
             else json.dumps(value)
         )
@@ -98,5 +144,5 @@ def ask(prompt: str, given: str | None, check: Callable[[str], bool] | None = No
         fail(f"{prompt} is needed: pass it as an option")
     value = typer.prompt(prompt)
     if check is not None and not check(value):
-        fail(f"{prompt}: {value!r} is not valid")
+        fail(f"{prompt}: {value!r} is not valid")  # fail() prints it safely
     return str(value)

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from zerogate.cli.common import emit, errors_to_exit, fail, out
 from zerogate.controller.config import ConfigError, ControllerSettings, load_settings
-from zerogate.controller.deployment import DeploymentError, check_deployment, init_deployment, reset_bootstrap
+from zerogate.controller.deployment import (
+    DeploymentError,
+    check_deployment,
+    init_deployment,
+    reset_bootstrap,
+    verify_local,
+)
 from zerogate.store.db import DatabaseError, redact_url
 
 app = typer.Typer(help="Create and run the controller (identity, policy, keys, audit).", no_args_is_help=True)
+
+
+@app.callback()
+def _private_files() -> None:
+    """Everything the controller creates (keys, database, anchor) is its own:
+    no file it makes is ever readable by others, whatever the caller's umask."""
+    os.umask(0o077)
+
 
 DataDir = typer.Option(Path("/var/lib/zerogate/controller"), "--data-dir", "-d", help="Deployment directory.")
 
@@ -92,7 +108,9 @@ def run(
     database: str = typer.Option(None, "--database", help="Database URL (overrides the config)."),
     log_level: str = typer.Option(None, "--log-level", help="debug, info, warning or error."),
     check: bool = typer.Option(
-        False, "--check", help="Validate config, keys and database URL, then exit without serving."
+        False,
+        "--check",
+        help="Validate config, keys, file modes, the database and its audit-log triggers, then exit.",
     ),
 ) -> None:
     """Serve the API over TLS 1.3 until stopped (SIGTERM / Ctrl-C)."""
@@ -104,7 +122,7 @@ def run(
         )
     except ConfigError as exc:
         fail(str(exc))
-    problems = check_deployment(settings)
+    problems = check_deployment(settings, audit_triggers=check)
     if check:
         if problems:
             for p in problems:
@@ -144,3 +162,50 @@ def reset_bootstrap_code(data_dir: Path = DataDir, as_json: bool = typer.Option(
         emit({"bootstrap_code": code}, True)
     else:
         out.print(f"New one-time bootstrap code (valid 7 days): [bold]{code}[/]")
+
+
+@app.command("audit-verify")
+def audit_verify(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Verify the audit log on this host, without the API: the hash chain, every
+    record's MAC and this data directory's anchor checkpoints. Exit 1 when broken."""
+    try:
+        v = verify_local(load_settings(data_dir.resolve()))
+    except (ConfigError, DeploymentError, DatabaseError) as exc:
+        fail(str(exc))
+    if as_json:
+        emit(
+            {
+                "ok": v.ok,
+                "records": v.records,
+                "head_id": v.head_id,
+                "anchored_from": v.anchored_from,
+                "not_anchored": v.not_anchored,
+                "checkpoints": v.checkpoints,
+                "newest_checkpoint": v.newest_checkpoint,
+                "anchor_file": v.anchor_file,
+                "problems": [{"record_id": p.record_id, "problem": p.problem} for p in v.problems],
+                "warnings": v.warnings,
+            },
+            True,
+        )
+    else:
+        anchored = (
+            f"anchored from record {v.anchored_from}, {v.not_anchored} older records chain-checked only"
+            if v.anchored_from is not None
+            else "not anchored yet"
+        )
+        if v.ok:
+            out.print(f"[green]OK[/] audit log intact: {v.records} records, head {v.head_id}, {anchored}")
+        else:
+            out.print(f"[red]BROKEN[/] audit log ({v.records} records, {anchored}):")
+            for p in v.problems:
+                out.print(f"  record {p.record_id}: {p.problem}", markup=False, highlight=False)
+        out.print(
+            f"anchor: {v.checkpoints} checkpoints in {v.anchor_file}, newest at record {v.newest_checkpoint}",
+            markup=False,
+            highlight=False,
+        )
+        for w in v.warnings:
+            out.print(f"[yellow]warning[/] {escape(w)}")
+    if not v.ok:
+        raise typer.Exit(1)

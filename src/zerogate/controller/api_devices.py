@@ -14,18 +14,21 @@ import hashlib
 import json
 from datetime import timedelta
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import func, select
+from sqlalchemy import Select, Text, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from zerogate import __version__
 from zerogate.controller import schemas as s
 from zerogate.controller.api_objects import by_name, default_pool
 from zerogate.controller.auth import Admin, AnyAccount, DeviceCaller, State, client_source
+from zerogate.controller.ids import get_row, row_id, shown_id
 from zerogate.controller.policy_cache import PolicyCache
+from zerogate.controller.reports import read_stored
 from zerogate.controller.state import (
     Conflict,
     ControllerState,
@@ -38,6 +41,7 @@ from zerogate.controller.state import (
 from zerogate.pki.ca import PKIError, ca_pin, sign_device_csr
 from zerogate.pki.credentials import new_token, token_digest, token_hint
 from zerogate.pki.install_string import InstallString
+from zerogate.pki.wireguard import canonical_public_key
 from zerogate.policy.pool import AddressPool, PoolError, gateway_address
 from zerogate.store.db import utcnow
 from zerogate.store.models import (
@@ -54,10 +58,14 @@ from zerogate.store.models import (
 router = APIRouter(prefix="/v1", tags=["devices"])
 
 
-@router.get("/ca", response_class=PlainTextResponse, tags=["meta"])
-async def ca_certificate(state: State) -> PlainTextResponse:
+class PemResponse(PlainTextResponse):
+    media_type = "application/x-pem-file"  # also what the OpenAPI document says
+
+
+@router.get("/ca", response_class=PemResponse, tags=["meta"])
+async def ca_certificate(state: State) -> PemResponse:
     """The deployment CA (public). Devices check it against the pin they were given."""
-    return PlainTextResponse(state.ca_pem.decode(), media_type="application/x-pem-file")
+    return PemResponse(state.ca_pem.decode())
 
 
 @router.get("/health", tags=["meta"])
@@ -186,10 +194,10 @@ async def list_keys(admin: Admin, state: State) -> list[s.ProvisioningKeyOut]:
 
 @router.delete("/provisioning-keys/{key_id}", status_code=204, tags=["provisioning-keys"])
 async def revoke_key(key_id: int, admin: Admin, state: State) -> None:
-    async with state.mutation(admin, "revoke-provisioning-key", "provisioning-key", key_id) as m:
-        row = await m.tx.session.get(ProvisioningKey, key_id)
+    async with state.mutation(admin, "revoke-provisioning-key", "provisioning-key", shown_id(key_id)) as m:
+        row = await get_row(m.tx.session, ProvisioningKey, key_id)
         if row is None:
-            raise NotFound(f"no provisioning key with id {key_id}")
+            raise NotFound(f"no provisioning key with id {shown_id(key_id)}")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
         m.config_change = False
@@ -218,8 +226,13 @@ async def _new_device(
     wg_public_key: str,
     account_id: int | None = None,
 ) -> tuple[Device, str]:
+    # Keys are compared by their bytes: the canonical spelling (what the schema
+    # stores) and the one other spelling the old check let in, the key with a
+    # trailing newline; two peers with one key would share traffic.
+    wg_public_key = canonical_public_key(wg_public_key)
+    spellings = (wg_public_key, wg_public_key + "\n")
     if await session.scalar(
-        select(func.count()).select_from(Device).where(Device.wg_public_key == wg_public_key)
+        select(func.count()).select_from(Device).where(Device.wg_public_key.in_(spellings))
     ):
         raise Conflict("this WireGuard public key is already enrolled; generate a new key pair")
     cert, serial = _sign(state, csr, name, role)
@@ -260,7 +273,11 @@ async def enroll(body: s.EnrollRequest, request: Request, state: State) -> s.Enr
     """Enroll a connector or gateway with a provisioning key."""
     who = Principal(kind="anonymous", name=body.name, source=client_source(request))
     hint = token_hint(body.key)
-    async with state.mutation(who, "enroll", "device") as m:
+    # Throttled per source; refusals are aggregated so strangers cannot grow the audit log.
+    async with (
+        state.key_attempt(who, "enroll", "device", {"key": hint, "name": body.name}),
+        state.mutation(who, "enroll", "device", aggregate=True) as m,
+    ):
         m.details = {"key": hint, "name": body.name}
         session = m.tx.session
         key = await session.scalar(
@@ -384,7 +401,15 @@ async def _owners(session: AsyncSession) -> dict[int, str]:
     return {a.id: a.username for a in await session.scalars(select(Account))}
 
 
-def _device_out(d: Device, owners: dict[int, str]) -> s.DeviceOut:
+def _device_query() -> Select[Device, str]:
+    """Devices with their report as raw text: whatever a report in the database
+    holds (10 MB, nesting 100,000 deep, not JSON) it is parsed by
+    :func:`read_stored`, which shows it as unavailable instead of failing."""
+    return select(Device, cast(Device.report, Text)).options(defer(Device.report)).order_by(Device.id)
+
+
+def _device_out(d: Device, owners: dict[int, str], raw_report: str | None) -> s.DeviceOut:
+    stored, problem = read_stored(raw_report)
     return s.DeviceOut(
         id=d.id,
         role=d.role,
@@ -397,33 +422,36 @@ def _device_out(d: Device, owners: dict[int, str]) -> s.DeviceOut:
         created_at=d.created_at,
         revoked_at=d.revoked_at,
         last_seen_at=d.last_seen_at,
-        report=d.report,
+        report=stored,
+        report_problem=problem,
     )
 
 
 @router.get("/devices", response_model=list[s.DeviceOut], tags=["devices"])
 async def list_devices(
-    admin: Admin, state: State, role: str | None = Query(None, pattern="^(gateway|connector|client)$")
+    admin: Admin, state: State, role: Literal["gateway", "connector", "client"] | None = None
 ) -> list[s.DeviceOut]:
     async with state.db.read() as session:
-        q = select(Device).order_by(Device.id)
+        q = _device_query()
         if role:
             q = q.where(Device.role == role)
         owners = await _owners(session)
-        return [_device_out(d, owners) for d in await session.scalars(q)]
+        return [_device_out(d, owners, raw) for d, raw in (await session.execute(q)).tuples()]
 
 
 @router.post("/devices/{device_id}/revoke", response_model=s.DeviceOut, tags=["devices"])
 async def revoke_device(device_id: int, admin: Admin, state: State) -> s.DeviceOut:
     """Cut the device off: its credential stops working and gateways drop its peer."""
-    async with state.mutation(admin, "revoke-device", "device", device_id) as m:
-        device = await m.tx.session.get(Device, device_id)
-        if device is None:
-            raise NotFound(f"no device with id {device_id}")
+    async with state.mutation(admin, "revoke-device", "device", shown_id(device_id)) as m:
+        query = _device_query().where(Device.id == row_id(device_id))
+        found = None if row_id(device_id) is None else (await m.tx.session.execute(query)).first()
+        if found is None:
+            raise NotFound(f"no device with id {shown_id(device_id)}")
+        device, raw = found.tuple()
         if device.status != "revoked":
             device.status, device.revoked_at = "revoked", utcnow()
         m.details = {"role": device.role, "name": device.name}
-        return _device_out(device, await _owners(m.tx.session))
+        return _device_out(device, await _owners(m.tx.session), raw)
 
 
 def _connector_out(c: Connector, group: str) -> s.ConnectorOut:
@@ -624,21 +652,22 @@ async def report(body: s.DeviceReport, who: DeviceCaller, state: State) -> None:
     Not audited and no revision bump: it changes nothing anyone is told.
     """
     async with state.db.write() as tx:
-        device = await tx.session.get(Device, who.id)
+        # The old report is replaced unread: whatever is stored cannot block its replacement.
+        device = await tx.session.get(Device, who.id, options=[defer(Device.report)])
         if device is None or device.status != "active":
             raise Unauthorized("device was revoked")
-        device.report = body.model_dump() | {"at": utcnow().isoformat()}
+        device.report = body.model_dump(mode="json") | {"at": utcnow().isoformat()}
         device.last_seen_at = utcnow()
 
 
 @router.post("/clients/{device_id}/session", response_model=s.ClientSessionOut, tags=["enrollment"])
 async def renew_client_session(device_id: int, who: AnyAccount, state: State) -> s.ClientSessionOut:
     """Extend the device's session to the caller's sign-in (a fresh password + TOTP login)."""
-    async with state.mutation(who, "renew-session", "device", device_id) as m:
+    async with state.mutation(who, "renew-session", "device", shown_id(device_id)) as m:
         session = m.tx.session
-        device = await session.get(Device, device_id)
+        device = await get_row(session, Device, device_id)
         if device is None or device.role != "client" or device.account_id != who.id:
-            raise NotFound(f"you have no client device with id {device_id}")
+            raise NotFound(f"you have no client device with id {shown_id(device_id)}")
         if device.status != "active":
             raise Forbidden("this device was revoked: register it again with 'zerogate client up --force'")
         token = await session.get(ApiToken, who.token_id)

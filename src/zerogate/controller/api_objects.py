@@ -12,11 +12,14 @@ from ipaddress import ip_address, ip_network
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from zerogate.controller import membership
 from zerogate.controller import schemas as s
 from zerogate.controller.auth import Admin, State
+from zerogate.controller.membership import chunks
 from zerogate.controller.policy_inputs import load_policy_inputs
 from zerogate.controller.state import (
     Conflict,
@@ -24,9 +27,9 @@ from zerogate.controller.state import (
     NotFound,
     Unprocessable,
 )
-from zerogate.model.audit import AuditEntry, verify_chain
 from zerogate.pki.credentials import new_token, token_digest
 from zerogate.policy.compiler import explain as explain_policy
+from zerogate.store.audit_verify import verify_audit_log
 from zerogate.store.db import utcnow
 from zerogate.store.models import (
     Account,
@@ -56,7 +59,20 @@ async def by_name(session: AsyncSession, model: type[T], name: str, what: str) -
 
 
 async def all_by_name(session: AsyncSession, model: type[T], names: list[str], what: str) -> list[T]:
-    return [await by_name(session, model, n, what) for n in dict.fromkeys(names)]
+    """The named rows in the order given (each once); one IN query per chunk,
+    not one per name. A 404 names the first one missing."""
+    wanted = list(dict.fromkeys(names))
+    column = model.username if model is Account else model.name  # type: ignore[attr-defined]
+    found: dict[str, T] = {}
+    for part in chunks(wanted):
+        found.update(
+            (getattr(row, column.key), row)
+            for row in await session.scalars(select(model).where(column.in_(part)))
+        )
+    for name in wanted:
+        if name not in found:
+            raise NotFound(f"no {what} named {name!r}")
+    return [found[name] for name in wanted]
 
 
 async def ensure_free(session: AsyncSession, model: type[T], name: str, what: str) -> None:
@@ -244,63 +260,84 @@ _account_routes("user", "users")
 # ----------------------------------------------------------------- groups
 
 
-def group_out(g: Group) -> s.GroupOut:
+def group_out(g: Group, members: list[str]) -> s.GroupOut:
     return s.GroupOut(
-        id=g.id,
-        name=g.name,
-        description=g.description,
-        members=sorted(a.username for a in g.members),
-        created_at=g.created_at,
+        id=g.id, name=g.name, description=g.description, members=members, created_at=g.created_at
     )
 
 
-async def _members(session: AsyncSession, usernames: list[str]) -> list[Account]:
-    members = await all_by_name(session, Account, usernames, "user")
-    admins = [a.username for a in members if a.kind != "user"]
-    if admins:
-        raise Unprocessable(f"only users can be group members, not admins: {', '.join(admins)}")
-    return members
+async def _group_out(session: AsyncSession, g: Group) -> s.GroupOut:
+    return group_out(g, (await membership.member_names(session, [g.id]))[g.id])
 
 
 @router.get("/groups", response_model=list[s.GroupOut], tags=["groups"])
 async def list_groups(admin: Admin, state: State) -> list[s.GroupOut]:
     async with state.db.read() as session:
-        return [group_out(g) for g in await session.scalars(select(Group).order_by(Group.name))]
+        members = await membership.all_member_names(session)
+        return [
+            group_out(g, members.get(g.id, []))
+            for g in await session.scalars(select(Group).order_by(Group.name))
+        ]
 
 
 @router.post("/groups", response_model=s.GroupOut, status_code=201, tags=["groups"])
 async def create_group(body: s.GroupCreate, admin: Admin, state: State) -> s.GroupOut:
     async with state.mutation(admin, "create-group", "group") as m:
-        await ensure_free(m.tx.session, Group, body.name, "group")
-        group = Group(
-            name=body.name,
-            description=body.description,
-            created_at=utcnow(),
-            members=await _members(m.tx.session, body.members),
-        )
-        m.tx.session.add(group)
-        await m.tx.session.flush()
+        session = m.tx.session
+        await ensure_free(session, Group, body.name, "group")
+        ids = await membership.user_ids(session, body.members)
+        group = Group(name=body.name, description=body.description, created_at=utcnow())
+        session.add(group)
+        await session.flush()
+        await membership.insert_members(session, group.id, list(ids.values()))
         m.object_id, m.details = group.id, {"name": body.name}
-        return group_out(group)
+        return group_out(group, sorted(ids))
 
 
 @router.get("/groups/{name}", response_model=s.GroupOut, tags=["groups"])
 async def show_group(name: str, admin: Admin, state: State) -> s.GroupOut:
     async with state.db.read() as session:
-        return group_out(await by_name(session, Group, name, "group"))
+        return await _group_out(session, await by_name(session, Group, name, "group"))
 
 
 @router.patch("/groups/{name}", response_model=s.GroupOut, tags=["groups"])
 async def update_group(name: str, body: s.GroupUpdate, admin: Admin, state: State) -> s.GroupOut:
+    """``members`` replaces the whole list; to add or remove a few, use PATCH /v1/groups/{name}/members."""
     async with state.mutation(admin, "update-group", "group") as m:
-        group = await by_name(m.tx.session, Group, name, "group")
+        session = m.tx.session
+        group = await by_name(session, Group, name, "group")
         m.object_id = group.id
+        m.details = body.model_dump(exclude_none=True, exclude={"members"})
         if body.description is not None:
             group.description = body.description
         if body.members is not None:
-            group.members = await _members(m.tx.session, body.members)
-        m.details = body.model_dump(exclude_none=True)
-        return group_out(group)
+            # The audit record says what changed, not the whole (possibly huge) list.
+            added, removed = await membership.replace_members(session, group.id, body.members)
+            m.details |= {"members_added": added, "members_removed": removed}
+        return await _group_out(session, group)
+
+
+@router.patch("/groups/{name}/members", response_model=s.GroupMembersChanged, tags=["groups"])
+async def change_group_members(
+    name: str, body: s.GroupMembersChange, admin: Admin, state: State
+) -> s.GroupMembersChanged:
+    """Add and remove members without sending the whole list; costs O(change), not O(group size).
+
+    Adding a member or removing a non-member changes nothing (and is no error).
+    """
+    async with state.mutation(admin, "update-group-members", "group") as m:
+        session = m.tx.session
+        group = await by_name(session, Group, name, "group")
+        m.object_id = group.id
+        added, removed = await membership.change_members(session, group.id, body.add, body.remove)
+        m.details = {"name": name, "members_added": added, "members_removed": removed}
+        m.config_change = bool(added or removed)
+        return s.GroupMembersChanged(
+            name=name,
+            added=added,
+            removed=removed,
+            member_count=await membership.member_count(session, group.id),
+        )
 
 
 @router.delete("/groups/{name}", status_code=204, tags=["groups"])
@@ -335,7 +372,17 @@ async def connector_group_out(session: AsyncSession, g: ConnectorGroup) -> s.Con
 
 
 async def _check_subnets_free(session: AsyncSession, subnets: list[str], own_id: int | None) -> None:
-    """Two connector groups fronting overlapping subnets would make routing ambiguous."""
+    """Two connector groups fronting overlapping subnets would make routing
+    ambiguous; a fronted subnet inside the client address pool would route
+    clients' own addresses to a site."""
+    pool = await session.scalar(select(AddressPoolRow).where(AddressPoolRow.name == "default"))
+    for block in pool.blocks if pool is not None else ():
+        for mine in subnets:
+            if s.overlapping(mine, block):
+                raise Conflict(
+                    f"subnet {mine} overlaps client address block {block}, from which clients get their "
+                    "addresses; front another subnet or move the pool (PUT /v1/address-pool)"
+                )
     for other in await session.scalars(select(ConnectorGroup)):
         if other.id == own_id:
             continue
@@ -756,6 +803,15 @@ async def update_pool(body: s.AddressPoolUpdate, admin: Admin, state: State) -> 
         session = m.tx.session
         pool = await default_pool(session)
         nets = [ip_network(b) for b in body.blocks]
+        for group in await session.scalars(select(ConnectorGroup).order_by(ConnectorGroup.name)):
+            for subnet in group.subnets:
+                for block in body.blocks:
+                    if s.overlapping(block, subnet):
+                        raise Conflict(
+                            f"block {block} overlaps subnet {subnet} of connector group {group.name!r}: "
+                            "clients would get addresses of that site; choose blocks outside every "
+                            "connector group's subnets"
+                        )
         stranded = [
             d
             for d in await session.scalars(select(Device.address).where(Device.address.is_not(None)))
@@ -774,27 +830,13 @@ async def update_pool(body: s.AddressPoolUpdate, admin: Admin, state: State) -> 
 # ----------------------------------------------------------------- audit
 
 
-def _entry(r: AuditRecord) -> AuditEntry:
-    return AuditEntry(
-        id=r.id,
-        at=r.at,
-        actor=r.actor,
-        source=r.source,
-        action=r.action,
-        object_type=r.object_type,
-        object_id=r.object_id,
-        outcome=r.outcome,
-        details=r.details,
-        prev_hash=r.prev_hash,
-        hash=r.hash,
-    )
-
-
 @router.get("/audit", response_model=list[s.AuditOut], tags=["audit"])
 async def list_audit(
     admin: Admin,
     state: State,
-    after_id: int = Query(0, ge=0),
+    # Bounded to what an id column holds (PostgreSQL INTEGER): a larger number is
+    # a 422, not a driver overflow and a 500.
+    after_id: int = Query(0, ge=0, le=2**31 - 1),
     limit: int = Query(100, ge=1, le=1000),
     action: str | None = Query(None, max_length=64),
 ) -> list[s.AuditOut]:
@@ -806,23 +848,33 @@ async def list_audit(
         return [s.AuditOut.model_validate(r, from_attributes=True) for r in rows]
 
 
-async def verify_audit_chain(state: ControllerState) -> s.AuditVerifyOut:
-    async with state.db.read() as session:
-        from zerogate.store.models import DeploymentState
+class AuditVerifyAnchoredOut(s.AuditVerifyOut):
+    """The chain check plus the anchor outside the database (see store/anchor.py)."""
 
-        st = await session.get(DeploymentState, 1)
-        assert st is not None
-        result = await session.stream_scalars(select(AuditRecord).order_by(AuditRecord.id))
-        entries = [_entry(r) async for r in result]
-    problems = verify_chain(entries, st.audit_head_id, st.audit_head_hash)
-    return s.AuditVerifyOut(
-        ok=not problems,
-        records=len(entries),
-        head_id=st.audit_head_id,
-        problems=[{"record_id": p.record_id, "problem": p.problem} for p in problems],
+    anchored_from: int | None = Field(
+        None, description="First record that must carry a MAC; older ones are only chain-checked."
+    )
+    not_anchored: int = Field(0, description="Records written before the log was anchored.")
+    checkpoints: int = Field(0, description="Checkpoints in this controller's anchor file.")
+    newest_checkpoint: int = Field(0, description="Newest record id a checkpoint saw; the log must reach it.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+async def verify_audit_chain(state: ControllerState) -> AuditVerifyAnchoredOut:
+    v = await verify_audit_log(state.db)
+    return AuditVerifyAnchoredOut(
+        ok=v.ok,
+        records=v.records,
+        head_id=v.head_id,
+        problems=[{"record_id": p.record_id, "problem": p.problem} for p in v.problems],
+        anchored_from=v.anchored_from,
+        not_anchored=v.not_anchored,
+        checkpoints=v.checkpoints,
+        newest_checkpoint=v.newest_checkpoint,
+        warnings=v.warnings,
     )
 
 
-@router.get("/audit/verify", response_model=s.AuditVerifyOut, tags=["audit"])
-async def verify_audit(admin: Admin, state: State) -> s.AuditVerifyOut:
+@router.get("/audit/verify", response_model=AuditVerifyAnchoredOut, tags=["audit"])
+async def verify_audit(admin: Admin, state: State) -> AuditVerifyAnchoredOut:
     return await verify_audit_chain(state)

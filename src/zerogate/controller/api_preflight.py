@@ -3,9 +3,10 @@
 ``zerogate preflight`` runs on a host *before* it enrolls. It sends the key
 from the install string and learns whether the key would be accepted (the
 same checks and messages as ``/v1/enroll``), which role it enrolls, and the
-gateways a connector must reach over UDP, so it can probe them. Nothing is
-written: no use is consumed and no audit record is made. The key itself is
-never logged.
+gateways a connector must reach over UDP, so it can probe them. No use is
+consumed and a usable key leaves no audit record; refusals are audited
+(aggregated per source) and throttled like enrollment. The key itself is never
+logged.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from zerogate.controller import schemas as s
 from zerogate.controller.api_devices import check_key_usable
-from zerogate.controller.auth import State
-from zerogate.controller.state import NotFound
+from zerogate.controller.auth import State, client_source
+from zerogate.controller.state import ApiProblem, ControllerState, NotFound, Principal
 from zerogate.netops.udp_probe import probe_port_for
-from zerogate.pki.credentials import token_digest
+from zerogate.pki.credentials import token_digest, token_hint
 from zerogate.store.models import ConnectorGroup, Gateway, ProvisioningKey
 
 router = APIRouter(prefix="/v1", tags=["enrollment"])
@@ -64,12 +65,23 @@ def _endpoint(g: Gateway) -> GatewayEndpoint:
 
 
 @router.post("/enroll/preflight", response_model=PreflightResponse)
-async def enroll_preflight(body: PreflightRequest, state: State) -> PreflightResponse:
+async def enroll_preflight(body: PreflightRequest, request: Request, state: State) -> PreflightResponse:
     """Would this provisioning key enroll, and as what? Does not use the key up."""
+    who = Principal(kind="anonymous", source=client_source(request))
+    details = {"key": token_hint(body.key)}
+    async with state.key_attempt(who, "enroll-preflight", "device", details):
+        try:
+            return await _preflight(state, body.key)
+        except ApiProblem as exc:
+            await state.refused(who, "enroll-preflight", "device", "", exc.message, details)
+            raise
+
+
+async def _preflight(state: ControllerState, secret: str) -> PreflightResponse:
     async with state.db.read() as session:
         key = check_key_usable(
             await session.scalar(
-                select(ProvisioningKey).where(ProvisioningKey.digest == token_digest(body.key))
+                select(ProvisioningKey).where(ProvisioningKey.digest == token_digest(secret))
             )
         )
         gateways = [

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zerogate import __version__
-from zerogate.controller import api_devices, api_objects, api_preflight, auth, tokens
+from zerogate.controller import api_devices, api_objects, api_preflight, auth, errors, tokens
+from zerogate.controller.limits import BodyLimit
+from zerogate.controller.openapi_doc import build_openapi
 from zerogate.controller.state import ApiProblem, ControllerState
 
 
@@ -17,9 +21,12 @@ def create_app(state: ControllerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.watch.start()
+        state.refusals.start()
         try:
             yield
         finally:
+            # Pending refusal summaries are written before the database closes.
+            await state.refusals.stop()
             await state.watch.stop()
             await state.db.close()
 
@@ -32,11 +39,18 @@ def create_app(state: ControllerState) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.zg = state
-
-    @app.exception_handler(ApiProblem)
-    async def problem(_: Request, exc: ApiProblem) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
+    # Every error is {"detail": text} built without echoing the input (errors.py).
+    app.add_exception_handler(ApiProblem, errors.api_problem)
+    app.add_exception_handler(RequestValidationError, errors.validation_problem)
+    app.add_exception_handler(StarletteHTTPException, errors.http_problem)
+    # Outermost: a too-large body is refused before any of the app sees it.
+    app.add_middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes)
 
     for module in (auth, tokens, api_objects, api_devices, api_preflight):
         app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        return build_openapi(app)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

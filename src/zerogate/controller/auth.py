@@ -9,7 +9,11 @@ API, device credentials) are random 256-bit strings stored only as SHA-256.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Annotated
 
@@ -25,6 +29,7 @@ from zerogate.controller.state import (
     Unauthorized,
     Unprocessable,
 )
+from zerogate.controller.throttle import retry_after
 from zerogate.pki.credentials import (
     check_password_strength,
     hash_password,
@@ -50,6 +55,8 @@ State = Annotated[ControllerState, Depends(get_state)]
 
 
 def client_source(request: Request) -> str:
+    """The caller's address: the peer of the connection, or what a configured
+    trusted proxy says (uvicorn applies X-Forwarded-For only from those)."""
     return request.client.host if request.client else ""
 
 
@@ -140,7 +147,10 @@ async def bootstrap(body: s.BootstrapRequest, request: Request, state: State) ->
     """Create the first admin with the one-time code printed by 'controller init'."""
     who = Principal(kind="anonymous", name=body.username, source=client_source(request))
     _strong(body.password)
-    async with state.mutation(who, "bootstrap", "admin") as m:
+    async with (
+        state.key_attempt(who, "bootstrap", "admin"),
+        state.mutation(who, "bootstrap", "admin", aggregate=True) as m,
+    ):
         st = m.tx.state
         if st.bootstrap_digest is None:
             raise Forbidden("the bootstrap code was already used; sign in as an admin instead")
@@ -173,7 +183,10 @@ async def activate(body: s.ActivateRequest, request: Request, state: State) -> s
     """Set the password of an account created by an admin, using its activation code."""
     who = Principal(kind="anonymous", name=body.username, source=client_source(request))
     _strong(body.password)
-    async with state.mutation(who, "activate", "account") as m:
+    async with (
+        state.key_attempt(who, "activate", "account"),
+        state.mutation(who, "activate", "account", aggregate=True) as m,
+    ):
         account = await m.tx.session.scalar(select(Account).where(Account.username == body.username))
         if (
             account is None
@@ -193,23 +206,47 @@ async def activate(body: s.ActivateRequest, request: Request, state: State) -> s
         return _enrollment(account)
 
 
+_PASSWORD_CHECKS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="password-check")
+
+
+@functools.cache
+def dummy_password_hash() -> str:
+    """A hash of a password nobody knows, made with today's parameters."""
+    return hash_password(secrets.token_urlsafe(32))
+
+
+def password_matches(stored: str | None, password: str) -> bool:
+    """Check ``password`` against ``stored``. Without a stored hash (unknown
+    username, account not activated) a dummy hash is verified all the same,
+    so the answer takes as long and does not tell which usernames exist."""
+    if not stored:
+        verify_password(dummy_password_hash(), password)
+        return False
+    return verify_password(stored, password)
+
+
 async def _check_password(
     state: ControllerState, username: str, password: str, source: str, action: str
 ) -> Account:
-    """Throttled password check; failures are audited and counted."""
-    wait = state.throttle.retry_after(username, source)
+    """Throttled password check; failures are counted and audited (aggregated)."""
     who = Principal(kind="anonymous", name=username, source=source)
+    wait = state.throttle.login_wait(username, source)
     if wait > 0:
-        await state.audit_failure(who, action, "account", username, "rate limited")
+        await state.refused(who, action, "account", username, "rate limited")
         raise TooManyAttempts(
-            f"too many failed sign-ins; try again in {int(wait) + 1} s",
-            headers={"Retry-After": str(int(wait) + 1)},
+            f"too many failed sign-ins; try again in {retry_after(wait)} s",
+            headers={"Retry-After": retry_after(wait)},
         )
     async with state.db.read() as session:
         account = await session.scalar(select(Account).where(Account.username == username))
-    if account is None or not account.password_hash or not verify_password(account.password_hash, password):
-        state.throttle.failed(username, source)
-        await state.audit_failure(who, action, "account", username, "wrong username or password")
+    # argon2 takes ~0.1 s and 64 MiB: run it on a small pool of its own, so a
+    # flood of guesses neither stalls the event loop nor grows memory unbounded.
+    matches = await asyncio.get_running_loop().run_in_executor(
+        _PASSWORD_CHECKS, password_matches, account.password_hash if account else None, password
+    )
+    if not matches or account is None:
+        state.throttle.login_failed(username, source)
+        await state.refused(who, action, "account", username, "wrong username or password")
         raise Unauthorized("wrong username, password or code")
     return account
 
@@ -220,14 +257,14 @@ async def confirm_totp(body: s.TotpConfirmRequest, request: Request, state: Stat
     source = client_source(request)
     account = await _check_password(state, body.username, body.password, source, "totp-confirm")
     who = Principal(kind="anonymous", name=body.username, source=source)
-    async with state.mutation(who, "totp-confirm", "account", account.id) as m:
+    async with state.mutation(who, "totp-confirm", "account", account.id, aggregate=True) as m:
         acc = await m.tx.session.get(Account, account.id)
         assert acc is not None
         if acc.totp_confirmed or acc.totp_secret is None:
             raise Forbidden("TOTP is already confirmed for this account")
         step = verify_totp(acc.totp_secret, body.totp, time.time())
         if step is None:
-            state.throttle.failed(body.username, source)
+            state.throttle.login_failed(body.username, source)
             raise Unauthorized("wrong TOTP code; check the authenticator's clock")
         acc.totp_confirmed = True
         acc.totp_last_step = step
@@ -243,7 +280,7 @@ async def login(body: s.LoginRequest, request: Request, state: State) -> s.Login
     account = await _check_password(state, body.username, body.password, source, "login")
     who = Principal(kind=account.kind, id=account.id, name=account.username, source=source)
     if account.status != "active":
-        await state.audit_failure(who, "login", "account", account.id, f"account {account.status}")
+        await state.refused(who, "login", "account", account.id, f"account {account.status}")
         raise Forbidden(
             f"account {account.username} is {account.status}"
             + (" (confirm TOTP first)" if account.status == "pending" else "")
@@ -273,10 +310,10 @@ async def login(body: s.LoginRequest, request: Request, state: State) -> s.Login
             await tx.session.flush()
             tx.audit(actor=who.actor, source=source, action="login", object_type="account", object_id=acc.id)
     if not ok:
-        state.throttle.failed(body.username, source)
-        await state.audit_failure(who, "login", "account", account.id, "wrong or reused TOTP code")
+        state.throttle.login_failed(body.username, source)
+        await state.refused(who, "login", "account", account.id, "wrong or reused TOTP code")
         raise Unauthorized("wrong username, password or code")
-    state.throttle.succeeded(body.username)
+    state.throttle.login_succeeded(body.username, source)
     return s.LoginResponse(
         token=token, token_id=row.id, kind=account.kind, username=account.username, expires_at=row.expires_at
     )

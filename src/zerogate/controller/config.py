@@ -11,18 +11,20 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import make_url
 
 from zerogate.pki.install_string import InvalidInstallString, normalize_controller_url
-from zerogate.store.db import DatabaseError, async_url
+from zerogate.store.db import DatabaseError, async_url, sqlite_path
 
 CONFIG_NAME = "controller.toml"
-_DNS_NAME = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+DEFAULT_SQLITE = "zerogate.db"
+_DNS_NAME = re.compile(  # fullmatch only: with match, '$' also accepts a trailing newline
+    r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
 )
 EXAMPLE_CONFIG = Path(__file__).with_name("controller.example.toml")
 
@@ -47,7 +49,16 @@ class ControllerSettings(BaseModel):
     login_failures_per_account: int = Field(default=5, ge=1, le=1000)
     login_failures_per_source: int = Field(default=20, ge=1, le=10000)
     login_failure_window_seconds: int = Field(default=900, ge=10, le=86400)
+    # Brute-force throttle (see zerogate.controller.throttle) and refusal auditing.
+    login_failures_per_account_any_source: int = Field(default=50, ge=1, le=100000)
+    key_failures_per_source: int = Field(default=10, ge=1, le=10000)
+    throttle_delay_seconds: float = Field(default=1.0, gt=0, le=3600)
+    login_account_delay_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+    audit_refusal_window_seconds: int = Field(default=60, ge=0, le=86400)  # 0: a record each
+    trusted_proxies: list[str] = Field(default_factory=list)
     watch_max_seconds: int = Field(default=60, ge=1, le=600)
+    # Largest request body (bytes); see zerogate.controller.limits for the two larger ones.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     log_level: str = "info"
 
     @field_validator("database")
@@ -85,10 +96,30 @@ class ControllerSettings(BaseModel):
                 continue
             except ValueError:
                 pass
-            if not _DNS_NAME.match(bare):
+            if not _DNS_NAME.fullmatch(bare):
                 raise ValueError(f"server name {name!r} is neither an IP address nor a DNS name")
             names.append(bare)
         return names
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        networks = []
+        for entry in value:
+            try:
+                net = ip_network(entry.strip(), strict=True)
+            except ValueError:
+                raise ValueError(
+                    "trusted_proxies takes IP addresses or networks of the reverse proxies "
+                    "in front of the controller, e.g. \"10.0.0.5\" or \"10.0.0.0/24\""
+                ) from None
+            if net.prefixlen == 0:
+                raise ValueError(
+                    "trusted_proxies must not trust every address: any client could then forge its "
+                    "source with X-Forwarded-For; list only your proxies' addresses"
+                )
+            networks.append(str(net))
+        return networks
 
     @field_validator("log_level")
     @classmethod
@@ -99,7 +130,9 @@ class ControllerSettings(BaseModel):
 
     @property
     def database_url(self) -> str:
-        return self.database or f"sqlite:///{self.data_dir / 'zerogate.db'}"
+        """The URL to connect to. A relative SQLite path is relative to the data
+        directory, so a copied or moved directory uses its own database."""
+        return resolve_sqlite_url(self.database or f"sqlite:///{DEFAULT_SQLITE}", self.data_dir)
 
     @property
     def url(self) -> str:
@@ -140,7 +173,8 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
         raw = environ.get(f"ZEROGATE_{name.upper()}")
         if raw is None:
             continue
-        values[name] = [s.strip() for s in raw.split(",") if s.strip()] if name == "server_names" else raw
+        is_list = name in ("server_names", "trusted_proxies")
+        values[name] = [s.strip() for s in raw.split(",") if s.strip()] if is_list else raw
     return values
 
 
@@ -182,9 +216,29 @@ def render_settings_file(settings: ControllerSettings) -> str:
         if value == getattr(defaults, name) and name not in ("database", "listen_port"):
             continue
         if name == "database":
-            value = settings.database_url
+            value = portable_database(settings)
         lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def resolve_sqlite_url(url: str, data_dir: Path) -> str:
+    """``url`` with a relative SQLite path made absolute against ``data_dir``;
+    absolute paths (what earlier versions of init wrote) and other databases
+    unchanged."""
+    path = sqlite_path(url)
+    if path is None or path.is_absolute():
+        return url
+    return make_url(url).set(database=str(data_dir / path)).render_as_string(hide_password=False)
+
+
+def portable_database(settings: ControllerSettings) -> str:
+    """The ``database`` value init writes: a SQLite file inside the data
+    directory as a path relative to it, anything else as given."""
+    url = settings.database_url
+    path = sqlite_path(url)
+    if path is not None and path.is_relative_to(settings.data_dir):
+        return f"sqlite:///{path.relative_to(settings.data_dir)}"
+    return url
 
 
 def _toml_value(value: Any) -> str:

@@ -3,11 +3,18 @@
 Init writes, in DATA_DIR (0700): the CA key and certificate, the server key
 and certificate for the configured names, ``controller.toml``, and (SQLite)
 the database; it then migrates the schema and prints a one-time bootstrap
-code. Private keys are written 0600 and never leave the data directory.
+code. Private keys and the database are written 0600 and never leave the data
+directory; the SQLite path in ``controller.toml`` is relative to it, so a
+copied directory never writes to the original's database.
+
+Every database handle that writes audit records carries the deployment's
+audit anchor (key from the CA key, checkpoints in DATA_DIR): see
+:mod:`zerogate.store.anchor`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -16,7 +23,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from zerogate.controller.config import (
     CONFIG_NAME,
@@ -27,7 +35,19 @@ from zerogate.controller.config import (
 from zerogate.pki.ca import ca_pin, create_ca, issue_server_certificate
 from zerogate.pki.credentials import new_bootstrap_code, normalize_code, token_digest
 from zerogate.policy.pool import DEFAULT_BLOCKS
-from zerogate.store.db import Database, DatabaseError, redact_url, upgrade_schema, utcnow
+from zerogate.store.anchor import ANCHOR_FILE, AnchorError, AuditAnchor
+from zerogate.store.audit_guard import audit_trigger_problems, restore_audit_triggers
+from zerogate.store.audit_verify import LogVerification, verify_audit_log
+from zerogate.store.db import (
+    MIGRATIONS_DIR,
+    Database,
+    DatabaseError,
+    async_url,
+    redact_url,
+    sqlite_path,
+    upgrade_schema,
+    utcnow,
+)
 from zerogate.store.models import AddressPoolRow, DeploymentState
 
 log = logging.getLogger(__name__)
@@ -81,8 +101,6 @@ async def _seed(db: Database, bootstrap_code: str) -> None:
 
 def init_deployment(data_dir: Path, overrides: dict[str, Any]) -> InitResult:
     """Create everything a controller needs; on any failure remove what was made."""
-    import asyncio
-
     if (data_dir / CONFIG_NAME).exists():
         raise DeploymentError(f"{data_dir} already holds a deployment ({CONFIG_NAME} exists)")
     created_dir = not data_dir.exists()
@@ -111,7 +129,8 @@ def init_deployment(data_dir: Path, overrides: dict[str, Any]) -> InitResult:
         if settings.database_url.startswith("sqlite"):
             made.extend(data_dir.glob("zerogate.db*"))
         code = new_bootstrap_code()
-        db = Database(settings.database_url)
+        made.append(data_dir / ANCHOR_FILE)
+        db = Database(settings.database_url, anchor=AuditAnchor.for_data_dir(data_dir, ca_key))
 
         async def seed() -> None:
             try:
@@ -138,14 +157,13 @@ def reset_bootstrap(settings: ControllerSettings) -> str:
     For a deployment whose first code expired or was lost before anyone signed
     in; once an admin exists, admins create accounts instead.
     """
-    import asyncio
-
     from zerogate.store.models import Account
 
     code = new_bootstrap_code()
+    anchor = _anchor(settings, read_material(settings)[1])
 
     async def run() -> None:
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, anchor=anchor)
         try:
             async with db.write() as tx:
                 active = await tx.session.scalar(
@@ -181,8 +199,76 @@ def read_material(settings: ControllerSettings) -> tuple[bytes, bytes]:
     return settings.ca_cert_path.read_bytes(), settings.ca_key_path.read_bytes()
 
 
-def check_deployment(settings: ControllerSettings) -> list[str]:
-    """Problems that would stop 'controller run', without starting anything."""
+def _anchor(settings: ControllerSettings, ca_key_pem: bytes) -> AuditAnchor:
+    try:
+        return AuditAnchor.for_data_dir(settings.data_dir, ca_key_pem)
+    except AnchorError as exc:
+        raise DeploymentError(f"{settings.ca_key_path}: {exc}") from None
+
+
+def open_database(settings: ControllerSettings, ca_key_pem: bytes) -> Database:
+    """The database to serve: migrated, its append-only triggers in place, the
+    audit anchor wired. Triggers someone removed are restored, with a warning
+    and an audit record saying what was found (the MACs and checkpoints tell
+    what was changed meanwhile: 'zerogate admin audit verify')."""
+    upgrade_schema(settings.database_url)
+    anchor = _anchor(settings, ca_key_pem)
+
+    async def guard() -> None:
+        db = Database(settings.database_url, anchor=anchor)
+        try:
+            async with db.write() as tx:
+                conn = await tx.session.connection()
+                found = await audit_trigger_problems(conn)
+                if found:
+                    log.warning(
+                        "audit log protection was removed (%s): restoring it; run "
+                        "'zerogate admin audit verify' to see what was changed",
+                        "; ".join(found),
+                    )
+                    await restore_audit_triggers(conn)
+                    tx.audit(
+                        actor="controller",
+                        action="restore-audit-triggers",
+                        object_type="audit-log",
+                        details={"found": found},
+                    )
+        finally:
+            await db.close()
+
+    asyncio.run(guard())
+    return Database(settings.database_url, anchor=anchor)
+
+
+def verify_local(settings: ControllerSettings) -> LogVerification:
+    """Verify the audit log straight from the database and this data directory's anchor."""
+    anchor = _anchor(settings, read_material(settings)[1])
+
+    async def run() -> LogVerification:
+        db = Database(settings.database_url, anchor=anchor)
+        try:
+            return await verify_audit_log(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _open_to_others(path: Path) -> str | None:
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    if mode & 0o077:
+        return f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
+    return None
+
+
+def check_deployment(settings: ControllerSettings, audit_triggers: bool = False) -> list[str]:
+    """Problems that would stop 'controller run', without starting anything:
+    config, keys, database (file, modes, reachable, schema, deployment row)
+    and, with ``audit_triggers``, the audit log's append-only triggers (which
+    'run' restores)."""
     problems: list[str] = []
     if not (settings.data_dir / CONFIG_NAME).exists():
         problems.append(f"{settings.data_dir / CONFIG_NAME} is missing: run 'zerogate controller init'")
@@ -192,9 +278,60 @@ def check_deployment(settings: ControllerSettings) -> list[str]:
     except DeploymentError as exc:
         problems.append(str(exc))
     try:
-        from zerogate.store.db import async_url
-
         async_url(settings.database_url)
     except DatabaseError as exc:
         problems.append(str(exc))
+        return problems
+    path = sqlite_path(settings.database_url)
+    if path is not None:
+        if not path.exists():
+            # Connecting would create an empty file and hide the loss.
+            problems.append(
+                f"the database file {path} is missing: restore it from a backup, or set 'database' "
+                f"in {settings.data_dir / CONFIG_NAME} to where it is"
+            )
+            return problems
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            problems.extend(p for p in [_open_to_others(file)] if p)
+    problems.extend(p for p in [_open_to_others(settings.data_dir / ANCHOR_FILE)] if p)
+    problems.extend(asyncio.run(_database_problems(settings, audit_triggers)))
     return problems
+
+
+async def _database_problems(settings: ControllerSettings, audit_triggers: bool) -> list[str]:
+    url = settings.database_url
+    db = Database(url)
+    try:
+        return await asyncio.wait_for(_schema_problems(db, audit_triggers), timeout=20)
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [f"cannot open the database {redact_url(url)}: {reason}"]
+    finally:
+        await db.close()
+
+
+async def _schema_problems(db: Database, audit_triggers: bool) -> list[str]:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    known = {s.revision for s in ScriptDirectory.from_config(config).walk_revisions()}
+    where = redact_url(db.url)
+    missing = f"{where} holds no zerogate deployment: run 'zerogate controller init' or fix 'database'"
+    async with db.engine.connect() as conn:
+        tables = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+        if "alembic_version" not in tables or "deployment_state" not in tables:
+            return [missing]
+        version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        if version not in known:
+            return [f"{where} has schema revision {version!r}, unknown to this zerogate: upgrade zerogate"]
+        if not await conn.scalar(text("SELECT count(*) FROM deployment_state WHERE id = 1")):
+            return [missing]
+        if audit_triggers:
+            return [
+                f"audit log protection: {p}; 'zerogate controller run' restores it, then run "
+                "'zerogate admin audit verify'"
+                for p in await audit_trigger_problems(conn)
+            ]
+    return []

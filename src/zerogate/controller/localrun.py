@@ -27,6 +27,17 @@ from zerogate.pki.totp import time_step, totp_code
 _LISTENING = re.compile(r"listening on https://[^:]+:(\d+)")
 
 
+# Everything a test suite or demo does comes from 127.0.0.1, so the per-source
+# limits on refused provisioning keys would throttle unrelated tests, and
+# aggregated refusal records would hide the one a test looks for. Local
+# deployments get a high limit and a record per refusal; tests of the throttle
+# and of aggregation set their own values through ``extra_env``, which wins.
+LOCAL_DEFAULTS = {
+    "ZEROGATE_KEY_FAILURES_PER_SOURCE": "10000",
+    "ZEROGATE_AUDIT_REFUSAL_WINDOW_SECONDS": "0",
+}
+
+
 class LocalControllerError(Exception):
     """The controller did not initialise or start; the message includes its output."""
 
@@ -182,7 +193,7 @@ class LocalController:
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROGATE_")}
-        return env | {"LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"} | self.extra_env
+        return env | {"LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1"} | LOCAL_DEFAULTS | self.extra_env
 
     # -- API access
 

@@ -3,88 +3,57 @@
 Every string a client sends is parsed here once into a checked value; a
 request that fails gets a 422 naming the field and the reason, and reaches no
 service code. References between objects are by name (names are unique).
+
+Request models are strict (:class:`Strict`): JSON ``0`` is not ``false`` and
+``true`` is not ``1``, so a typo cannot quietly mean something else. The
+checked field types (names, free text, addresses, keys) are in fields.py.
 """
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, time
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from ipaddress import IPv4Network, ip_address, ip_network
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from zerogate.controller.fields import (
+    Cidr,
+    ClockTime,
+    ConnectorName,
+    Description,
+    DestinationPrefix,
+    DisplayName,
+    Email,
+    EndpointHost,
+    IpAddress,
+    ObjectName,
+    Password,
+    ShortText,
+    SiteSubnet,
+    TotpCode,
+    Username,
+    WgKey,
+    ip_text,
+    no_overlap,
+    plain_text,
+    routable_v4,
+)
+from zerogate.controller.fields import overlapping as overlapping  # used by the API handlers
+from zerogate.controller.reports import DeviceReport as DeviceReport  # the body of POST /v1/report
+from zerogate.controller.reports import StoredReport
 from zerogate.model.policy import PortRange
 
-_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
-_OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# Connector names: 1-50 printable characters (letters, digits, symbols), no
-# leading/trailing space.
-_CONNECTOR_NAME = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,48}[\x21-\x7e])?$")
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-_WG_KEY = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 BANDWIDTH_CLASSES = ("15mbps", "50mbps", "100mbps")
 
 
-def _check(pattern: re.Pattern[str], what: str) -> AfterValidator:
-    def check(value: str) -> str:
-        if not pattern.match(value):
-            raise ValueError(f"{value!r} is not a valid {what}")
-        return value
-
-    return AfterValidator(check)
-
-
-def _cidr(value: str) -> str:
-    text = value.strip()
-    try:
-        return str(ip_network(text, strict=True))
-    except ValueError:
-        pass
-    try:
-        loose = ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address or CIDR prefix") from None
-    raise ValueError(f"{value!r} has host bits set; did you mean {loose}?")
-
-
-def _wg_key(value: str) -> str:
-    if not _WG_KEY.match(value):
-        raise ValueError("not a WireGuard public key (44 characters of base64, as 'wg pubkey' prints)")
-    return value
-
-
-Username = Annotated[str, Field(min_length=1, max_length=64), _check(_USERNAME, "username (a-z 0-9 . _ @ -)")]
-ObjectName = Annotated[
-    str, Field(min_length=1, max_length=64), _check(_OBJECT_NAME, "name (letters, digits, . _ -; up to 64)")
-]
-ConnectorName = Annotated[
-    str,
-    Field(min_length=1, max_length=50),
-    _check(_CONNECTOR_NAME, "connector name (1-50 letters, digits and symbols)"),
-]
-Description = Annotated[str, Field(max_length=255)]
-Cidr = Annotated[str, AfterValidator(_cidr)]
-WgKey = Annotated[str, AfterValidator(_wg_key)]
-Password = Annotated[str, Field(min_length=1, max_length=1024)]
-TotpCode = Annotated[str, Field(min_length=6, max_length=8, pattern=r"^\d{6,8}$")]
-
-
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, no type coercion (``0`` is not ``false``)."""
 
-
-def _no_overlap(prefixes: list[str], what: str) -> None:
-    nets = [ip_network(p) for p in prefixes]
-    for i, a in enumerate(nets):
-        for b in nets[i + 1 :]:
-            if a.version == b.version and a.overlaps(b):
-                raise ValueError(f"{what} {a} and {b} overlap")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ----------------------------------------------------------------- auth
@@ -154,14 +123,14 @@ class TokenCreated(TokenOut):
 
 class AccountCreate(Strict):
     username: Username
-    display_name: str = Field(default="", max_length=100)
-    email: str = Field(default="", max_length=254, pattern=r"^$|^[^@\s]+@[^@\s]+$")
+    display_name: DisplayName = ""
+    email: Email = ""
     groups: list[ObjectName] = Field(default_factory=list, max_length=100)
 
 
 class AccountUpdate(Strict):
-    display_name: str | None = Field(default=None, max_length=100)
-    email: str | None = Field(default=None, max_length=254, pattern=r"^$|^[^@\s]+@[^@\s]+$")
+    display_name: DisplayName | None = None
+    email: Email | None = None
     groups: list[ObjectName] | None = Field(default=None, max_length=100)
     disabled: bool | None = None
 
@@ -202,23 +171,48 @@ class GroupOut(BaseModel):
     created_at: datetime
 
 
+class GroupMembersChange(Strict):
+    """PATCH /v1/groups/{name}/members: a change to the member list, not the whole list."""
+
+    add: list[Username] = Field(default_factory=list, max_length=100000, description="Users to add.")
+    remove: list[Username] = Field(default_factory=list, max_length=100000, description="Users to remove.")
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> GroupMembersChange:
+        if not self.add and not self.remove:
+            raise ValueError("nothing to change: give usernames in 'add' and/or 'remove'")
+        both = set(self.add) & set(self.remove)
+        if both:
+            # Positions, not the names: an error never echoes the request back.
+            where = ", ".join([f"add[{i}]" for i, n in enumerate(self.add) if n in both][:5])
+            raise ValueError(f"a user cannot be both added and removed ({where}); leave it out of one list")
+        return self
+
+
+class GroupMembersChanged(BaseModel):
+    name: str
+    added: list[str] = Field(description="Users that became members (already members are not listed).")
+    removed: list[str] = Field(description="Users that stopped being members (non-members are not listed).")
+    member_count: int = Field(description="How many members the group has now.")
+
+
 # ----------------------------------------------------------------- sites and devices
 
 
 class ConnectorGroupBody(Strict):
     description: Description = ""
-    subnets: list[Cidr] = Field(min_length=1, max_length=64)
+    subnets: list[SiteSubnet] = Field(min_length=1, max_length=64)
     snat: bool = True
     vrrp_virtual_ip: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ConnectorGroupBody:
-        _no_overlap(self.subnets, "subnets")
+        no_overlap(self.subnets, "subnets")
         if self.vrrp_virtual_ip is not None:
             try:
-                vip = ip_address(self.vrrp_virtual_ip)
-            except ValueError:
-                raise ValueError(f"vrrp_virtual_ip {self.vrrp_virtual_ip!r} is not an IP address") from None
+                vip = ip_address(ip_text(self.vrrp_virtual_ip))
+            except ValueError as exc:
+                raise ValueError(f"vrrp_virtual_ip: {exc}") from None
             home = [ip_network(s) for s in self.subnets if vip in ip_network(s)]
             if not home:
                 raise ValueError(f"vrrp_virtual_ip {vip} is in none of the group's subnets")
@@ -237,7 +231,7 @@ class ConnectorGroupCreate(ConnectorGroupBody):
 
 class ConnectorGroupUpdate(Strict):
     description: Description | None = None
-    subnets: list[Cidr] | None = Field(default=None, min_length=1, max_length=64)
+    subnets: list[SiteSubnet] | None = Field(default=None, min_length=1, max_length=64)
     snat: bool | None = None
     vrrp_virtual_ip: str | None = None
 
@@ -255,9 +249,9 @@ class ConnectorGroupOut(BaseModel):
 
 class ConnectorUpdate(Strict):
     description: Description | None = None
-    location: str | None = Field(default=None, max_length=100)
+    location: ShortText | None = None
     bandwidth_class: Literal["15mbps", "50mbps", "100mbps"] | None = None
-    owner: str | None = Field(default=None, max_length=100)
+    owner: ShortText | None = None
 
 
 class ConnectorOut(BaseModel):
@@ -274,19 +268,10 @@ class ConnectorOut(BaseModel):
     created_at: datetime
 
 
-def _endpoint_host(value: str) -> str:
-    try:
-        return str(ip_address(value))
-    except ValueError:
-        if not _HOSTNAME.match(value):
-            raise ValueError(f"{value!r} is not a hostname or IP address") from None
-        return value.lower()
-
-
 class GatewayCreate(Strict):
     name: ObjectName
     description: Description = ""
-    public_endpoint: Annotated[str, Field(max_length=253), AfterValidator(_endpoint_host)]
+    public_endpoint: EndpointHost
     port_first: int = Field(default=51820, ge=1, le=65535)
     port_last: int = Field(default=53000, ge=1, le=65535)
 
@@ -299,7 +284,7 @@ class GatewayCreate(Strict):
 
 class GatewayUpdate(Strict):
     description: Description | None = None
-    public_endpoint: Annotated[str, Field(max_length=253), AfterValidator(_endpoint_host)] | None = None
+    public_endpoint: EndpointHost | None = None
     port_first: int | None = Field(default=None, ge=1, le=65535)
     port_last: int | None = Field(default=None, ge=1, le=65535)
 
@@ -384,7 +369,8 @@ class DeviceOut(BaseModel):
     created_at: datetime
     revoked_at: datetime | None
     last_seen_at: datetime | None
-    report: dict[str, Any] | None = None
+    report: StoredReport | None = None
+    report_problem: str | None = Field(default=None, description="why a stored report is not shown")
 
 
 class ClientSessionOut(BaseModel):
@@ -392,20 +378,14 @@ class ClientSessionOut(BaseModel):
     session_expires_at: datetime | None
 
 
-class DeviceReport(Strict):
-    """What a gateway, connector or client says about its data plane."""
-
-    version: str = Field(max_length=40)
-    interface: str = Field(max_length=15)
-    peers: list[dict[str, Any]] = Field(default_factory=list, max_length=100_000)
-    details: dict[str, Any] = Field(default_factory=dict)
+# DeviceReport (the body of POST /v1/report) and its bounded parts live in reports.py.
 
 
 # ----------------------------------------------------------------- applications and policy
 
 
 class DestinationIn(Strict):
-    address: Cidr
+    address: DestinationPrefix
     protocol: Literal["tcp", "udp", "icmp", "any"] = "tcp"
     ports: list[str] = Field(default_factory=list, max_length=64)
 
@@ -451,13 +431,14 @@ class TimeWindowIn(Strict):
         min_length=1,
         max_length=7,
     )
-    start: time
-    end: time
+    start: ClockTime
+    end: ClockTime
     tz: str = "UTC"
 
     @field_validator("tz")
     @classmethod
     def _tz(cls, value: str) -> str:
+        plain_text(value)
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
@@ -513,18 +494,10 @@ class PolicyOut(BaseModel):
 
 class ExplainRequest(Strict):
     username: Username
-    destination: str
+    destination: IpAddress
     protocol: Literal["tcp", "udp", "icmp"] = "tcp"
     port: int | None = Field(default=None, ge=1, le=65535)
     mfa: bool = True
-
-    @field_validator("destination")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        try:
-            return str(ip_address(value))
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address") from None
 
     @model_validator(mode="after")
     def _port_fits_protocol(self) -> ExplainRequest:
@@ -551,7 +524,8 @@ class AddressPoolUpdate(Strict):
             net = ip_network(b)
             if not isinstance(net, IPv4Network) or net.prefixlen > 30:
                 raise ValueError(f"{b}: client address blocks are IPv4 prefixes of /30 or larger")
-        _no_overlap(value, "blocks")
+            routable_v4(b, "client address blocks")
+        no_overlap(value, "blocks")
         return value
 
 
@@ -579,9 +553,3 @@ class AuditVerifyOut(BaseModel):
     records: int
     head_id: int
     problems: list[dict[str, Any]]
-
-
-def overlapping(a: str, b: str) -> bool:
-    na: IPv4Network | IPv6Network = ip_network(a)
-    nb: IPv4Network | IPv6Network = ip_network(b)
-    return na.version == nb.version and na.overlaps(nb)

@@ -10,10 +10,12 @@ from collections.abc import Callable
 import uvicorn
 
 from zerogate.controller.app import create_app
+from zerogate.controller.auth import dummy_password_hash
 from zerogate.controller.config import ControllerSettings
-from zerogate.controller.deployment import read_material
-from zerogate.controller.state import ControllerState, LoginThrottle, RevisionWatch
-from zerogate.store.db import Database, upgrade_schema
+from zerogate.controller.deployment import open_database, read_material
+from zerogate.controller.refusals import RefusalAudit
+from zerogate.controller.state import ControllerState, RevisionWatch
+from zerogate.controller.throttle import Throttle, ThrottleLimits
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,18 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def throttle_limits(settings: ControllerSettings) -> ThrottleLimits:
+    return ThrottleLimits(
+        per_source=settings.login_failures_per_source,
+        per_account=settings.login_failures_per_account,
+        per_account_any_source=settings.login_failures_per_account_any_source,
+        per_source_keys=settings.key_failures_per_source,
+        window=settings.login_failure_window_seconds,
+        delay_unit=settings.throttle_delay_seconds,
+        account_delay_cap=settings.login_account_delay_max_seconds,
+    )
+
+
 def serve(
     settings: ControllerSettings, on_listening: Callable[[ControllerSettings], None] | None = None
 ) -> None:
@@ -39,23 +53,22 @@ def serve(
     # hashes, TOTP secrets): keep them quiet at every zerogate log level.
     for noisy in ("alembic", "aiosqlite", "asyncpg", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    upgrade_schema(settings.database_url)
+    # migrated, append-only triggers restored, audit anchor wired
+    db = open_database(settings, ca_key)
+    # Made now, so the first sign-in with an unknown username is not the slow one.
+    dummy_password_hash()
     sock = bind(settings.listen_host, settings.listen_port)
     actual_port = sock.getsockname()[1]
     if actual_port != settings.listen_port:
         settings = settings.model_copy(update={"listen_port": actual_port})
-    db = Database(settings.database_url)
     state = ControllerState(
         settings=settings,
         db=db,
         ca_pem=ca_pem,
         ca_key_pem=ca_key,
-        throttle=LoginThrottle(
-            settings.login_failures_per_account,
-            settings.login_failures_per_source,
-            settings.login_failure_window_seconds,
-        ),
+        throttle=Throttle(throttle_limits(settings)),
         watch=RevisionWatch(db),
+        refusals=RefusalAudit(db, settings.audit_refusal_window_seconds),
     )
     config = uvicorn.Config(
         create_app(state),
@@ -65,6 +78,11 @@ def serve(
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=5,
         server_header=False,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so any
+        # local process could forge its source (audit log, throttle). Only the
+        # configured proxies are believed; none by default.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
     )
     config.load()
     assert config.ssl is not None

@@ -1,5 +1,6 @@
-"""What every API handler shares: settings, database, CA, login throttle,
-revision watching, and the mutation wrapper that audits success and failure.
+"""What every API handler shares: settings, database, CA, brute-force
+throttle, revision watching, and the mutation wrapper that audits success and
+failure (refusals of strangers aggregated, see :mod:`refusals`).
 
 Errors raised by services: :class:`ApiProblem` and its subclasses; the app
 turns them into ``{"detail": message}`` with their status code.
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from sqlalchemy.exc import IntegrityError
 
 from zerogate.controller.config import ControllerSettings
 from zerogate.controller.policy_cache import PolicyCache
+from zerogate.controller.refusals import RefusalAudit
+from zerogate.controller.throttle import Throttle, retry_after
 from zerogate.store.db import Database, WriteTx
 
 log = logging.getLogger(__name__)
@@ -82,44 +83,6 @@ class Principal:
         if self.kind == "anonymous":
             return "anonymous"
         return f"{self.kind}:{self.name}"
-
-
-class LoginThrottle:
-    """Counts failed logins per account and per source in a sliding window.
-
-    Kept in memory: a restart forgets counts, which only ever loosens the
-    limit for one window. Several controllers each enforce their own limit.
-    """
-
-    def __init__(self, per_account: int, per_source: int, window: float) -> None:
-        self.per_account = per_account
-        self.per_source = per_source
-        self.window = window
-        self._failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
-
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        q = self._failures[key]
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        return q
-
-    def retry_after(self, account: str, source: str) -> float:
-        """Seconds until a login may be tried again; 0 when allowed now."""
-        now = time.monotonic()
-        waits = []
-        for key, limit in ((("account", account), self.per_account), (("source", source), self.per_source)):
-            q = self._recent(key, now)
-            if len(q) >= limit:
-                waits.append(q[0] + self.window - now)
-        return max(waits, default=0.0)
-
-    def failed(self, account: str, source: str) -> None:
-        now = time.monotonic()
-        self._failures[("account", account)].append(now)
-        self._failures[("source", source)].append(now)
-
-    def succeeded(self, account: str) -> None:
-        self._failures.pop(("account", account), None)
 
 
 class RevisionWatch:
@@ -223,16 +186,25 @@ class ControllerState:
     db: Database
     ca_pem: bytes
     ca_key_pem: bytes
-    throttle: LoginThrottle
+    throttle: Throttle
     watch: RevisionWatch
+    refusals: RefusalAudit
     policies: PolicyCache = field(default_factory=PolicyCache)
 
     @asynccontextmanager
     async def mutation(
-        self, who: Principal, action: str, object_type: str, object_id: str | int = ""
+        self,
+        who: Principal,
+        action: str,
+        object_type: str,
+        object_id: str | int = "",
+        *,
+        aggregate: bool = False,
     ) -> AsyncIterator[Mutation]:
         """One audited change. On any failure nothing changes and a failure
-        record is appended instead, in its own transaction."""
+        record is appended instead, in its own transaction. ``aggregate`` is for
+        requests from strangers (sign-in, enrollment): their refusals go
+        through :meth:`refused`, so repeated ones cannot grow the database."""
         m: Mutation | None = None
         try:
             async with self.db.write() as tx:
@@ -251,7 +223,8 @@ class ControllerState:
         except (IntegrityError, ValidationError, ApiProblem) as exc:
             # Record what the handler had learnt (object, key hint, name) with the refusal.
             problem = _as_problem(exc, object_type)
-            await self.audit_failure(
+            record = self.refused if aggregate else self.audit_failure
+            await record(
                 who,
                 action,
                 object_type,
@@ -282,3 +255,44 @@ class ControllerState:
                 outcome="denied",
                 details={"error": error, **(details or {})},
             )
+
+    async def refused(
+        self,
+        who: Principal,
+        action: str,
+        object_type: str,
+        object_id: str | int,
+        error: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Audit a refusal of a stranger's request, aggregated per (source, action)."""
+        await self.refusals.record(
+            actor=who.actor,
+            source=who.source,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+            error=error,
+            details=details,
+        )
+
+    @asynccontextmanager
+    async def key_attempt(
+        self, who: Principal, action: str, object_type: str, details: dict[str, Any] | None = None
+    ) -> AsyncIterator[None]:
+        """A check of a provisioning key, activation or bootstrap code from
+        ``who.source``: refused with 429 while that source is throttled, and
+        a wrong key or code (401/403) counts against the source."""
+        wait = self.throttle.key_wait(who.source)
+        if wait > 0:
+            await self.refused(who, action, object_type, "", "rate limited", details)
+            raise TooManyAttempts(
+                f"too many refused keys or codes from this address; try again in {retry_after(wait)} s",
+                headers={"Retry-After": retry_after(wait)},
+            )
+        try:
+            yield
+        except ApiProblem as exc:
+            if exc.status in (Unauthorized.status, Forbidden.status):
+                self.throttle.key_failed(who.source)
+            raise

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from zerogate.controller import schemas as s
 from zerogate.controller.auth import Admin, AnyAccount, State
+from zerogate.controller.ids import get_row, shown_id
 from zerogate.controller.state import NotFound, Unprocessable
 from zerogate.pki.credentials import new_token, token_digest, token_hint
 from zerogate.store.db import utcnow
@@ -67,10 +68,10 @@ async def create_token(body: s.TokenCreate, admin: Admin, state: State) -> s.Tok
 
 @router.delete("/{token_id}", status_code=204)
 async def revoke_token(token_id: int, who: AnyAccount, state: State) -> None:
-    async with state.mutation(who, "revoke-token", "token", token_id) as m:
-        row = await m.tx.session.get(ApiToken, token_id)
+    async with state.mutation(who, "revoke-token", "token", shown_id(token_id)) as m:
+        row = await get_row(m.tx.session, ApiToken, token_id)
         if row is None or (who.kind != "admin" and row.account_id != who.id):
-            raise NotFound(f"no token with id {token_id}")
+            raise NotFound(f"no token with id {shown_id(token_id)}")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
         m.config_change = False

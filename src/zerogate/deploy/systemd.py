@@ -61,8 +61,10 @@ ROLES: tuple[Role, ...] = ("controller", "gateway", "connector")
 SERVICE_USER = "zerogate"
 PRIVILEGED_PORT_LIMIT = 1024
 # systemd accepts more, but a path we write into several directives must need no quoting.
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/-]*$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+# Both used with fullmatch: with match, '$' accepts a trailing newline, which
+# in a unit file starts a directive of the caller's choosing.
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._+/-]*")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
 
 _DESCRIPTIONS: dict[Role, str] = {
@@ -87,7 +89,7 @@ def env_file_path(role: Role) -> Path:
 def check_path(what: str, path: Path) -> Path:
     """An absolute path made only of characters that need no quoting in a unit file."""
     text = str(path)
-    if not _SAFE_PATH.match(text) or "/../" in f"{text}/" or "//" in text:
+    if not _SAFE_PATH.fullmatch(text) or "/../" in f"{text}/" or "//" in text:
         raise ValueError(
             f"{what} {text!r}: use an absolute path of letters, digits and . _ + - / "
             "(no spaces, '..', '%' or '$')"
@@ -116,7 +118,7 @@ class UnitSpec:
             raise ValueError(
                 "state directory '/': choose a directory of its own, e.g. /var/lib/zerogate/gateway"
             )
-        if not _IFNAME.match(self.interface):
+        if not _IFNAME.fullmatch(self.interface):
             raise ValueError(f"interface {self.interface!r}: use 1-15 letters, digits, '-', '_' or '.'")
         if self.listen_port is not None and not 0 <= self.listen_port <= 65535:
             raise ValueError(f"port {self.listen_port}: expected 0-65535")

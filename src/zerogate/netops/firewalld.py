@@ -104,7 +104,7 @@ _UNKNOWN_NAME_ERRORS = (
     "org.freedesktop.DBus.Error.ServiceUnknown",
     "org.freedesktop.DBus.Error.NameHasNoOwner",
 )
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # fullmatch only: match + '$' accepts "wg0\n"
 
 CALL_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 90.0  # a reload rebuilds firewalld's whole table
@@ -297,7 +297,7 @@ class FirewalldIntegration:
     def __init__(
         self, interface: str, udp_ports: tuple[int, int] | None, bus_address: str | None = None
     ) -> None:
-        if not _IFNAME.match(interface):
+        if not _IFNAME.fullmatch(interface):
             raise ValueError(
                 f"interface name {interface!r} is not valid: use 1-15 letters, digits, '-', '_' or '.'"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
@@ -33,3 +34,31 @@ def is_public_key(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# 32 bytes are 43 base64 digits and one '='; the last digit carries only 4 bits,
+# so its 2 unused low bits must be zero. This pattern therefore admits exactly
+# one spelling per key: the one ``wg pubkey`` prints.
+_PUBLIC_KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
+
+
+class InvalidKey(ValueError):
+    """Not a WireGuard key in the form ``wg`` prints."""
+
+
+def parse_public_key(text: str) -> bytes:
+    """The 32 bytes of a public key written as ``wg pubkey`` prints it.
+
+    Anything else (padding missing, a newline or space around it, URL-safe
+    digits, non-zero spare bits) is refused rather than repaired: a key is
+    compared with the enrolled ones by its bytes, and one key must never be
+    accepted under two spellings.
+    """
+    if not _PUBLIC_KEY.fullmatch(text):
+        raise InvalidKey("not a WireGuard public key (44 characters of base64, as 'wg pubkey' prints)")
+    return base64.b64decode(text, validate=True)  # 44 characters of this pattern are 32 bytes
+
+
+def canonical_public_key(text: str) -> str:
+    """``text`` as the one spelling the controller stores and compares."""
+    return base64.b64encode(parse_public_key(text)).decode("ascii")

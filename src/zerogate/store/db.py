@@ -5,7 +5,9 @@ Every change goes through :meth:`Database.write`, which serialises writers (an
 in-process lock, plus a row lock on ``deployment_state`` for PostgreSQL where
 several controllers may share the database). Inside it a mutation may bump the
 config revision and appends its audit record, so the change, the revision and
-the audit chain commit together or not at all.
+the audit chain commit together or not at all. With an :class:`AuditAnchor`
+each record also gets its MAC, and after the commit the newest record is
+checkpointed to the anchor file outside the database.
 
 Errors: :class:`DatabaseError` for a URL we cannot use or a database we cannot
 reach or migrate; SQLAlchemy errors from queries propagate unchanged.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from zerogate.model.audit import AuditEntry, entry_hash
+from zerogate.store.anchor import AuditAnchor
 from zerogate.store.models import AuditRecord, DeploymentState
 
 log = logging.getLogger(__name__)
@@ -99,8 +103,9 @@ class WriteTx:
 
     session: AsyncSession
     state: DeploymentState
+    anchor: AuditAnchor | None = None
     bumped: bool = False
-    _entries: list[AuditEntry] = field(default_factory=list)
+    appended: list[tuple[int, str]] = field(default_factory=list)  # (id, hash) of each new record
 
     def bump(self) -> None:
         if not self.bumped:
@@ -144,15 +149,18 @@ class WriteTx:
                 details=entry.details,
                 prev_hash=entry.prev_hash,
                 hash=digest,
+                mac=self.anchor.mac(digest) if self.anchor is not None else None,
             )
         )
+        self.appended.append((entry.id, digest))
         self.state.audit_head_id = entry.id
         self.state.audit_head_hash = digest
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, anchor: AuditAnchor | None = None) -> None:
         self.url = url
+        self.anchor = anchor
         self.engine = create_engine(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock()
@@ -169,15 +177,25 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[WriteTx]:
-        async with self._write_lock, self.sessions() as session, session.begin():
-            query = select(DeploymentState).where(DeploymentState.id == 1)
-            if not self.is_sqlite:
-                query = query.with_for_update()
-            state = (await session.execute(query)).scalar_one_or_none()
-            if state is None:
-                raise DatabaseError("the database is not initialised: run 'zerogate controller init'")
-            tx = WriteTx(session=session, state=state)
-            yield tx
+        async with self._write_lock:
+            async with self.sessions() as session, session.begin():
+                query = select(DeploymentState).where(DeploymentState.id == 1)
+                if not self.is_sqlite:
+                    query = query.with_for_update()
+                state = (await session.execute(query)).scalar_one_or_none()
+                if state is None:
+                    raise DatabaseError("the database is not initialised: run 'zerogate controller init'")
+                tx = WriteTx(session=session, state=state, anchor=self.anchor)
+                yield tx
+            # Committed. Still under the lock, so this controller's checkpoints
+            # are in id order; one short append, no fsync (a lost checkpoint
+            # only makes the anchor a little older, never wrong).
+            if tx.appended and self.anchor is not None:
+                try:
+                    self.anchor.checkpoint(*tx.appended[-1])
+                except OSError as exc:
+                    # The change is committed and must be reported as such.
+                    log.error("audit anchor %s not written: %s", self.anchor.path, exc)
         if tx.bumped and self.on_revision is not None:
             self.on_revision(tx.state.revision)
 
@@ -206,6 +224,7 @@ def upgrade_schema(url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
+    create_private_sqlite_file(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["database_url"] = async_url(url)
@@ -215,3 +234,29 @@ def upgrade_schema(url: str) -> None:
         raise
     except Exception as exc:  # translate driver errors at the boundary
         raise DatabaseError(f"cannot migrate {redact_url(url)}: {type(exc).__name__}: {exc}") from exc
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(parsed.database)
+
+
+def create_private_sqlite_file(url: str) -> None:
+    """Create a new SQLite file 0600 before SQLite does (it would honour the
+    umask, usually 0644): it holds password hashes and TOTP secrets. SQLite
+    gives its -wal and -shm files the mode of the database file."""
+    path = sqlite_path(url)
+    if path is None or path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DatabaseError(f"cannot create the database file {path}: {exc.strerror}") from None

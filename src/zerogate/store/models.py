@@ -116,8 +116,13 @@ class Group(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime]
+    # Never loaded: a group may have thousands of members, and loading them
+    # (eagerly, as "selectin" did, with their groups and those groups'
+    # members in turn) made every change O(group size). Membership is read and
+    # written as group_members rows (controller/membership.py); deleting a
+    # group leaves its rows to the foreign key's ON DELETE CASCADE.
     members: Mapped[list[Account]] = relationship(
-        secondary=group_members, back_populates="groups", lazy="selectin"
+        secondary=group_members, back_populates="groups", lazy="raise", passive_deletes=True
     )
 
 
@@ -158,7 +163,9 @@ class Device(Base):
     revoked_at: Mapped[datetime | None]
     last_seen_at: Mapped[datetime | None]
     # the device's latest data-plane report (tunnel peers, handshakes, bytes, version)
-    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Deferred: only the device listing reads it (as text, parsed defensively), so
+    # a report nobody can parse never breaks sign-in, snapshots or revocation.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None, deferred=True)
 
 
 class Connector(Base):
@@ -274,3 +281,6 @@ class AuditRecord(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # HMAC of ``hash`` with the audit key kept outside the database (store/anchor.py);
+    # NULL for records written before the log was anchored (schema 0003).
+    mac: Mapped[str | None] = mapped_column(String(64), default=None)

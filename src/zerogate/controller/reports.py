@@ -1,0 +1,108 @@
+"""Data-plane reports: what gateways, connectors and clients post to ``/v1/report``.
+
+A report is stored on its device and returned in every ``GET /v1/devices``,
+so any enrolled device could otherwise fill the admin's listing (10 MB) or
+break it (``details`` nested 500 deep). The schema here is exactly what the
+daemons send (``report()`` in gateway/daemon.py and connector/daemon.py,
+``PeerStatus.as_report`` in netops/wireguard.py), with every string, number,
+list and map bounded, and nothing nested deeper than a peer's fields.
+
+Reports already stored (by an older controller, or written straight into the
+database) are read back through :func:`read_stored`, which never raises: a
+report it cannot read is shown as unavailable, never as a 500.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+MAX_PEERS = 10_000  # a gateway reports every connector and client it has as a peer
+MAX_COUNTER = 2**63 - 1  # byte counters and ids as a 64-bit database integer holds them
+# What one report may take as stored text: a full report of MAX_PEERS peers is ~4 MB.
+MAX_STORED_CHARS = 8 * 1024 * 1024
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
+
+def _printable(value: str) -> str:
+    if not _PRINTABLE.fullmatch(value):
+        raise ValueError("only printable ASCII characters are allowed")
+    return value
+
+
+Text64 = Annotated[str, Field(max_length=64), AfterValidator(_printable)]
+Counter = Annotated[int, Field(ge=0, le=MAX_COUNTER)]
+
+
+class _Report(BaseModel):
+    # Strict: a device sends exactly these types ({"up": 1} is not a bool).
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PeerReport(_Report):
+    """One WireGuard peer as the device sees it, with what the device knows about it."""
+
+    role: Literal["gateway", "connector", "client", "unknown"]
+    public_key: Text64
+    endpoint: Text64 | None = None
+    latest_handshake: Counter = 0  # unix time; 0 = never
+    rx_bytes: Counter = 0
+    tx_bytes: Counter = 0
+    name: Text64 | None = None
+    address: Text64 | None = None
+    device_id: Annotated[int, Field(ge=1, le=MAX_COUNTER)] | None = None
+    up: bool | None = None
+    active: bool | None = None
+    rtt_ms: Annotated[float, Field(ge=0, le=3_600_000, allow_inf_nan=False)] | None = None
+
+
+class ReportDetails(_Report):
+    """The device's own state: gateways and connectors fill different fields."""
+
+    revision: Counter | None = None
+    listen_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    wireguard: Annotated[str, Field(max_length=32), AfterValidator(_printable)] | None = None
+    controller_connected: bool | None = None
+    tunnel_up: bool | None = None
+    active_connectors: dict[Text64, Text64] = Field(default_factory=dict, max_length=1000)
+
+
+class DeviceReport(_Report):
+    """What a gateway, connector or client says about its data plane."""
+
+    version: Annotated[str, Field(max_length=40), AfterValidator(_printable)]
+    interface: Annotated[str, Field(max_length=15), AfterValidator(_printable)]
+    peers: list[PeerReport] = Field(default_factory=list, max_length=MAX_PEERS)
+    details: ReportDetails = Field(default_factory=ReportDetails)
+
+
+class StoredReport(DeviceReport):
+    """A report as the admin sees it: with the time the controller received it."""
+
+    at: datetime
+
+
+UNREADABLE = (
+    "the stored report is unreadable (malformed or over the size limit); "
+    "it is replaced by the device's next report"
+)
+
+
+def read_stored(raw: str | None) -> tuple[StoredReport | None, str | None]:
+    """(report, None), or (None, why it is not shown) — never an exception.
+
+    ``raw`` is the column's text, read without the driver's JSON decoding, so
+    neither size nor nesting of what is in the database can hurt the reader.
+    """
+    if raw is None or raw == "null":
+        return None, None
+    if len(raw) > MAX_STORED_CHARS:
+        return None, UNREADABLE
+    try:
+        # JSON mode: the stored time is text; the parser has its own nesting limit.
+        return StoredReport.model_validate_json(raw), None
+    except ValidationError:
+        return None, UNREADABLE
