@@ -12,7 +12,6 @@ from ipaddress import ip_address, ip_network
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query
-from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -848,21 +847,9 @@ async def list_audit(
         return [s.AuditOut.model_validate(r, from_attributes=True) for r in rows]
 
 
-class AuditVerifyAnchoredOut(s.AuditVerifyOut):
-    """The chain check plus the anchor outside the database (see store/anchor.py)."""
-
-    anchored_from: int | None = Field(
-        None, description="First record that must carry a MAC; older ones are only chain-checked."
-    )
-    not_anchored: int = Field(0, description="Records written before the log was anchored.")
-    checkpoints: int = Field(0, description="Checkpoints in this controller's anchor file.")
-    newest_checkpoint: int = Field(0, description="Newest record id a checkpoint saw; the log must reach it.")
-    warnings: list[str] = Field(default_factory=list)
-
-
-async def verify_audit_chain(state: ControllerState) -> AuditVerifyAnchoredOut:
+async def verify_audit_chain(state: ControllerState) -> s.AuditVerifyOut:
     v = await verify_audit_log(state.db)
-    return AuditVerifyAnchoredOut(
+    return s.AuditVerifyOut(
         ok=v.ok,
         records=v.records,
         head_id=v.head_id,
@@ -875,6 +862,6 @@ async def verify_audit_chain(state: ControllerState) -> AuditVerifyAnchoredOut:
     )
 
 
-@router.get("/audit/verify", response_model=AuditVerifyAnchoredOut, tags=["audit"])
-async def verify_audit(admin: Admin, state: State) -> AuditVerifyAnchoredOut:
+@router.get("/audit/verify", response_model=s.AuditVerifyOut, tags=["audit"])
+async def verify_audit(admin: Admin, state: State) -> s.AuditVerifyOut:
     return await verify_audit_chain(state)

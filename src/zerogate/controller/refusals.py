@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from zerogate.controller import background
 from zerogate.store.db import Database, WriteTx
 
 log = logging.getLogger(__name__)
@@ -141,22 +142,12 @@ class RefusalAudit:
     def start(self) -> None:
         if self.window <= 0:
             return
-        self._flusher = asyncio.create_task(self._flush_loop(), name="refusal-audit-flusher")
-        self._flusher.add_done_callback(self._flusher_done)
-
-    def _flusher_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("refusal audit flusher stopped: %s", task.exception())
+        self._flusher = background.start(self._flush_loop(), "refusal audit flusher")
 
     async def stop(self) -> None:
         """Stop flushing periodically and write every pending summary."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
-            self._flusher = None
+        await background.stop(self._flusher)
+        self._flusher = None
         await self.flush(everything=True)
 
     async def _flush_loop(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
+from zerogate.controller import background
 from zerogate.controller.config import ControllerSettings
 from zerogate.controller.policy_cache import PolicyCache
 from zerogate.controller.refusals import RefusalAudit
@@ -104,20 +105,10 @@ class RevisionWatch:
         self.current = await self.db.revision()
         self.db.on_revision = self.notify
         if not self.db.is_sqlite:
-            self._poller = asyncio.create_task(self._poll_loop(), name="revision-poller")
-            self._poller.add_done_callback(self._poller_done)
-
-    def _poller_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("revision poller stopped: %s", task.exception())
+            self._poller = background.start(self._poll_loop(), "revision poller")
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            try:
-                await self._poller
-            except asyncio.CancelledError:
-                pass
+        await background.stop(self._poller)
 
     def notify(self, revision: int) -> None:
         if revision > self.current:
