@@ -545,6 +545,23 @@ def test_a_large_member_list_is_accepted_when_signed_in_only(
     assert anonymous.status_code == 413
 
 
+def test_a_credential_that_is_not_valid_buys_no_larger_body(
+    controller: LocalController, admin: AccountSession, user: AccountSession
+) -> None:
+    """FastAPI reads a body before it checks who is calling, so the larger limit
+    must depend on a valid credential of the right kind, not on the header alone."""
+    members = [f"member-{i:06d}-{'x' * 30}" for i in range(25_000)]
+    body = json.dumps({"name": f"big-{uuid.uuid4().hex[:6]}", "members": members}).encode()
+    assert len(body) > MIB
+    for token in ("zgt_" + "A" * 43, "zgd_" + "A" * 43, "junk", user.token):
+        r = send(controller, "POST", "/v1/groups", body, token=token)
+        assert r.status_code == 413, (token[:4], r.status_code)
+    # An admin's credential on the report endpoint is not a device's either.
+    report = b'{"version": "1", "interface": "zg0", "peers": [' + b"{}," * 400_000 + b"{}]}"
+    assert len(report) > MIB
+    assert send(controller, "POST", "/v1/report", report, token=admin.token).status_code == 413
+
+
 # ----------------------------------------------------------------- defect 16: the OpenAPI document
 
 

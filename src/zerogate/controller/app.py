@@ -43,8 +43,15 @@ def create_app(state: ControllerState) -> FastAPI:
     app.add_exception_handler(ApiProblem, errors.api_problem)
     app.add_exception_handler(RequestValidationError, errors.validation_problem)
     app.add_exception_handler(StarletteHTTPException, errors.http_problem)
+
+    async def caller_kind(header: str, source: str) -> str | None:
+        try:
+            return (await auth.resolve_credential(state, header, source)).kind
+        except ApiProblem:
+            return None
+
     # Outermost: a too-large body is refused before any of the app sees it.
-    app.add_middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes, caller_kind=caller_kind)
 
     for module in (auth, tokens, api_objects, api_devices, api_preflight):
         app.include_router(module.router)

@@ -62,8 +62,11 @@ def client_source(request: Request) -> str:
 
 async def principal(request: Request, state: State) -> Principal:
     """Resolve the bearer token; anonymous when there is none."""
-    source = client_source(request)
-    header = request.headers.get("authorization", "")
+    return await resolve_credential(state, request.headers.get("authorization", ""), client_source(request))
+
+
+async def resolve_credential(state: ControllerState, header: str, source: str) -> Principal:
+    """Who an ``Authorization`` header names (raises Unauthorized for a bad one)."""
     if not header:
         return Principal(kind="anonymous", source=source)
     scheme, _, token = header.partition(" ")

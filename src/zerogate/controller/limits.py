@@ -9,18 +9,21 @@ the rest is not read either.
 
 The limit is ``max_body_bytes`` (default 1 MiB: the largest regular request,
 a policy naming 10,000 applications, is ~700 kB). Two requests are allowed
-more, because their schema allows more, and only with a bearer token (so an
-anonymous caller never gets past ``max_body_bytes`` anywhere):
+more, because their schema allows more, and only to a caller whose bearer
+credential is valid and of the kind the endpoint serves (checked here, since
+FastAPI reads a body before it resolves who is calling; so nobody without a
+valid credential gets past ``max_body_bytes`` anywhere):
 
 - a group's member list (create or update), up to 100,000 usernames of up to
-  64 characters: 8 MiB;
-- a device's data-plane report, up to 10,000 peers: 4 MiB.
+  64 characters: 8 MiB, for an admin;
+- a device's data-plane report, up to 10,000 peers: 4 MiB, for a device.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,27 +47,36 @@ class _TooLarge(HTTPException):
         super().__init__(413, _too_large(limit), headers={"connection": "close"})
 
 
+# (authorization header, source address) -> the caller's kind (admin, user,
+# device, anonymous), or None when the credential is not valid.
+CallerKind = Callable[[str, str], Awaitable[str | None]]
+
+
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, caller_kind: CallerKind) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.caller_kind = caller_kind
 
-    def limit_for(self, scope: Scope) -> int:
-        headers = dict(scope.get("headers") or [])
-        if not headers.get(b"authorization"):
-            return self.max_body_bytes
+    async def limit_for(self, scope: Scope) -> int:
         method, path = scope.get("method", ""), scope.get("path", "")
         if method in ("POST", "PATCH") and _GROUP_PATH.fullmatch(path):
-            return max(self.max_body_bytes, GROUP_MEMBERS_BYTES)
-        if method == "POST" and path == "/v1/report":
-            return max(self.max_body_bytes, REPORT_BYTES)
-        return self.max_body_bytes
+            larger, kind = GROUP_MEMBERS_BYTES, "admin"
+        elif method == "POST" and path == "/v1/report":
+            larger, kind = REPORT_BYTES, "device"
+        else:
+            return self.max_body_bytes
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        client = scope.get("client") or ("", 0)
+        if not header or await self.caller_kind(header.decode("latin-1"), client[0]) != kind:
+            return self.max_body_bytes
+        return max(self.max_body_bytes, larger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope)
+        limit = await self.limit_for(scope)
         declared = [v for k, v in scope.get("headers") or [] if k == b"content-length"]
         if declared:
             text = declared[0].decode("latin-1").strip()
