@@ -70,16 +70,18 @@ class RefusalAudit:
         object_id: str | int,
         error: str,
         details: dict[str, Any] | None = None,
+        aggregate: bool = True,
     ) -> None:
+        """One refusal: a record of its own, or counted into its key's window
+        when ``aggregate`` (and the window is not 0)."""
         key = (source, action)
         now = self.clock()
-        current = self._open.get(key)
-        if self.window <= 0:  # aggregation turned off: a record each
-            current = None
-        elif current is not None and now - current.opened < self.window:
-            current.add(error, str(object_id))
-            return
-        if self.window > 0:
+        current = None
+        if aggregate and self.window > 0:
+            current = self._open.get(key)
+            if current is not None and now - current.opened < self.window:
+                current.add(error, str(object_id))
+                return
             # Claim the key before awaiting, so concurrent refusals count into it.
             self._open[key] = _Window(opened=now, actor=actor, object_type=object_type)
         async with self.db.write() as tx:

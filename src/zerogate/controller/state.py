@@ -194,8 +194,8 @@ class ControllerState:
     ) -> AsyncIterator[Mutation]:
         """One audited change. On any failure nothing changes and a failure
         record is appended instead, in its own transaction. ``aggregate`` is for
-        requests from strangers (sign-in, enrollment): their refusals go
-        through :meth:`refused`, so repeated ones cannot grow the database."""
+        requests from strangers (sign-in, enrollment): their refusals are
+        aggregated, so repeated ones cannot grow the database."""
         m: Mutation | None = None
         try:
             async with self.db.write() as tx:
@@ -214,38 +214,18 @@ class ControllerState:
         except (IntegrityError, ValidationError, ApiProblem) as exc:
             # Record what the handler had learnt (object, key hint, name) with the refusal.
             problem = _as_problem(exc, object_type)
-            record = self.refused if aggregate else self.audit_failure
-            await record(
+            await self.refused(
                 who,
                 action,
                 object_type,
                 m.object_id if m else object_id,
                 problem.message,
                 m.details if m else None,
+                aggregate=aggregate,
             )
             if problem is exc:
                 raise
             raise problem from exc
-
-    async def audit_failure(
-        self,
-        who: Principal,
-        action: str,
-        object_type: str,
-        object_id: str | int,
-        error: str,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        async with self.db.write() as tx:
-            tx.audit(
-                actor=who.actor,
-                source=who.source,
-                action=action,
-                object_type=object_type,
-                object_id=object_id,
-                outcome="denied",
-                details={"error": error, **(details or {})},
-            )
 
     async def refused(
         self,
@@ -255,8 +235,11 @@ class ControllerState:
         object_id: str | int,
         error: str,
         details: dict[str, Any] | None = None,
+        *,
+        aggregate: bool = True,
     ) -> None:
-        """Audit a refusal of a stranger's request, aggregated per (source, action)."""
+        """Audit a refusal. Strangers' (``aggregate``) are aggregated per
+        (source, action) so they cannot grow the database; others get a record each."""
         await self.refusals.record(
             actor=who.actor,
             source=who.source,
@@ -265,6 +248,7 @@ class ControllerState:
             object_id=object_id,
             error=error,
             details=details,
+            aggregate=aggregate,
         )
 
     @asynccontextmanager
