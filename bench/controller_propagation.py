@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import percentile, unwind_on_sigterm
+from _common import add_controller_options, percentile, run_in_scratch_dir
 
 from zerogate.controller.localrun import LocalController
 from zerogate.netops.controller_api import ControllerClient, ControllerError
@@ -239,24 +238,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=200, help="config writes to measure (default 200)")
-    parser.add_argument(
-        "--database",
-        default="",
-        help="postgresql://USER@HOST:PORT/DB of an empty database (default: SQLite in a temp dir)",
-    )
-    parser.add_argument(
-        "--time-limit", type=float, default=180.0, help="stop measuring after this many seconds (default 180)"
-    )
+    add_controller_options(parser, time_limit=180.0)
     args = parser.parse_args(argv)
     if args.changes < 1:
         parser.error("--changes must be at least 1")
-    unwind_on_sigterm()
-    try:
-        with tempfile.TemporaryDirectory(prefix="zg-bench-propagation-") as tmp:
-            return run(args, Path(tmp))
-    except KeyboardInterrupt:
-        print("interrupted; controller stopped and temporary files removed", file=sys.stderr)
-        return 130
+    return run_in_scratch_dir("zg-bench-propagation-", lambda tmp: run(args, tmp))
 
 
 if __name__ == "__main__":

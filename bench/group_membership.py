@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import percentile, unwind_on_sigterm
+from _common import add_controller_options, percentile, run_in_scratch_dir
 
 from zerogate.controller.localrun import LocalController
 from zerogate.netops.controller_api import ControllerClient
@@ -140,24 +139,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--runs", type=int, default=30, help="timed runs per single-member change (default 30)"
     )
-    parser.add_argument(
-        "--database",
-        default="",
-        help="postgresql://USER@HOST:PORT/DB of an empty database (default: SQLite in a temp dir)",
-    )
-    parser.add_argument(
-        "--time-limit", type=float, default=300.0, help="stop measuring after this many seconds (default 300)"
-    )
+    add_controller_options(parser, time_limit=300.0)
     args = parser.parse_args(argv)
     if not 1 <= args.members <= 10000 or not 1 <= args.runs <= 500:
         parser.error("--members must be 1..10000 and --runs 1..500")
-    unwind_on_sigterm()
-    try:
-        with tempfile.TemporaryDirectory(prefix="zg-bench-groups-") as tmp:
-            return run(args, Path(tmp))
-    except KeyboardInterrupt:
-        print("interrupted; controller stopped and temporary files removed", file=sys.stderr)
-        return 130
+    return run_in_scratch_dir("zg-bench-groups-", lambda tmp: run(args, tmp))
 
 
 if __name__ == "__main__":
