@@ -16,7 +16,17 @@ from urllib.parse import quote
 
 import typer
 
-from zerogate.cli.common import JsonOpt, ask, emit, errors_to_exit, fail, read_secret, say, visible
+from zerogate.cli.common import (
+    JsonOpt,
+    ask,
+    emit,
+    errors_to_exit,
+    fail,
+    read_secret,
+    say,
+    show_audit_verification,
+    visible,
+)
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
 
 app = typer.Typer(
@@ -720,25 +730,7 @@ def audit_verify(as_json: bool = JsonOpt) -> None:
         r = c.get("/v1/audit/verify")
     if as_json:
         emit(r, True)
-    elif r["ok"]:
-        say("[green]OK[/] audit chain intact: {} records, head {}", r["records"], r["head_id"])
     else:
-        say("[red]BROKEN[/] audit chain ({} records):", r["records"])
-        for p in r["problems"]:
-            say("  record {}: {}", p["record_id"], p["problem"])
-    if not as_json:
-        if r.get("anchored_from") is None:
-            say("anchor: not anchored yet")
-        else:
-            say(
-                "anchor: records from {} carry a MAC ({} older ones chain-checked only); "
-                "{} checkpoints, newest at record {}",
-                r["anchored_from"],
-                r.get("not_anchored", 0),
-                r.get("checkpoints", 0),
-                r.get("newest_checkpoint", 0),
-            )
-        for warning in r.get("warnings", []):
-            say("[yellow]warning:[/] {}", warning)
+        show_audit_verification(r)
     if not r["ok"]:
         raise typer.Exit(1)

@@ -60,6 +60,30 @@ def say(template: str, *values: object, console: Console = out) -> None:
     console.print(template.format(*(safe(v) for v in values)), highlight=False)
 
 
+def show_audit_verification(r: dict[str, Any]) -> None:
+    """The audit-log check as 'zerogate admin audit verify' and 'zerogate
+    controller audit-verify' print it (both get the same fields)."""
+    if r["ok"]:
+        say("[green]OK[/] audit chain intact: {} records, head {}", r["records"], r["head_id"])
+    else:
+        say("[red]BROKEN[/] audit chain ({} records):", r["records"])
+        for p in r["problems"]:
+            say("  record {}: {}", p["record_id"], p["problem"])
+    if r.get("anchored_from") is None:
+        say("anchor: not anchored yet")
+    else:
+        say(
+            "anchor: records from {} carry a MAC ({} older ones chain-checked only); "
+            "{} checkpoints, newest at record {}",
+            r["anchored_from"],
+            r.get("not_anchored", 0),
+            r.get("checkpoints", 0),
+            r.get("newest_checkpoint", 0),
+        )
+    for warning in r.get("warnings", []):
+        say("[yellow]warning:[/] {}", warning)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Exit with ``error: message``; the message may quote the server or the user, so it is printed safely."""
     err.print(f"[bold red]error:[/] {safe(message)}", highlight=False)

@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from zerogate.cli.common import emit, errors_to_exit, fail, out
+from zerogate.cli.common import emit, errors_to_exit, fail, out, show_audit_verification
 from zerogate.controller.config import ConfigError, ControllerSettings, load_settings
 from zerogate.controller.deployment import (
     DeploymentError,
@@ -173,39 +172,8 @@ def audit_verify(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "
     except (ConfigError, DeploymentError, DatabaseError) as exc:
         fail(str(exc))
     if as_json:
-        emit(
-            {
-                "ok": v.ok,
-                "records": v.records,
-                "head_id": v.head_id,
-                "anchored_from": v.anchored_from,
-                "not_anchored": v.not_anchored,
-                "checkpoints": v.checkpoints,
-                "newest_checkpoint": v.newest_checkpoint,
-                "anchor_file": v.anchor_file,
-                "problems": [{"record_id": p.record_id, "problem": p.problem} for p in v.problems],
-                "warnings": v.warnings,
-            },
-            True,
-        )
+        emit(v.as_json(), True)
     else:
-        anchored = (
-            f"anchored from record {v.anchored_from}, {v.not_anchored} older records chain-checked only"
-            if v.anchored_from is not None
-            else "not anchored yet"
-        )
-        if v.ok:
-            out.print(f"[green]OK[/] audit log intact: {v.records} records, head {v.head_id}, {anchored}")
-        else:
-            out.print(f"[red]BROKEN[/] audit log ({v.records} records, {anchored}):")
-            for p in v.problems:
-                out.print(f"  record {p.record_id}: {p.problem}", markup=False, highlight=False)
-        out.print(
-            f"anchor: {v.checkpoints} checkpoints in {v.anchor_file}, newest at record {v.newest_checkpoint}",
-            markup=False,
-            highlight=False,
-        )
-        for w in v.warnings:
-            out.print(f"[yellow]warning[/] {escape(w)}")
+        show_audit_verification(v.as_json())
     if not v.ok:
         raise typer.Exit(1)

@@ -848,18 +848,7 @@ async def list_audit(
 
 
 async def verify_audit_chain(state: ControllerState) -> s.AuditVerifyOut:
-    v = await verify_audit_log(state.db)
-    return s.AuditVerifyOut(
-        ok=v.ok,
-        records=v.records,
-        head_id=v.head_id,
-        problems=[{"record_id": p.record_id, "problem": p.problem} for p in v.problems],
-        anchored_from=v.anchored_from,
-        not_anchored=v.not_anchored,
-        checkpoints=v.checkpoints,
-        newest_checkpoint=v.newest_checkpoint,
-        warnings=v.warnings,
-    )
+    return s.AuditVerifyOut.model_validate((await verify_audit_log(state.db)).as_json())
 
 
 @router.get("/audit/verify", response_model=s.AuditVerifyOut, tags=["audit"])

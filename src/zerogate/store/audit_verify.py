@@ -7,6 +7,7 @@ Shared by the API (``GET /v1/audit/verify``) and the local
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
@@ -30,6 +31,21 @@ class LogVerification:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def as_json(self) -> dict[str, Any]:
+        """What the API and ``controller audit-verify --json`` answer."""
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "head_id": self.head_id,
+            "problems": [{"record_id": p.record_id, "problem": p.problem} for p in self.problems],
+            "anchored_from": self.anchored_from,
+            "not_anchored": self.not_anchored,
+            "checkpoints": self.checkpoints,
+            "newest_checkpoint": self.newest_checkpoint,
+            "anchor_file": self.anchor_file,
+            "warnings": self.warnings,
+        }
 
 
 def audit_entry(r: AuditRecord) -> AuditEntry:
