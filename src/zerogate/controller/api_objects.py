@@ -272,7 +272,7 @@ async def _group_out(session: AsyncSession, g: Group) -> s.GroupOut:
 @router.get("/groups", response_model=list[s.GroupOut], tags=["groups"])
 async def list_groups(admin: Admin, state: State) -> list[s.GroupOut]:
     async with state.db.read() as session:
-        members = await membership.all_member_names(session)
+        members = await membership.member_names(session)
         return [
             group_out(g, members.get(g.id, []))
             for g in await session.scalars(select(Group).order_by(Group.name))

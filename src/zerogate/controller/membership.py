@@ -131,29 +131,20 @@ async def member_count(session: AsyncSession, group_id: int) -> int:
     return int(count or 0)
 
 
-async def member_names(session: AsyncSession, group_ids: Sequence[int]) -> dict[int, list[str]]:
-    """Sorted member usernames of each group: one query of names, no ORM objects."""
-    names: dict[int, list[str]] = {g: [] for g in group_ids}
-    for part in chunks(group_ids):
-        rows = await session.execute(
-            select(group_members.c.group_id, Account.username)
-            .join(Account, Account.id == group_members.c.account_id)
-            .where(group_members.c.group_id.in_(part))
-            .order_by(Account.username)
-        )
-        for group_id, username in rows:
-            names[group_id].append(username)
-    return names
-
-
-async def all_member_names(session: AsyncSession) -> dict[int, list[str]]:
-    """Sorted member usernames of every group (for the group listing)."""
-    names: dict[int, list[str]] = {}
-    rows = await session.execute(
+async def member_names(session: AsyncSession, group_ids: Sequence[int] | None = None) -> dict[int, list[str]]:
+    """Sorted member usernames of each of ``group_ids`` (of every group when None):
+    one query of names per chunk, no ORM objects."""
+    query = (
         select(group_members.c.group_id, Account.username)
         .join(Account, Account.id == group_members.c.account_id)
         .order_by(Account.username)
     )
-    for group_id, username in rows:
-        names.setdefault(group_id, []).append(username)
+    parts = [None] if group_ids is None else list(chunks(group_ids))
+    names: dict[int, list[str]] = {g: [] for g in group_ids or ()}
+    for part in parts:
+        rows = await session.execute(
+            query if part is None else query.where(group_members.c.group_id.in_(part))
+        )
+        for group_id, username in rows:
+            names.setdefault(group_id, []).append(username)
     return names
