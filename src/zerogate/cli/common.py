@@ -25,16 +25,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from zerogate.model.text import INVISIBLE_CATEGORIES
 from zerogate.netops.controller_api import ApiError, ControllerError
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
-
-# Control (Cc), format (Cf: zero-width, bidi overrides), surrogate, private use,
-# line and paragraph separators: the characters the controller refuses in names.
-_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 
 
 def _escaped(ch: str) -> str:
@@ -47,7 +44,7 @@ def _escaped(ch: str) -> str:
 def visible(value: object) -> str:
     """``str(value)`` with control and invisible characters written as escapes."""
     text = str(value)
-    return "".join(_escaped(ch) if unicodedata.category(ch) in _INVISIBLE else ch for ch in text)
+    return "".join(_escaped(ch) if unicodedata.category(ch) in INVISIBLE_CATEGORIES else ch for ch in text)
 
 
 def safe(value: object) -> str:

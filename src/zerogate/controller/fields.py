@@ -19,6 +19,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from zerogate.model.text import INVISIBLE_CATEGORIES
 from zerogate.pki.wireguard import InvalidKey, canonical_public_key
 
 # All patterns are used with fullmatch only.
@@ -32,17 +33,13 @@ _HOSTNAME = re.compile(
 )
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _TOTP = re.compile(r"[0-9]{6,8}")  # not \d: that also matches Arabic-Indic and other digits
-# Control (Cc), format (Cf: zero-width and bidi overrides), surrogate, private
-# use, line and paragraph separators: they rewrite terminals and logs, or make
-# two different names print alike.
-_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 
 
 def plain_text(value: str) -> str:
     """``value`` if it has no control or invisible character; the error names
     the character's code point and position, never the (untrusted) text."""
     for position, ch in enumerate(value, start=1):
-        if unicodedata.category(ch) in _INVISIBLE:
+        if unicodedata.category(ch) in INVISIBLE_CATEGORIES:
             raise ValueError(
                 f"holds a control or invisible character (U+{ord(ch):04X} at position {position}); "
                 "use printable text only"
