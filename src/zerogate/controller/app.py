@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from zerogate import __version__
 from zerogate.controller import api_devices, api_objects, api_preflight, auth, errors, tokens
@@ -44,11 +45,14 @@ def create_app(state: ControllerState) -> FastAPI:
     app.add_exception_handler(RequestValidationError, errors.validation_problem)
     app.add_exception_handler(StarletteHTTPException, errors.http_problem)
 
-    async def caller_kind(header: str, source: str) -> str | None:
+    async def caller_kind(scope: Scope) -> str | None:
+        request = Request(scope)
         try:
-            return (await auth.resolve_credential(state, header, source)).kind
+            who = await auth.principal(request, state)
         except ApiProblem:
             return None
+        request.state.principal = who  # the route's own principal() reuses it: one lookup
+        return who.kind
 
     # Outermost: a too-large body is refused before any of the app sees it.
     app.add_middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes, caller_kind=caller_kind)

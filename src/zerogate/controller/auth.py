@@ -62,6 +62,9 @@ def client_source(request: Request) -> str:
 
 async def principal(request: Request, state: State) -> Principal:
     """Resolve the bearer token; anonymous when there is none."""
+    resolved = getattr(request.state, "principal", None)  # by the body limit (limits.py)
+    if isinstance(resolved, Principal):
+        return resolved
     return await resolve_credential(state, request.headers.get("authorization", ""), client_source(request))
 
 

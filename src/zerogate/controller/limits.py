@@ -47,9 +47,9 @@ class _TooLarge(HTTPException):
         super().__init__(413, _too_large(limit), headers={"connection": "close"})
 
 
-# (authorization header, source address) -> the caller's kind (admin, user,
-# device, anonymous), or None when the credential is not valid.
-CallerKind = Callable[[str, str], Awaitable[str | None]]
+# The request's caller kind (admin, user, device, anonymous), or None when its
+# credential is not valid.
+CallerKind = Callable[[Scope], Awaitable[str | None]]
 
 
 class BodyLimit:
@@ -66,9 +66,8 @@ class BodyLimit:
             larger, kind = REPORT_BYTES, "device"
         else:
             return self.max_body_bytes
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        client = scope.get("client") or ("", 0)
-        if not header or await self.caller_kind(header.decode("latin-1"), client[0]) != kind:
+        has_credential = any(k == b"authorization" for k, _ in scope.get("headers") or [])
+        if not has_credential or await self.caller_kind(scope) != kind:
             return self.max_body_bytes
         return max(self.max_body_bytes, larger)
 
