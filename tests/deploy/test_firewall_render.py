@@ -394,8 +394,8 @@ def test_cloud_connector_groups_per_interface() -> None:
 
 def test_cloud_notes_say_what_was_left_out() -> None:
     notes = " ".join(render(spec_of(Role.GATEWAY), Format.AWS_SG).notes)
-    assert "source port" in notes and "tunnel interface zg0" in notes and "revoke" in notes
-    assert "tunnel interface zg0" in render(spec_of(Role.GATEWAY), Format.TERRAFORM).text
+    assert "source port" in notes and "tunnel interface zg-gw" in notes and "revoke" in notes
+    assert "tunnel interface zg-gw" in render(spec_of(Role.GATEWAY), Format.TERRAFORM).text
 
 
 def test_descriptions_fit_every_target() -> None:
@@ -613,7 +613,7 @@ def test_client_hardening_drops_inbound_keeps_outbound_tunnel_and_ssh(
     host, peer = netns(), netns()
     veth(host, "eth0", "10.99.0.1/24", peer, "eth0", "10.99.0.2/24")
     run("ip", "-n", peer, "addr", "add", "10.99.0.3/24", "dev", "eth0")
-    veth(host, "zg0", "100.64.0.1/24", peer, "tun0", "100.64.0.2/24")
+    veth(host, "zg-cl", "100.64.0.1/24", peer, "tun0", "100.64.0.2/24")
     servers(host, 8080, 22)
     servers(peer, 8080)
     inbound = (",10.99.0.1,8080", "10.99.0.2,10.99.0.1,22", "10.99.0.3,10.99.0.1,22", ",100.64.0.1,8080")
@@ -635,7 +635,7 @@ def test_connector_forwards_only_tunnel_to_fronted_subnet_and_limits_egress(
     netns: Callable[[], str], servers: Callable[..., None], enforce: Enforce
 ) -> None:
     tunnel, conn, lan = netns(), netns(), netns()
-    veth(conn, "zg0", "100.64.0.1/24", tunnel, "tun0", "100.64.0.2/24")
+    veth(conn, "zg-cn", "100.64.0.1/24", tunnel, "tun0", "100.64.0.2/24")
     veth(conn, "eth1", "10.1.0.1/24", lan, "eth0", "10.1.0.2/24")
     run("ip", "-n", lan, "addr", "add", "10.2.0.2/24", "dev", "eth0")
     run("ip", "-n", conn, "route", "add", "10.2.0.0/24", "dev", "eth1")
@@ -664,14 +664,14 @@ def test_gateway_forwards_tunnel_to_tunnel_only_and_opens_the_port_range(
     netns: Callable[[], str], servers: Callable[..., None], enforce: Enforce
 ) -> None:
     gw, peer1, peer2, wan = netns(), netns(), netns(), netns()
-    # The tunnel is a bridge here, so two peers sit behind one interface named zg0 and the
-    # gateway routes between them (in through zg0, out through zg0) like between WireGuard peers.
-    run("ip", "-n", gw, "link", "add", "zg0", "type", "bridge")
-    run("ip", "-n", gw, "addr", "add", "100.64.0.1/24", "dev", "zg0")
-    run("ip", "-n", gw, "link", "set", "zg0", "up")
+    # The tunnel is a bridge here, so two peers sit behind one interface named zg-gw and the
+    # gateway routes between them (in through zg-gw, out through zg-gw) like between WireGuard peers.
+    run("ip", "-n", gw, "link", "add", "zg-gw", "type", "bridge")
+    run("ip", "-n", gw, "addr", "add", "100.64.0.1/24", "dev", "zg-gw")
+    run("ip", "-n", gw, "link", "set", "zg-gw", "up")
     for i, peer in ((2, peer1), (3, peer2)):
         veth(gw, f"gp{i}", None, peer, "e0", f"100.64.0.{i}/32")
-        run("ip", "-n", gw, "link", "set", f"gp{i}", "master", "zg0")
+        run("ip", "-n", gw, "link", "set", f"gp{i}", "master", "zg-gw")
         run("ip", "-n", peer, "route", "add", "100.64.0.1", "dev", "e0")
         run("ip", "-n", peer, "route", "add", "default", "via", "100.64.0.1", "dev", "e0")
     veth(gw, "eth0", "10.50.0.1/24", wan, "eth0", "10.50.0.2/24")
@@ -679,7 +679,7 @@ def test_gateway_forwards_tunnel_to_tunnel_only_and_opens_the_port_range(
     for key in (
         "net.ipv4.ip_forward=1",
         "net.ipv4.conf.all.send_redirects=0",
-        "net.ipv4.conf.zg0.send_redirects=0",
+        "net.ipv4.conf.zg-gw.send_redirects=0",
     ):
         in_ns(gw, "sysctl", "-qw", key)
     servers(peer2, 8080)

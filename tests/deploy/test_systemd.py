@@ -131,7 +131,7 @@ StartLimitBurst=10
 
 [Service]
 Type=simple
-ExecStart=/usr/local/bin/zerogate gateway run --state-dir /var/lib/zerogate/gateway --interface zg0
+ExecStart=/usr/local/bin/zerogate gateway run --state-dir /var/lib/zerogate/gateway --interface zg-gw
 EnvironmentFile=-/etc/zerogate/gateway.env
 Restart=on-failure
 RestartSec=5s

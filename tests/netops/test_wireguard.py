@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 
 from nstools import Netns, sh
+from zerogate.netops import wireguard
 from zerogate.netops.wireguard import (
     MAX_IFNAME,
+    InterfaceNameInUse,
     PeerStatus,
     WgInterface,
     WgPeer,
@@ -240,3 +243,53 @@ def test_two_interfaces_handshake_and_status_reports_it(make_netns: Callable[[st
     assert peer.rx_bytes > 0 and peer.tx_bytes > 0
     _, [back] = b.call(wb.status)
     assert back.endpoint == "192.168.203.1:51911"  # roamed to where a's packets came from
+
+
+def in_use_message(name: str) -> str:
+    return (
+        f"a WireGuard interface named {name} already exists on this host (possibly in another network "
+        f"namespace: its control socket /var/run/wireguard/{name}.sock is in use); pick another --interface"
+    )
+
+
+@needs_wireguard_go
+@pytest.mark.usefixtures("userspace")
+def test_a_name_taken_in_another_namespace_is_refused_plainly(
+    make_netns: Callable[[str], Netns], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = make_netns("ca"), make_netns("cb")
+    taken = WgInterface(ifname())
+    first.call(taken.create)
+
+    with pytest.raises(InterfaceNameInUse) as refused:
+        second.call(WgInterface(taken.name).create)
+    assert str(refused.value) == in_use_message(taken.name)
+    # Should the check miss it (a race), wireguard-go's own failure says the same, without
+    # its banner, and the TUN device it made before failing is not left behind.
+    monkeypatch.setattr(wireguard, "control_socket_in_use", lambda name: False)
+    with pytest.raises(InterfaceNameInUse) as translated:
+        second.call(WgInterface(taken.name).create)
+    assert str(translated.value) == in_use_message(taken.name)
+    assert not second.call(WgInterface(taken.name).exists)
+
+    # The first interface is untouched and still takes configuration.
+    private, _ = generate_keypair()
+    first.call(lambda: taken.sync(private, 51921, [WgPeer(generate_keypair()[1], ("10.0.0.0/24",))]))
+    assert first.call(taken.status)[0] == 51921
+
+
+@needs_wireguard_go
+@pytest.mark.usefixtures("userspace")
+def test_a_stale_control_socket_is_removed(make_netns: Callable[[str], Netns]) -> None:
+    ns = make_netns("cs")
+    wg = WgInterface(ifname())
+    path = wireguard.SOCKET_DIR / f"{wg.name}.sock"
+    wireguard.SOCKET_DIR.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(path))  # the file stays after close: nobody listens on it (a killed wireguard-go)
+    try:
+        assert ns.call(wg.create) == "wireguard-go"
+        assert ns.call(wg.exists)
+    finally:
+        ns.call(wg.delete)
+        path.unlink(missing_ok=True)

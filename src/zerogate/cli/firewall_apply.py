@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from zerogate.cli.common import JsonOpt, emit, fail, out
+from zerogate.cli.common import JsonOpt, emit, fail, fill, out
 from zerogate.cli.firewall import app
 from zerogate.deploy.firewall_apply import (
     DEFAULT_STATE_DIR,
@@ -111,8 +111,12 @@ def apply_cmd(
             "or it rolls back"
         )
     out.print(
-        f"{head}\n  tables: {', '.join(result.tables)}\n  check: {result.check}\n"
-        f"  previous state: {result.snapshot_file}",
+        fill(
+            head + "\n  tables: {}\n  check: {}\n  previous state: {}",
+            ", ".join(result.tables),
+            result.check,
+            result.snapshot_file,
+        ),
         highlight=False,
         soft_wrap=True,
     )
@@ -123,7 +127,12 @@ def confirm_cmd(state_dir: Path = StateDirOpt) -> None:
     """Keep the pending apply: stop its rollback timer. Run it from a new SSH session."""
     with _errors():
         p = confirm(StateStore(state_dir))
-    out.print(f"confirmed apply {p.id}: {', '.join(p.tables)} stay in place", highlight=False, soft_wrap=True)
+    out.print(
+        f"confirmed apply {p.id}: {', '.join(p.tables)} stay in place",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("rollback")
@@ -146,7 +155,10 @@ def rollback_cmd(
     with _errors():
         message = rollback(StateStore(state_dir), token=token, last=last)
     out.print(
-        message or "nothing to roll back: that apply was already confirmed or rolled back", soft_wrap=True
+        message or "nothing to roll back: that apply was already confirmed or rolled back",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
 
 

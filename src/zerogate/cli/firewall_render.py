@@ -60,7 +60,10 @@ def render_command(
         None, "--controller-port", help="Controller TCP port (default 443).", metavar="PORT"
     ),
     tunnel_interface: str | None = typer.Option(
-        None, "--tunnel-interface", help="Tunnel interface (default zg0).", metavar="IFACE"
+        None,
+        "--tunnel-interface",
+        help="Tunnel interface (default: the role's, zg-gw, zg-cn or zg-cl).",
+        metavar="IFACE",
     ),
     mgmt_cidr: list[str] | None = typer.Option(
         None,

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import typer
 from rich.markup import escape
 
-from zerogate.cli.common import emit, err, errors_to_exit, fail, out
+from zerogate.cli.common import emit, err, errors_to_exit, fail, out, say
 from zerogate.deploy.systemd import (
     SERVICE_USER,
     Role,
@@ -93,7 +93,7 @@ def _run_preflight(
     try:
         from zerogate.deploy.preflight import run_preflight
     except ImportError as exc:
-        err.print(f"[yellow]warning:[/] preflight checks unavailable ({exc}); skipping them", highlight=False)
+        say("[yellow]warning:[/] preflight checks unavailable ({}); skipping them", exc, console=err)
         return []
     checks = run_preflight(role, install_string, state_dir, dict(os.environ))
     known = {c.id for c in checks}
@@ -213,7 +213,9 @@ def install(
         "--state-dir",
         help="Keys, credential and state; for a controller its data dir (default /var/lib/zerogate/ROLE).",
     ),
-    interface: str = typer.Option("zg0", "--interface", help="gateway/connector: WireGuard interface name."),
+    interface: str = typer.Option(
+        None, "--interface", help="gateway/connector: WireGuard interface name (default zg-gw / zg-cn)."
+    ),
     listen_port: int = typer.Option(
         None, "--listen-port", min=1, max=65535, help="connector: local WireGuard UDP port (default 51820)."
     ),
@@ -290,7 +292,7 @@ def install(
             zerogate=program,
             state_dir=system_state,
             env_file=env_file_path(r),
-            interface=interface,
+            interface=interface or "",
             listen_port=(listen_port or 51820) if r == "connector" else None,
         )
     except ValueError as exc:

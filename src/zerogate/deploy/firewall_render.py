@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
+from zerogate.netops.wireguard import DEFAULT_INTERFACES
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Proto = Literal["tcp", "udp", "any", "ping"]  # ping: ICMP / ICMPv6 echo request
 
@@ -31,7 +33,6 @@ FIREWALLD_TUNNEL_ZONE = "zerogate"  # the zone zerogate.netops.firewalld keeps t
 CHAIN_PREFIX = "ZEROGATE-"
 DEFAULT_PORT_RANGE = "51820-53000"
 DEFAULT_CONTROLLER_PORT = 443
-DEFAULT_TUNNEL = "zg0"
 DEFAULT_MGMT_INTERFACE = "eth0"
 DEFAULT_SERVICE_INTERFACE = "eth1"
 RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
@@ -48,6 +49,13 @@ class Role(StrEnum):
     CONNECTOR = "connector"
     CLIENT = "client-hardening"
     CLOUD = "cloud-connector"
+
+
+def default_tunnel(role: Role) -> str:
+    """The tunnel interface the role's daemon (or client) creates unless told otherwise."""
+    if role is Role.CLIENT:
+        return DEFAULT_INTERFACES["client"]
+    return DEFAULT_INTERFACES["gateway" if role is Role.GATEWAY else "connector"]
 
 
 class Format(StrEnum):
@@ -88,7 +96,7 @@ class FirewallSpec:
     role: Role
     port_range: PortRange = PortRange(51820, 53000)
     controller_port: int = DEFAULT_CONTROLLER_PORT
-    tunnel: str = DEFAULT_TUNNEL
+    tunnel: str = DEFAULT_INTERFACES["gateway"]  # parse_spec: the role's default
     mgmt_cidrs: tuple[Network, ...] = ()
     local_ranges: tuple[Network, ...] = tuple(ipaddress.IPv4Network(n) for n in RFC1918)
     subnets: tuple[Network, ...] = ()
@@ -220,7 +228,7 @@ def parse_spec(
         controller_port=parse_port(
             DEFAULT_CONTROLLER_PORT if controller_port is None else controller_port, "--controller-port"
         ),
-        tunnel=parse_interface(tunnel_interface or DEFAULT_TUNNEL, "--tunnel-interface"),
+        tunnel=parse_interface(tunnel_interface or default_tunnel(role), "--tunnel-interface"),
         mgmt_cidrs=parse_networks(mgmt_cidrs, "--mgmt-cidr"),
         local_ranges=parse_networks(local_ranges or RFC1918, "--local-range"),
         subnets=parse_networks(subnets, "--subnet"),

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from zerogate.netops.wireguard import DEFAULT_INTERFACES
+
 __all__ = [
     "ROLES",
     "Role",
@@ -105,7 +107,7 @@ class UnitSpec:
     zerogate: Path  # the zerogate program
     state_dir: Path  # controller: its data dir
     env_file: Path
-    interface: str = "zg0"  # gateway, connector
+    interface: str = ""  # gateway, connector; empty: the role's default (DEFAULT_INTERFACES)
     listen_port: int | None = None  # controller: HTTPS port; connector: WireGuard UDP port
 
     def __post_init__(self) -> None:
@@ -118,6 +120,8 @@ class UnitSpec:
             raise ValueError(
                 "state directory '/': choose a directory of its own, e.g. /var/lib/zerogate/gateway"
             )
+        if not self.interface:  # one name per role: wireguard-go's control socket is per host
+            object.__setattr__(self, "interface", DEFAULT_INTERFACES.get(self.role, "zg-gw"))
         if not _IFNAME.fullmatch(self.interface):
             raise ValueError(f"interface {self.interface!r}: use 1-15 letters, digits, '-', '_' or '.'")
         if self.listen_port is not None and not 0 <= self.listen_port <= 65535:
