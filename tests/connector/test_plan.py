@@ -1,7 +1,8 @@
 """The connector's plan: one peer (the gateway), its routes and its nftables table.
 
-The table is checked against golden files (SNAT on and off), loaded with the
-real ``nft`` in a fresh namespace, and exercised with real packets.
+The table is checked against golden files (strict with SNAT, shared without),
+loaded with the real ``nft`` in a fresh namespace, and exercised with real
+packets in both forwarding modes.
 
 Regenerate the golden files with ``ZEROGATE_UPDATE_GOLDEN=1``.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from nstools import Netns
-from zerogate.connector.plan import KEEPALIVE_SECONDS, plan_connector
+from zerogate.connector.plan import KEEPALIVE_SECONDS, forwarding_notice, plan_connector
 from zerogate.netops import nftables
 from zerogate.netops.wireguard import WgPeer
 
@@ -72,7 +73,7 @@ def snapshot(snat: bool = True, **overrides: Any) -> dict[str, Any]:
 
 
 def test_the_connector_dials_the_first_gateway_with_the_client_blocks_and_a_keepalive() -> None:
-    plan = plan_connector(snapshot(), interface="zg0", listen_port=LISTEN_PORT)
+    plan = plan_connector(snapshot(), interface="zg0", listen_port=LISTEN_PORT, strict=True)
     assert plan.gateway == "gw-a"
     assert plan.peers == (
         WgPeer(key(1), ("100.64.0.0/16", "100.65.0.0/16"), "gw.example.test:51820", KEEPALIVE_SECONDS),
@@ -83,33 +84,64 @@ def test_the_connector_dials_the_first_gateway_with_the_client_blocks_and_a_keep
 
 def test_an_ipv6_gateway_endpoint_is_written_in_brackets() -> None:
     only_b = snapshot(gateways=[snapshot()["gateways"][1]])
-    plan = plan_connector(only_b, interface="zg0", listen_port=LISTEN_PORT)
+    plan = plan_connector(only_b, interface="zg0", listen_port=LISTEN_PORT, strict=True)
     assert plan.peers[0].endpoint == "[2001:db8::7]:51821"
     v4 = dict(snapshot()["gateways"][0], endpoint="198.51.100.7")
-    assert plan_connector(snapshot(gateways=[v4]), interface="zg0", listen_port=1).peers[0].endpoint == (
-        "198.51.100.7:51820"
-    )
+    assert plan_connector(snapshot(gateways=[v4]), interface="zg0", listen_port=1, strict=True).peers[
+        0
+    ].endpoint == ("198.51.100.7:51820")
 
 
 def test_without_an_enrolled_gateway_there_is_no_peer_and_no_probe_rule() -> None:
-    plan = plan_connector(snapshot(gateways=[]), interface="zg0", listen_port=LISTEN_PORT)
+    plan = plan_connector(snapshot(gateways=[]), interface="zg0", listen_port=LISTEN_PORT, strict=True)
     assert (plan.peers, plan.gateway) == ((), None)
     assert "echo-request" not in plan.nft_body
     assert plan.routes == ("100.64.0.0/16", "100.65.0.0/16")  # routes still point into the tunnel
 
 
 def test_snat_adds_exactly_one_masquerade_chain() -> None:
-    on = plan_connector(snapshot(snat=True), interface="zg0", listen_port=LISTEN_PORT).nft_body
-    off = plan_connector(snapshot(snat=False), interface="zg0", listen_port=LISTEN_PORT).nft_body
+    on = plan_connector(snapshot(snat=True), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
+    off = plan_connector(snapshot(snat=False), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
     assert on.count("masquerade") == 1 and "masquerade" not in off
     assert on.startswith(off) and on[len(off) :].startswith("  chain postrouting {")  # SNAT only appends
     assert f"udp dport {LISTEN_PORT} ct state new drop" in off
 
 
-@pytest.mark.parametrize("snat", [True, False], ids=["snat", "no-snat"])
-def test_render_connector_nft_matches_the_golden_file(snat: bool) -> None:
-    body = plan_connector(snapshot(snat=snat), interface="zg0", listen_port=LISTEN_PORT).nft_body
-    path = GOLDEN / f"connector-{'snat' if snat else 'no-snat'}.nft"
+def test_strict_mode_drops_by_policy_and_shared_mode_drops_only_what_touches_the_tunnel() -> None:
+    strict = plan_connector(snapshot(), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
+    shared = plan_connector(snapshot(), interface="zg0", listen_port=LISTEN_PORT, strict=False).nft_body
+    forward = "type filter hook forward priority filter; policy"
+    assert f"{forward} drop;" in strict and f"{forward} accept;" in shared
+    assert "ip saddr @fronted drop" in shared and "ip saddr @fronted drop" not in strict
+    # the input chain, the accepted paths and SNAT are the same in both modes
+    assert strict.split("  chain forward")[0] == shared.split("  chain forward")[0]
+    assert strict.split("  chain postrouting")[1] == shared.split("  chain postrouting")[1]
+
+
+def test_the_forwarding_notice_says_what_is_dropped_and_why() -> None:
+    subnets = ["10.20.0.0/16", "192.168.202.0/24"]
+    assert forwarding_notice(forwarded_before=False, docker=False, subnets=subnets) == (
+        "this host did not forward packets before zerogate: the connector forwards only "
+        "tunnel → 10.20.0.0/16, 192.168.202.0/24 and their replies; everything else through it is dropped"
+    )
+    docker = forwarding_notice(forwarded_before=False, docker=True, subnets=subnets)
+    assert docker.startswith(
+        "this host forwards packets of its own (IPv4 forwarding was off before zerogate, Docker detected): "
+        "zerogate leaves that forwarding to the host's own firewall"
+    )
+    assert "hairpin traffic not involving the tunnel is the host's business" in docker
+    forwarded = forwarding_notice(forwarded_before=True, docker=False, subnets=[])
+    assert "(IPv4 forwarding was on before zerogate, Docker not detected)" in forwarded
+
+
+@pytest.mark.parametrize(
+    ("snat", "strict"), [(True, True), (False, False)], ids=["strict-snat", "shared-no-snat"]
+)
+def test_render_connector_nft_matches_the_golden_file(snat: bool, strict: bool) -> None:
+    body = plan_connector(
+        snapshot(snat=snat), interface="zg0", listen_port=LISTEN_PORT, strict=strict
+    ).nft_body
+    path = GOLDEN / f"connector-{'strict' if strict else 'shared'}-{'snat' if snat else 'no-snat'}.nft"
     if UPDATE:
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(body)
@@ -132,14 +164,14 @@ def test_the_rendered_table_loads_and_reloads_in_a_fresh_namespace(
     make_netns: Callable[[str], Netns], snat: bool
 ) -> None:
     ns = make_netns("c")
-    body = plan_connector(snapshot(snat=snat), interface="zg0", listen_port=LISTEN_PORT).nft_body
+    body = plan_connector(snapshot(snat=snat), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
     load(ns, body)
     first = ns.run("nft", "list", "table", "inet", "zerogate").stdout
     load(ns, body)
     assert ns.run("nft", "list", "table", "inet", "zerogate").stdout == first
     assert ("chain postrouting" in first) == snat
     without_gateway = plan_connector(
-        snapshot(snat=snat, gateways=[]), interface="zg0", listen_port=1
+        snapshot(snat=snat, gateways=[]), interface="zg0", listen_port=1, strict=snat
     ).nft_body
     load(ns, without_gateway)
 
@@ -155,7 +187,7 @@ def test_edge_case_groups_load(make_netns: Callable[[str], Netns], subnets: list
     snap = snapshot()
     snap["connector_group"]["subnets"] = subnets
     snap["client_blocks"] = ["100.64.0.0/16", "100.64.0.0/10"]
-    body = plan_connector(snap, interface="zg0", listen_port=LISTEN_PORT).nft_body
+    body = plan_connector(snap, interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
     load(ns, body)
     load(ns, body)
 
@@ -166,13 +198,16 @@ def test_edge_case_groups_load(make_netns: Callable[[str], Netns], subnets: list
 #   tun ns  t0 100.64.0.1 (gateway), 100.64.0.2 (client), 192.168.50.9 (spoofed)
 #       ── zgcn 100.64.255.1/16 ┐ connector ns ┌ l0 192.168.202.1/24 ── h0 192.168.202.10  lan ns
 #                                                 (the lan ns also holds 10.9.0.5: a subnet nobody fronts)
+#                               │              └ o0 198.51.100.1/24 ── x0 198.51.100.2  oth ns
+#                                                 (another network the host routes for, e.g. Docker's)
 
 
 @pytest.fixture
 def site(make_netns: Callable[[str], Netns]) -> dict[str, Netns]:
-    tun, cn, lan = make_netns("tn"), make_netns("cn"), make_netns("ln")
+    tun, cn, lan, oth = make_netns("tn"), make_netns("cn"), make_netns("ln"), make_netns("ot")
     cn.ip("link", "add", "zgcn", "type", "veth", "peer", "name", "t0", "netns", tun.name)
     cn.ip("link", "add", "l0", "type", "veth", "peer", "name", "h0", "netns", lan.name)
+    cn.ip("link", "add", "o0", "type", "veth", "peer", "name", "x0", "netns", oth.name)
     for ns, dev, addr in [
         (cn, "zgcn", "100.64.255.1/16"),
         (cn, "l0", "192.168.202.1/24"),
@@ -181,16 +216,19 @@ def site(make_netns: Callable[[str], Netns]) -> dict[str, Netns]:
         (tun, "t0", "192.168.50.9/24"),
         (lan, "h0", "192.168.202.10/24"),
         (lan, "lo", "10.9.0.5/32"),
+        (cn, "o0", "198.51.100.1/24"),
+        (oth, "x0", "198.51.100.2/24"),
     ]:
         ns.ip("addr", "add", addr, "dev", dev)
-    for ns, dev in [(cn, "zgcn"), (cn, "l0"), (tun, "t0"), (lan, "h0")]:
+    for ns, dev in [(cn, "zgcn"), (cn, "l0"), (tun, "t0"), (lan, "h0"), (cn, "o0"), (oth, "x0")]:
         ns.ip("link", "set", dev, "up")
     tun.ip("route", "add", "default", "via", "100.64.255.1")
     cn.ip("route", "add", "10.9.0.0/24", "via", "192.168.202.10")
     cn.ip("route", "add", "192.168.50.0/24", "dev", "zgcn")
     lan.ip("route", "add", "default", "via", "192.168.202.1")
+    oth.ip("route", "add", "default", "via", "198.51.100.1")
     cn.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-    return {"tun": tun, "cn": cn, "lan": lan}
+    return {"tun": tun, "cn": cn, "lan": lan, "oth": oth}
 
 
 def tcp(src_ns: Netns, src: str, dst_ns: Netns, dst: str, port: int) -> str:
@@ -220,14 +258,17 @@ def ping(src_ns: Netns, src: str, dst: str) -> bool:
 
 
 @needs_root_nft
-def test_real_packets_reach_only_the_fronted_subnets_with_and_without_snat(site: dict[str, Netns]) -> None:
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "shared"])
+def test_real_packets_reach_only_the_fronted_subnets_with_and_without_snat(
+    site: dict[str, Netns], strict: bool
+) -> None:
     tun, cn, lan = site["tun"], site["cn"], site["lan"]
     client, gateway, spoofed = "100.64.0.2", "100.64.0.1", "192.168.50.9"
     snap = snapshot(snat=True)
     snap["connector_group"]["subnets"] = ["192.168.202.0/24"]
     assert tcp(tun, client, lan, "10.9.0.5", 80) == client  # the topology forwards without our table
 
-    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT).nft_body)
+    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT, strict=strict).nft_body)
     assert tcp(tun, client, lan, "192.168.202.10", 80) == "192.168.202.1"  # SNAT: the app sees the connector
     assert tcp(tun, client, lan, "10.9.0.5", 80) == "dropped"  # not a fronted subnet
     assert tcp(tun, spoofed, lan, "192.168.202.10", 80) == "dropped"  # not a client address
@@ -237,5 +278,26 @@ def test_real_packets_reach_only_the_fronted_subnets_with_and_without_snat(site:
     assert not ping(tun, client, "100.64.255.1")
 
     snap["connector_group"]["snat"] = False
-    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT).nft_body)
+    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT, strict=strict).nft_body)
     assert tcp(tun, client, lan, "192.168.202.10", 80) == client  # SNAT off: the app sees the client
+
+
+@needs_root_nft
+def test_strict_mode_forwards_nothing_else_and_shared_mode_keeps_the_hosts_own_forwarding(
+    site: dict[str, Netns],
+) -> None:
+    cn, lan, oth = site["cn"], site["lan"], site["oth"]
+    snap = snapshot(snat=False)
+    snap["connector_group"]["subnets"] = ["192.168.202.0/24"]
+    other, unfronted, fronted = "198.51.100.2", "10.9.0.5", "192.168.202.10"
+    assert tcp(lan, unfronted, oth, other, 80) == unfronted  # the host routes between them on its own
+
+    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT, strict=True).nft_body)
+    assert tcp(lan, unfronted, oth, other, 80) == "dropped"
+    assert tcp(oth, other, lan, unfronted, 80) == "dropped"
+
+    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT, strict=False).nft_body)
+    assert tcp(lan, unfronted, oth, other, 80) == unfronted  # not ours: the host's own forwarding stays
+    assert tcp(oth, other, lan, unfronted, 80) == other
+    assert tcp(oth, other, lan, fronted, 80) == "dropped"  # the fronted subnets: only via the tunnel
+    assert tcp(lan, fronted, oth, other, 80) == "dropped"

@@ -1,13 +1,16 @@
 """Address and route reconciliation, and the local-network listing, on real
-interfaces (veth pairs) inside a network namespace this test creates.
+interfaces (veth pairs) inside a network namespace this test creates; the
+record of the host's own IPv4 forwarding (temp files, then a namespace).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +92,95 @@ def test_local_networks_lists_this_namespace_and_skips_the_excluded_interface(ns
     assert ip_network("100.64.0.2/32") in everything and ip_network("10.1.0.0/24") in everything
     # loopback (127.0.0.0/8, ::1) and link-local fe80::/64 are never listed
     assert all(not (n.is_loopback or n.is_link_local) for n in everything)
+
+
+# --------------------------------------------------------------------------- forwarding
+
+
+@pytest.fixture
+def proc(tmp_path: Path) -> Path:
+    """Stands for /proc/sys/net/ipv4/ip_forward."""
+    path = tmp_path / "ip_forward"
+    path.write_text("0\n")
+    return path
+
+
+def test_the_first_start_records_forwarding_off_and_a_restart_still_knows_it(
+    tmp_path: Path, proc: Path
+) -> None:
+    assert links.forwarded_before(tmp_path, proc) is False
+    record = tmp_path / links.FORWARDING_RECORD
+    assert record.stat().st_mode & 0o777 == 0o600
+    links.enable_forwarding(proc)
+    # a restart (after a crash: the record is still there) with forwarding on because we turned it on
+    assert links.forwarded_before(tmp_path, proc) is False
+    assert links.restore_forwarding(tmp_path, proc) is True
+    assert proc.read_text() == "0\n" and not record.exists()
+    assert links.restore_forwarding(tmp_path, proc) is False  # a second stop changes nothing
+
+
+def test_a_host_that_forwarded_before_keeps_forwarding_after_a_stop(tmp_path: Path, proc: Path) -> None:
+    proc.write_text("1\n")
+    assert links.forwarded_before(tmp_path, proc) is True
+    assert links.restore_forwarding(tmp_path, proc) is False
+    assert proc.read_text() == "1\n" and not (tmp_path / links.FORWARDING_RECORD).exists()
+
+
+def test_a_damaged_record_is_replaced_and_never_turns_forwarding_off(
+    tmp_path: Path, proc: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    record = tmp_path / links.FORWARDING_RECORD
+    record.write_text('{"ip_forward_before": 0, "x": 1}')
+    proc.write_text("1\n")
+    assert links.restore_forwarding(tmp_path, proc) is False  # unknown: leave the host as it is
+    assert proc.read_text() == "1\n" and not record.exists()
+    record.write_text("garbage")
+    assert links.forwarded_before(tmp_path, proc) is True
+    assert record.read_text() == '{"ip_forward_before": 1}\n'
+    assert f"{record} is damaged" in caplog.text and "garbage" not in caplog.text
+    proc.write_text("2\n")
+    with pytest.raises(ValueError, match="holds neither 0 nor 1"):
+        links.forwarding_enabled(proc)
+
+
+@pytest.mark.parametrize(
+    ("ruleset", "interfaces", "found"),
+    [
+        ("", ["lo", "eth0"], False),
+        ("", ["lo", "docker0"], True),
+        ("table ip filter {\n\tchain DOCKER-USER {\n\t\treturn\n\t}\n}\n", ["lo"], True),
+        ("table ip nat {\n\tchain DOCKER {\n\t}\n}\n", ["lo"], True),
+        ('table inet x {\n\tchain DOCKERISH {\n\t}\n\tcomment "chain DOCKER {"\n}\n', ["docker1"], False),
+    ],
+    ids=["none", "docker0", "docker-user-chain", "docker-chain", "look-alikes"],
+)
+def test_docker_is_detected_by_its_bridge_or_its_chains(
+    ruleset: str, interfaces: list[str], found: bool
+) -> None:
+    assert links.docker_detected(ruleset, interfaces) is found
+
+
+def test_forwarding_is_recorded_turned_on_and_put_back_in_a_namespace(ns: Netns, tmp_path: Path) -> None:
+    root_before = links.IP_FORWARD.read_text()
+    ns.run("sysctl", "-qw", "net.ipv4.ip_forward=0")
+    assert ns.call(lambda: links.forwarded_before(tmp_path)) is False
+    ns.call(links.enable_forwarding)
+    assert ns.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    assert ns.call(lambda: links.forwarded_before(tmp_path)) is False  # a restart: still strict
+    assert ns.call(lambda: links.restore_forwarding(tmp_path)) is True
+    assert ns.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+    assert links.IP_FORWARD.read_text() == root_before  # the test's own namespace is untouched
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="needs the Debian package nftables")
+def test_a_namespace_that_forwarded_or_runs_docker_is_seen_as_such(ns: Netns, tmp_path: Path) -> None:
+    ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    assert ns.call(lambda: links.forwarded_before(tmp_path)) is True
+    assert ns.call(links.docker_present) is False
+    ns.run("nft", "add table ip filter; add chain ip filter DOCKER-USER")  # what iptables-nft makes
+    assert ns.call(links.docker_present) is True
+    ns.run("nft", "delete table ip filter")
+    ns.ip("link", "add", "docker0", "type", "bridge")
+    assert ns.call(links.docker_present) is True
+    assert ns.call(lambda: links.restore_forwarding(tmp_path)) is False
+    assert ns.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"

@@ -5,6 +5,19 @@ endpoint is known, ours is not), keeping the path open with a keepalive. Its
 own nftables table lets the tunnel reach the fronted subnets and nothing else,
 only from client addresses, and lets nothing in from outside the tunnel but
 replies.
+
+Forwarding is a switch for the whole host, so the forward chain also decides
+what happens to traffic that has nothing to do with zerogate. In nftables an
+``accept`` in our table does not stop the other tables' chains on the same
+hook, but a ``drop`` (a drop policy too) anywhere is final. Hence two modes:
+
+- strict (the host did not forward before zerogate): ``policy drop``; only
+  tunnel -> fronted subnets from client addresses and the replies pass, so a
+  packet from the WAN routed through the host (a hairpin) goes nowhere;
+- shared (the host forwarded before, or runs Docker): ``policy accept`` so the
+  host's own forwarding keeps working; everything that touches the tunnel or
+  the fronted subnets is still dropped except those paths. The rest is left
+  to the host's own firewall.
 """
 
 from __future__ import annotations
@@ -32,7 +45,10 @@ def _endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def plan_connector(snapshot: Mapping[str, Any], *, interface: str, listen_port: int) -> ConnectorPlan:
+def plan_connector(
+    snapshot: Mapping[str, Any], *, interface: str, listen_port: int, strict: bool
+) -> ConnectorPlan:
+    """``strict``: the host forwarded nothing before zerogate (see the module docstring)."""
     group = snapshot["connector_group"]
     blocks = [str(ip_network(b)) for b in snapshot.get("client_blocks", [])]
     gateways = snapshot.get("gateways", [])
@@ -58,7 +74,7 @@ def plan_connector(snapshot: Mapping[str, Any], *, interface: str, listen_port: 
         routes=tuple(blocks),
         peers=tuple(peers),
         nft_body=render_connector_nft(
-            interface, listen_port, blocks, subnets, probers, bool(group.get("snat"))
+            interface, listen_port, blocks, subnets, probers, bool(group.get("snat")), strict=strict
         ),
         gateway=gateway_name,
     )
@@ -76,6 +92,8 @@ def render_connector_nft(
     subnets: list[str],
     probers: list[str],
     snat: bool,
+    *,
+    strict: bool,
 ) -> str:
     dev = f'"{interface}"'
     nat = (
@@ -100,12 +118,41 @@ def render_connector_nft(
         f'    udp dport {listen_port} ct state new drop comment "WireGuard only answers the gateway it dialled"\n'
         "  }\n"
         "  chain forward {\n"
-        "    type filter hook forward priority filter; policy accept;\n"
+        f"    type filter hook forward priority filter; policy {'drop' if strict else 'accept'};\n"
         f'    iifname {dev} ip saddr != @clients drop comment "anti-spoofing: only client addresses"\n'
         f'    iifname {dev} ip daddr != @fronted drop comment "only the subnets this group fronts"\n'
         f"    iifname {dev} accept\n"
         f"    oifname {dev} ct state established,related accept\n"
-        f"    oifname {dev} drop\n"
-        '    ip daddr @fronted drop comment "the fronted subnets are reached through the tunnel only"\n'
+        f"{'' if strict else _SHARED_TAIL.format(dev=dev)}"
         "  }\n" + nat
+    )
+
+
+# Without a drop policy (a host that forwards for others): what touches the
+# tunnel or the fronted subnets and was not accepted above goes no further.
+_SHARED_TAIL = (
+    "    oifname {dev} drop\n"
+    '    ip daddr @fronted drop comment "the fronted subnets are reached through the tunnel only"\n'
+    '    ip saddr @fronted drop comment "the fronted subnets send only replies through this host"\n'
+)
+
+
+def forwarding_notice(*, forwarded_before: bool, docker: bool, subnets: list[str]) -> str:
+    """The one log line that says which forwarding mode the connector runs in, and why."""
+    fronted = ", ".join(subnets) or "(no subnets yet)"
+    if not (forwarded_before or docker):
+        return (
+            "this host did not forward packets before zerogate: the connector forwards only "
+            f"tunnel → {fronted} and their replies; everything else through it is dropped"
+        )
+    why = (
+        f"IPv4 forwarding was {'on' if forwarded_before else 'off'} before zerogate, "
+        f"Docker {'detected' if docker else 'not detected'}"
+    )
+    return (
+        f"this host forwards packets of its own ({why}): zerogate leaves that forwarding to the "
+        f"host's own firewall and drops only what touches the tunnel or {fronted} outside "
+        "tunnel → subnets and their replies; hairpin traffic not involving the tunnel is the "
+        "host's business (to forward nothing else: stop the connector, set "
+        "net.ipv4.ip_forward=0, do not run Docker here, start it again)"
     )

@@ -45,6 +45,7 @@ class Lab:
     admin_token: str = ""
     people: dict[str, Person] = field(default_factory=dict)
     daemons: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    spawned: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # role -> (ns, args)
 
     # -- control plane
 
@@ -111,6 +112,7 @@ class Lab:
         log = self.topo.tmp / f"{role}.log"
         proc = self.topo.popen(ns, [*zerogate_argv(), *args, "--log-level", "debug"], log=log)
         self.daemons[role] = proc
+        self.spawned[role] = (ns, args)
         return proc
 
     def log(self, role: str) -> str:
@@ -159,6 +161,12 @@ class Lab:
         proc = self.daemons.pop(role)
         proc.terminate()
         proc.wait(timeout=20)
+
+    def restart(self, role: str) -> None:
+        """Start ``role``'s daemon again with the same arguments (SIGTERM first if it runs)."""
+        if role in self.daemons:
+            self.stop(role)
+        self._spawn(role, *self.spawned[role])
 
     def client_login(self, user: str) -> str:
         p = self.people[user]

@@ -1,0 +1,42 @@
+"""Reachability probes shared by the data-plane tests: does a fresh TCP connection
+from a user's client namespace to the app get through, and how soon after a
+change does it stop?"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from zerogate.testbed.lab import Lab, wait_for
+
+PROBE_TIMEOUT = 0.3  # a TCP connect through the tunnel takes a few ms; no SYN retry is needed
+SURE_TIMEOUT = 3.0  # long enough that a loaded machine still connects when the path is open
+
+
+def tcp_connects(lab: Lab, user: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """One fresh TCP connection from the user's client to the app."""
+    script = f"exec 3<>/dev/tcp/{lab.topo.app_address}/{port}"
+    r = lab.topo.run(lab.client_ns(user), ["timeout", str(timeout), "bash", "-c", script], check=False)
+    return r.returncode == 0
+
+
+def assert_cut_within(lab: Lab, user: str, port: int, action: Callable[[], object], what: str) -> float:
+    """Run ``action``, then open fresh connections until one fails.
+
+    The cut happened no later than the end of the first failing attempt:
+    its start plus PROBE_TIMEOUT. That bound must be within 2 s. A short
+    attempt can also fail because the machine is busy, so a failure counts
+    only when a patient attempt right after it fails too.
+    """
+    wait_for(
+        lambda: tcp_connects(lab, user, port, SURE_TIMEOUT), 30, f"{what}: {user} connects before the change"
+    )
+    started = time.monotonic()
+    action()
+    while True:
+        attempt = time.monotonic()
+        if not tcp_connects(lab, user, port) and not tcp_connects(lab, user, port, SURE_TIMEOUT):
+            bound = attempt - started + PROBE_TIMEOUT
+            assert bound <= 2.0, f"{what}: traffic still flowed {bound:.2f} s after the change"
+            return bound
+        assert attempt - started < 10, f"{what}: traffic still flows after 10 s"
