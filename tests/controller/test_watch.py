@@ -24,10 +24,6 @@ from zerogate.pki.wireguard import generate_keypair
 WATCH_LIMIT_SECONDS = 1.0  # requirement: a watcher sees a change within one second
 
 
-# Signed-in sessions keep a keep-alive connection open, which holds the
-# controller's graceful shutdown for 5 s; close them before it is stopped.
-
-
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
@@ -174,6 +170,8 @@ def test_connector_snapshot_has_its_group_and_the_gateways(controller: LocalCont
         "name": "edge1",
         "endpoint": "edge1.example.test",
         "port": 51820,
+        "port_first": 51820,
+        "port_last": 51900,
         "wg_public_key": site.gateway["wg_public_key"],
         "tunnel_address": "100.64.0.1",
     }
@@ -374,3 +372,72 @@ def test_watch_sees_a_write_made_through_another_controller(
     record_property("cross_controller_watch_latency_seconds", round(latency, 4))
     print(f"\ncross-controller watch latency: {latency * 1000:.1f} ms")
     assert latency < WATCH_LIMIT_SECONDS
+
+
+# ---------------------------------------------------------------------------
+# signs of life and shutdown
+# ---------------------------------------------------------------------------
+
+
+def last_seen(admin: AccountSession, device_id: int) -> str | None:
+    devices = admin.client.get("/v1/devices", {"role": "connector"})
+    seen: str | None = next(d for d in devices if d["id"] == device_id)["last_seen_at"]
+    return seen
+
+
+def test_a_device_that_only_long_polls_is_seen(
+    controller: LocalController, admin: AccountSession, site: Site, unique: Callable[[str], str]
+) -> None:
+    key = admin.client.post(f"/v1/connector-groups/{site.connector_group}/provisioning-keys", {})["key"]
+    device = enroll(controller, key, unique("quiet"))
+    assert last_seen(admin, device["device_id"]) is None  # enrolled, never heard from since
+    rev = snapshot(controller, site.gateway["credential"])["revision"]
+
+    r = get(controller, "/v1/snapshot", device["credential"], after=rev, wait=0.2)
+    assert r.status_code == 204
+    first = last_seen(admin, device["device_id"])
+    assert first is not None, "a long-poll did not count as a sign of life"
+    # Seen again within 30 s: not written again (a watch is not a write per request).
+    assert get(controller, "/v1/snapshot", device["credential"], after=rev, wait=0.2).status_code == 204
+    assert last_seen(admin, device["device_id"]) == first
+
+
+def test_stopping_the_controller_ends_long_polls_cleanly_within_a_second(
+    controller: LocalController, site: Site
+) -> None:
+    """Runs last in this module: it stops the shared controller and starts it again."""
+    rev = snapshot(controller, site.connector["credential"])["revision"]
+    outcome: dict[str, Any] = {}
+
+    def watch() -> None:
+        r = get(controller, "/v1/snapshot", site.connector["credential"], after=rev, wait=30)
+        outcome.update(status=r.status_code, at=time.monotonic(), headers=r.headers, body=r.json())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    # A device between two reports: an idle kept-alive connection, which never
+    # answers the server's TLS close and must not hold the shutdown either.
+    idle = httpx.Client(base_url=controller.url, verify=make_ssl_context(controller.ca_pem), trust_env=False)
+    assert idle.get("/v1/health").status_code == 200
+    time.sleep(0.5)  # let the watch park; that it was parked is checked right below
+    assert outcome == {}
+    log_offset = len(controller.output())
+    stopping = time.monotonic()
+    try:
+        controller.stop()
+    finally:
+        idle.close()
+    stop_took = time.monotonic() - stopping
+    watcher.join(timeout=10)
+    log = controller.output()[log_offset:]
+    try:
+        assert outcome, f"the watch got no answer:\n{log}"
+        assert outcome["status"] == 503, (outcome, log)
+        assert outcome["body"]["detail"].startswith("controller going away"), outcome
+        assert outcome["headers"]["Retry-After"] == "1"
+        assert outcome["at"] - stopping < 1.0
+        assert stop_took < 1.0, f"stopping took {stop_took:.2f} s:\n{log}"
+        assert "Traceback" not in log and "graceful shutdown exceeded" not in log, log
+    finally:
+        controller.start()
+    print(f"\ncontroller stopped in {stop_took * 1000:.0f} ms; the watch was answered 503 going away")

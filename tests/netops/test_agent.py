@@ -9,6 +9,7 @@ promptly once its ``threading.Event`` is set.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import socket
 import stat
@@ -24,7 +25,15 @@ import pytest
 from zerogate.cli.device import enroll_device
 from zerogate.controller.localrun import AccountSession
 from zerogate.netops import agent
-from zerogate.netops.agent import Backoff, DeviceIdentity, NotEnrolled, SnapshotFollower, write_private
+from zerogate.netops.agent import (
+    MAX_PUSHBACK,
+    Backoff,
+    DeviceIdentity,
+    NotEnrolled,
+    SnapshotFollower,
+    write_private,
+)
+from zerogate.netops.controller_api import ApiError, ControllerUnreachable
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 WATCH = 1.0
@@ -41,13 +50,71 @@ def _short_watch_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- small pure parts
 
 
-def test_backoff_doubles_from_half_a_second_up_to_the_cap_with_jitter() -> None:
-    b = Backoff(cap=4.0)
+def test_backoff_starts_at_a_quarter_second_and_caps_at_one_second_with_jitter() -> None:
+    b = Backoff()
     waits = [b.next() for _ in range(6)]
-    for wait, base in zip(waits, [0.5, 1, 2, 4, 4, 4], strict=True):
+    for wait, base in zip(waits, [0.25, 0.5, 1, 1, 1, 1], strict=True):
         assert 0.75 * base <= wait <= 1.25 * base
+    # a long outage: the wait stays at the cap (worst-case reconnect 1.25 s), and never overflows
+    assert all(0.75 <= b.next() <= 1.25 for _ in range(2000))
     b.reset()
-    assert b.next() <= 0.625
+    assert b.next() <= 0.3125
+
+
+def test_backoff_honours_retry_after_bounded_and_spread() -> None:
+    b = Backoff()
+    assert all(5.0 <= b.next(retry_after=5) <= 6.25 for _ in range(200))
+    assert all(MAX_PUSHBACK <= b.next(retry_after=86400) <= MAX_PUSHBACK * 1.25 for _ in range(50))
+    assert b.next(retry_after=-3) == 0.0
+    assert len({round(b.next(retry_after=10), 6) for _ in range(50)}) > 1  # a herd does not return in step
+
+
+def test_backoff_rises_to_eight_seconds_only_when_the_controller_shows_load() -> None:
+    b = Backoff()
+    waits = [b.next(busy=True) for _ in range(7)]
+    for wait, base in zip(waits, [0.25, 0.5, 1, 2, 4, 8, 8], strict=True):
+        assert 0.75 * base <= wait <= 1.25 * base
+    # a refused connection in between (the controller restarting) goes back to the 1 s cap
+    assert 0.75 <= b.next() <= 1.25
+
+
+def test_a_5xx_or_a_cut_tls_handshake_counts_as_load_a_refused_connection_does_not(tmp_path: Path) -> None:
+    identity = DeviceIdentity(tmp_path, "gateway", "edge", 7, "https://127.0.0.1:1", b"", "zgd_x", "k")
+    follower = SnapshotFollower(identity, lambda snap: None)
+    b = Backoff()
+    b.attempt = 10
+    assert 6.0 <= follower._refused(ApiError(502, "HTTP 502 Bad Gateway", None), b, 3) <= 10.0
+    assert 0.75 <= follower._refused(ApiError(404, "gone", None), b, 3) <= 1.25
+    assert ControllerUnreachable("https://x", "closed during the TLS handshake", busy=True).busy
+    assert not ControllerUnreachable("https://x", "connection refused").busy
+
+
+def going_away() -> ApiError:
+    detail = "controller going away: it is shutting down; reconnect in a moment"
+    return ApiError(503, detail, {"detail": detail}, retry_after=1.0)
+
+
+def test_going_away_is_logged_once_at_info_and_retried_after_about_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    identity = DeviceIdentity(tmp_path, "gateway", "edge", 7, "https://127.0.0.1:1", b"", "zgd_x", "k")
+    follower = SnapshotFollower(identity, lambda snap: None)
+    follower.connected = True
+    caplog.set_level(logging.DEBUG, logger=agent.__name__)
+    waits = [follower._refused(going_away(), Backoff(), 12) for _ in range(3)]
+    assert all(1.0 <= w <= 1.25 for w in waits), waits
+    assert not follower.connected and not follower.revoked  # "connected" is logged again on return
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert len(messages) == 1, messages
+    level, text = messages[0]
+    assert level == logging.INFO and text.startswith("controller going away") and "revision 12" in text
+
+    caplog.clear()
+    busy = ApiError(429, "too many snapshot requests", None, retry_after=3.0)
+    assert 3.0 <= follower._refused(busy, Backoff(), 12) <= 3.75
+    broken = ApiError(500, "HTTP 500 Internal Server Error", None, retry_after=3.0)
+    assert follower._refused(broken, Backoff(), 12) <= 0.3125  # Retry-After counts only on 429/503
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
 
 
 def test_write_private_replaces_the_file_with_mode_0600(tmp_path: Path) -> None:

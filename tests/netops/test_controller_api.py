@@ -7,6 +7,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,8 +73,10 @@ def _handler(ca_pem: bytes | None, seen_auth: list[str | None]) -> type[BaseHTTP
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _send(self, status: int, body: bytes, content_type: str, retry_after: str = "") -> None:
             self.send_response(status)
+            if retry_after:
+                self.send_header("Retry-After", retry_after)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -106,6 +109,9 @@ def _handler(ca_pem: bytes | None, seen_auth: list[str | None]) -> type[BaseHTTP
                 self._send(200, b"<html>proxy login</html>", "text/html")
             elif self.path == "/v1/plain-error":
                 self._send(502, b"Bad gateway from upstream", "text/plain")
+            elif self.path.startswith("/v1/busy?retry="):  # the test's own value, URL-encoded
+                retry = urllib.parse.unquote(self.path.partition("=")[2])
+                self._send(503, b'{"detail": "controller busy"}', "application/json", retry)
             else:
                 self._json(404, {"detail": "connector not found"})
 
@@ -343,6 +349,31 @@ def test_client_api_errors(controller: Server, genuine_ca: Authority) -> None:
         assert info.value.status == 502
         assert str(info.value) == "HTTP 502 Bad Gateway: Bad gateway from upstream"
         assert token not in repr(info.value.args)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("1", 1.0),
+        ("120", 120.0),
+        ("Wed, 21 Oct 2026 07:28:00 GMT", None),
+        ("-1", None),
+        ("1.5", None),
+        ("9999999", None),
+        ("", None),
+    ],
+)
+def test_client_api_error_carries_retry_after_seconds(
+    controller: Server, genuine_ca: Authority, header: str, seconds: float | None
+) -> None:
+    with ControllerClient(controller.url, genuine_ca.cert, timeout=5) as client:
+        with pytest.raises(ApiError) as info:
+            client.get(f"/v1/busy?retry={urllib.parse.quote(header)}")
+    assert (info.value.status, info.value.message, info.value.retry_after) == (
+        503,
+        "controller busy",
+        seconds,
+    )
 
 
 def test_client_non_json_success(controller: Server, genuine_ca: Authority) -> None:

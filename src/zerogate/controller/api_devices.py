@@ -17,14 +17,14 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import PlainTextResponse
-from sqlalchemy import Select, Text, cast, func, select
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import Select, Text, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from zerogate import __version__
 from zerogate.controller import schemas as s
-from zerogate.controller.api_objects import by_name, default_pool
+from zerogate.controller.api_objects import by_name, connector_reports, connector_tunnel, default_pool
 from zerogate.controller.auth import Admin, AnyAccount, DeviceCaller, State, client_source
 from zerogate.controller.ids import get_row, row_id, shown_id
 from zerogate.controller.policy_cache import PolicyCache
@@ -454,7 +454,7 @@ async def revoke_device(device_id: int, admin: Admin, state: State) -> s.DeviceO
         return _device_out(device, await _owners(m.tx.session), raw)
 
 
-def _connector_out(c: Connector, group: str) -> s.ConnectorOut:
+def _connector_out(c: Connector, group: str, raw_report: str | None) -> s.ConnectorOut:
     return s.ConnectorOut(
         id=c.id,
         name=c.name,
@@ -467,6 +467,7 @@ def _connector_out(c: Connector, group: str) -> s.ConnectorOut:
         status=c.device.status,
         last_seen_at=c.device.last_seen_at,
         created_at=c.created_at,
+        **connector_tunnel(raw_report, utcnow()),
     )
 
 
@@ -479,14 +480,18 @@ async def list_connectors(admin: Admin, state: State) -> list[s.ConnectorOut]:
     async with state.db.read() as session:
         groups = await _group_names(session)
         rows = await session.scalars(select(Connector).order_by(Connector.name))
-        return [_connector_out(c, groups.get(c.connector_group_id, "")) for c in rows]
+        reports = await connector_reports(session)
+        return [
+            _connector_out(c, groups.get(c.connector_group_id, ""), reports.get(c.device_id)) for c in rows
+        ]
 
 
 @router.get("/connectors/{name:path}", response_model=s.ConnectorOut, tags=["connectors"])
 async def show_connector(name: str, admin: Admin, state: State) -> s.ConnectorOut:
     async with state.db.read() as session:
         c = await by_name(session, Connector, name, "connector")
-        return _connector_out(c, (await _group_names(session)).get(c.connector_group_id, ""))
+        report = (await connector_reports(session, c.device_id)).get(c.device_id)
+        return _connector_out(c, (await _group_names(session)).get(c.connector_group_id, ""), report)
 
 
 @router.patch("/connectors/{name:path}", response_model=s.ConnectorOut, tags=["connectors"])
@@ -498,7 +503,8 @@ async def update_connector(name: str, body: s.ConnectorUpdate, admin: Admin, sta
             setattr(c, field, value)
         m.details = body.model_dump(exclude_none=True)
         m.config_change = False
-        return _connector_out(c, (await _group_names(m.tx.session)).get(c.connector_group_id, ""))
+        report = (await connector_reports(m.tx.session, c.device_id)).get(c.device_id)
+        return _connector_out(c, (await _group_names(m.tx.session)).get(c.connector_group_id, ""), report)
 
 
 @router.delete("/connectors/{name:path}", status_code=204, tags=["connectors"])
@@ -526,6 +532,8 @@ async def build_snapshot(
             "name": g.name,
             "endpoint": g.public_endpoint,
             "port": g.port_first,
+            "port_first": g.port_first,
+            "port_last": g.port_last,
             "wg_public_key": g.device.wg_public_key,
             "tunnel_address": tunnel[0] if tunnel else None,
         }
@@ -608,6 +616,30 @@ async def build_snapshot(
     }
 
 
+# A long-poll is a sign of life, but recording each one would turn every watch
+# (one per device every WATCH_SECONDS, 25 s) into a database write. The stored
+# time itself is the throttle: it is rewritten only once it is this old, which
+# also holds across several controllers sharing the database.
+LAST_SEEN_EVERY = timedelta(seconds=30)
+GOING_AWAY = "controller going away: it is shutting down; reconnect in a moment"
+
+
+def going_away_response() -> Response:
+    """503 for a watch ended by a controller shutdown: the device retries after 1 s."""
+    return JSONResponse(
+        {"detail": GOING_AWAY}, status_code=503, headers={"Retry-After": "1", "Connection": "close"}
+    )
+
+
+async def _mark_seen(state: ControllerState, device_id: int) -> None:
+    async with state.db.write() as tx:
+        await tx.session.execute(
+            update(Device)
+            .where(Device.id == device_id, Device.status == "active")
+            .values(last_seen_at=utcnow())
+        )
+
+
 @router.get("/snapshot", tags=["config"])
 async def snapshot(
     who: DeviceCaller,
@@ -617,10 +649,15 @@ async def snapshot(
 ) -> Any:
     """The device's config snapshot; with ``after``/``wait`` a long-poll watch.
 
-    204 when nothing newer arrived within ``wait`` seconds.
+    204 when nothing newer arrived within ``wait`` seconds; 503 with
+    ``Retry-After: 1`` when the controller is shutting down. Each call counts
+    as a sign of life for ``last_seen_at`` (written at most every 30 s).
     """
     if after >= 0 and state.watch.current <= after and wait > 0:
         await state.watch.wait_past(after, min(wait, state.settings.watch_max_seconds))
+    if state.watch.going_away:
+        return going_away_response()
+    snap: dict[str, Any] | None = None
     async with state.db.read() as session:
         # The revision first, in the same session: whatever is read after it is at
         # least that new, so a device never holds an older snapshot under a newer number.
@@ -628,9 +665,13 @@ async def snapshot(
         device = await session.get(Device, who.id)
         if device is None or device.status != "active":
             raise Unauthorized("device was revoked")
-        if after >= 0 and revision <= after:
-            return Response(status_code=204)
-        snap = await build_snapshot(session, device, revision, state.policies)
+        stale = device.last_seen_at is None or utcnow() - device.last_seen_at >= LAST_SEEN_EVERY
+        if after < 0 or revision > after:
+            snap = await build_snapshot(session, device, revision, state.policies)
+    if stale:
+        await _mark_seen(state, who.id)
+    if snap is None:
+        return Response(status_code=204)
     body = json.dumps(snap, sort_keys=True)
     return Response(
         content=body,

@@ -111,7 +111,7 @@ class ControllerSettings(BaseModel):
             except ValueError:
                 raise ValueError(
                     "trusted_proxies takes IP addresses or networks of the reverse proxies "
-                    "in front of the controller, e.g. \"10.0.0.5\" or \"10.0.0.0/24\""
+                    'in front of the controller, e.g. "10.0.0.5" or "10.0.0.0/24"'
                 ) from None
             if net.prefixlen == 0:
                 raise ValueError(

@@ -94,9 +94,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The document served at /openapi.json (built once)."""
     if app.openapi_schema:
         return app.openapi_schema
-    doc = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
-    )
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for fastapi_own in ("HTTPValidationError", "ValidationError"):

@@ -45,6 +45,51 @@ def throttle_limits(settings: ControllerSettings) -> ThrottleLimits:
     )
 
 
+# Longer than any device's report interval (netops.agent.REPORT_INTERVAL, 5 s)
+# and than the client's own keep-alive expiry (60 s, controller_api), so one
+# connection (and one CONNECT tunnel through a proxy) carries every report.
+KEEP_ALIVE_SECONDS = 75
+# Woken long-polls answer at once (see ControllerServer); whatever else still
+# runs after this long is cancelled, so a stop takes well under 1 s normally
+# and at most about 1.3 s.
+GRACEFUL_SHUTDOWN_SECONDS = 1
+
+
+class ControllerServer(uvicorn.Server):
+    """A uvicorn server that ends the devices' long-polls as soon as it is told to stop.
+
+    Without this, each parked ``GET /v1/snapshot`` holds the shutdown until the
+    graceful timeout cancels it (a traceback and an HTTP 500 per device).
+    """
+
+    def __init__(self, config: uvicorn.Config, watch: RevisionWatch) -> None:
+        super().__init__(config)
+        self.watch = watch
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Runs in the event loop right after SIGTERM/SIGINT set should_exit,
+        # before uvicorn starts waiting for connections to finish.
+        log.info("stopping: ending the devices' long-polls with 'controller going away'")
+        self.watch.go_away()
+        self._drop_idle_connections()
+        await super().shutdown(sockets)
+
+    def _drop_idle_connections(self) -> None:
+        """Reset idle keep-alive connections instead of closing them politely.
+
+        A TLS close waits for the peer's close_notify, and a device's idle
+        pooled connection (kept 60 s between reports) never sends one until it
+        is used again: each would hold the shutdown for the whole graceful
+        timeout. The device sees a closed connection on its next request and
+        opens a new one.
+        """
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            transport = getattr(connection, "transport", None)
+            if transport is not None and (cycle is None or cycle.response_complete):
+                transport.abort()
+
+
 def serve(
     settings: ControllerSettings, on_listening: Callable[[ControllerSettings], None] | None = None
 ) -> None:
@@ -76,7 +121,8 @@ def serve(
         ssl_keyfile=str(settings.server_key_path),
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         server_header=False,
         # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so any
         # local process could forge its source (audit log, throttle). Only the
@@ -87,7 +133,7 @@ def serve(
     config.load()
     assert config.ssl is not None
     config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
-    server = uvicorn.Server(config)
+    server = ControllerServer(config, state.watch)
     if on_listening is not None:
         on_listening(settings)
     server.run(sockets=[sock])

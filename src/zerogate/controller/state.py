@@ -91,6 +91,11 @@ class RevisionWatch:
 
     Writes in this process notify at once; with PostgreSQL another controller
     may write, so a poller also reads the revision every ``poll`` seconds.
+
+    :meth:`go_away` (called when the server is told to stop) wakes every
+    watcher at once and makes later waits return at once: ``going_away`` tells
+    the route to answer "controller going away" instead of holding the
+    request until the graceful-shutdown timeout cancels it.
     """
 
     def __init__(self, db: Database, poll: float = 0.25) -> None:
@@ -100,6 +105,7 @@ class RevisionWatch:
         self._cond = asyncio.Condition()
         self._poller: asyncio.Task[None] | None = None
         self._wakers: set[asyncio.Task[None]] = set()
+        self.going_away = False
 
     async def start(self) -> None:
         self.current = await self.db.revision()
@@ -113,10 +119,19 @@ class RevisionWatch:
     def notify(self, revision: int) -> None:
         if revision > self.current:
             self.current = revision
-            task = asyncio.get_running_loop().create_task(self._wake())
-            # Keep a reference until it ran: the loop holds tasks only weakly.
-            self._wakers.add(task)
-            task.add_done_callback(self._waker_done)
+            self._start_waker()
+
+    def go_away(self) -> None:
+        """The server is stopping: end every long-poll now (call in the event loop)."""
+        if not self.going_away:
+            self.going_away = True
+            self._start_waker()
+
+    def _start_waker(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._wake())
+        # Keep a reference until it ran: the loop holds tasks only weakly.
+        self._wakers.add(task)
+        task.add_done_callback(self._waker_done)
 
     def _waker_done(self, task: asyncio.Task[None]) -> None:
         self._wakers.discard(task)
@@ -136,10 +151,13 @@ class RevisionWatch:
                 log.warning("revision poll failed: %s", exc)
 
     async def wait_past(self, revision: int, seconds: float) -> int:
-        """Return the current revision as soon as it is above ``revision``, or at timeout."""
+        """Return the current revision as soon as it is above ``revision``, or at
+        timeout, or at once when the server is going away (see ``going_away``)."""
         async with self._cond:
             try:
-                await asyncio.wait_for(self._cond.wait_for(lambda: self.current > revision), seconds)
+                await asyncio.wait_for(
+                    self._cond.wait_for(lambda: self.current > revision or self.going_away), seconds
+                )
             except TimeoutError:
                 pass
             return self.current

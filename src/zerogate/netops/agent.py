@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from zerogate.netops.controller_api import ApiError, ControllerClient, ControllerError
+from zerogate.netops.controller_api import ApiError, ControllerClient, ControllerError, ControllerUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,42 @@ def write_private(path: Path, data: str, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
-class Backoff:
-    """Jittered exponential backoff: 0.5 s doubling to ``cap``, +-25 %."""
+MAX_PUSHBACK = 60.0  # the longest Retry-After a device honours
+# The controller's answer to a watch cut short by its shutdown (api_devices.GOING_AWAY).
+GOING_AWAY = "controller going away"
 
-    def __init__(self, cap: float = 30.0) -> None:
+
+class Backoff:
+    """How long to wait before the next try: 0.25 s doubling to ``cap`` (1 s), +-25 %.
+
+    The cap is low on purpose: a refused connection costs a stopped controller
+    nothing, and a device must pick up changes (a revocation) within about 2 s
+    of the controller coming back. Worst case, a device that lost the
+    controller reconnects ``1.25 * cap`` (1.25 s) after it listens again, plus
+    one request.
+
+    The wait rises only when the controller shows load, so a crowd of devices
+    slows down exactly when it must:
+
+    - ``busy=True`` (an HTTP 5xx without ``Retry-After``, a TLS handshake the
+      server cut: signs of a controller that accepts but cannot keep up): the
+      same doubling up to ``busy_cap`` (8 s) instead;
+    - a 429/503 with ``Retry-After`` (the controller's own pushback): honoured
+      as given (at most ``MAX_PUSHBACK``), spread by +0..25 % so devices told
+      the same number do not come back in step; then the worst case is 75 s.
+    """
+
+    def __init__(self, first: float = 0.25, cap: float = 1.0, busy_cap: float = 8.0) -> None:
+        self.first = first
         self.cap = cap
+        self.busy_cap = max(cap, busy_cap)
         self.attempt = 0
 
-    def next(self) -> float:
-        base = min(self.cap, 0.5 * 2**self.attempt)
+    def next(self, retry_after: float | None = None, *, busy: bool = False) -> float:
+        if retry_after is not None:
+            return min(MAX_PUSHBACK, max(0.0, retry_after)) * random.uniform(1.0, 1.25)  # noqa: S311
+        cap = self.busy_cap if busy else self.cap
+        base = min(cap, self.first * 2 ** min(self.attempt, 32))  # bounded: no float overflow
         self.attempt += 1
         return float(base * random.uniform(0.75, 1.25))  # noqa: S311 - jitter, not a secret
 
@@ -90,11 +117,20 @@ class Backoff:
         self.attempt = 0
 
 
+def is_going_away(exc: ApiError) -> bool:
+    """True for the controller's "I am shutting down" answer to a watch (503)."""
+    return exc.status == 503 and exc.message.startswith(GOING_AWAY)
+
+
 REPORT_INTERVAL = 5.0
 
 
 def report_loop(identity: DeviceIdentity, build: Callable[[], dict[str, Any]], stop: threading.Event) -> None:
-    """POST ``build()`` to /v1/report every few seconds until ``stop``; never raises."""
+    """POST ``build()`` to /v1/report every few seconds until ``stop``; never raises.
+
+    One client for the whole loop: its kept-alive connection (60 s, see
+    controller_api) outlives the interval, so reports share one TLS connection.
+    """
     with identity.client(timeout=10) as api:
         while not stop.wait(REPORT_INTERVAL):
             try:
@@ -191,14 +227,7 @@ class SnapshotFollower:
                         "/v1/snapshot", {"after": after, "wait": round(wait, 3)}, timeout=wait + 10
                     )
                 except ApiError as exc:
-                    if exc.status in (401, 403):
-                        if not self.revoked:
-                            log.error("the controller refuses this %s: %s", self.identity.role, exc.message)
-                        self.revoked = True
-                        self._on_revoked()
-                    else:
-                        log.warning("controller error: %s", exc.message)
-                    stop.wait(backoff.next())
+                    stop.wait(self._refused(exc, backoff, after))
                     continue
                 except ControllerError as exc:
                     if self.connected or backoff.attempt == 0:
@@ -208,7 +237,7 @@ class SnapshotFollower:
                             after if after >= 0 else "none",
                         )
                     self.connected = False
-                    stop.wait(backoff.next())
+                    stop.wait(backoff.next(busy=isinstance(exc, ControllerUnreachable) and exc.busy))
                     continue
                 if not self.connected:
                     log.info("connected to the controller at %s", self.identity.controller_url)
@@ -231,6 +260,28 @@ class SnapshotFollower:
                         exc,
                     )
                     stop.wait(backoff.next())
+
+    def _refused(self, exc: ApiError, backoff: Backoff, after: int) -> float:
+        """Handle an error answer; return how long to wait before asking again."""
+        if exc.status in (401, 403):
+            if not self.revoked:
+                log.error("the controller refuses this %s: %s", self.identity.role, exc.message)
+            self.revoked = True
+            self._on_revoked()
+        elif is_going_away(exc):
+            if self.connected:
+                log.info(
+                    "controller going away (it is shutting down); keeping the current config "
+                    "(revision %s) and reconnecting as soon as it is back",
+                    after if after >= 0 else "none",
+                )
+            self.connected = False
+        elif exc.status in (429, 503) and exc.retry_after is not None:
+            log.warning("controller busy (%s); asked to retry after %.0f s", exc.message, exc.retry_after)
+        else:
+            log.warning("controller error: %s", exc.message)
+        pushback = exc.retry_after if exc.status in (429, 503) else None
+        return backoff.next(pushback, busy=exc.status >= 500)
 
     def _on_revoked(self) -> None:
         """A revoked device keeps nothing: apply an empty snapshot."""

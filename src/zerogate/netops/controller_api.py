@@ -17,7 +17,13 @@ Errors::
     ├── ControllerUnreachable       connect refused / timeout / DNS / proxy failure
     ├── TLSInterceptionSuspected    the peer's certificate does not chain to the pinned CA
     ├── ServerNameMismatch          genuine CA, but the certificate lacks the host name used
-    └── ApiError                    HTTP status >= 400 (status, message, body)
+    └── ApiError                    HTTP status >= 400 (status, message, body, retry_after)
+
+Connections are kept alive for KEEPALIVE_SECONDS (60 s): longer than the
+devices' report interval, shorter than the controller's own keep-alive (75 s),
+so the client never reuses a connection the server is about to close, and a
+device reporting every few seconds keeps one TLS connection (and one CONNECT
+tunnel through a proxy) instead of opening a new one per report.
 
 Secrets: the bearer token is only ever put in the Authorization header; it is
 never logged and never part of an exception message.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
 from types import TracebackType
 from typing import Any, Self
@@ -57,6 +64,8 @@ _PEM_TYPES = ("application/x-pem-file", "text/plain", "application/x-x509-ca-cer
 _HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 _IP_MISMATCH = 64  # X509_V_ERR_IP_ADDRESS_MISMATCH
 _MAX_BODY_IN_MESSAGE = 200
+KEEPALIVE_SECONDS = 60.0
+_RETRY_AFTER = re.compile(r"[0-9]{1,6}")  # delta-seconds; an HTTP date is ignored
 
 
 class ControllerError(Exception):
@@ -66,9 +75,10 @@ class ControllerError(Exception):
 class ControllerUnreachable(ControllerError):
     """No connection to the controller (refused, timed out, DNS, proxy)."""
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, *, busy: bool = False) -> None:
         self.url = url
         self.reason = reason
+        self.busy = busy  # it answered but cut the TLS handshake: a sign of an overloaded server
         super().__init__(
             f"cannot reach the controller at {url}: {reason}. Check that the URL is right, "
             "the controller is running, and that DNS, firewalls and any HTTPS_PROXY/NO_PROXY "
@@ -110,10 +120,11 @@ class ServerNameMismatch(ControllerError):
 class ApiError(ControllerError):
     """The controller answered with an HTTP error status."""
 
-    def __init__(self, status: int, message: str, body: Any) -> None:
+    def __init__(self, status: int, message: str, body: Any, retry_after: float | None = None) -> None:
         self.status = status
         self.message = message
         self.body = body
+        self.retry_after = retry_after  # seconds from a Retry-After header, if it had a number
         super().__init__(status, message, body)
 
     def __str__(self) -> str:
@@ -188,7 +199,7 @@ def _translate_transport_error(
             url, "the server on this port does not speak TLS (wrong port, or plain HTTP)"
         )
     if isinstance(tls, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
-        return ControllerUnreachable(url, "the connection was closed during the TLS handshake")
+        return ControllerUnreachable(url, "the connection was closed during the TLS handshake", busy=True)
     if tls is not None:
         # A handshake failure that is not a certificate problem (e.g. a middlebox
         # that cannot speak TLS 1.3) is still a sign that something sits in between.
@@ -227,6 +238,11 @@ def _flatten_validation_item(item: Any) -> str:
     return msg
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    return float(value) if _RETRY_AFTER.fullmatch(value) else None
+
+
 def _api_error(response: httpx.Response) -> ApiError:
     body: Any
     try:
@@ -242,7 +258,7 @@ def _api_error(response: httpx.Response) -> ApiError:
         message = f"HTTP {response.status_code} {response.reason_phrase}".strip()
         if text:
             message = f"{message}: {text}"
-    return ApiError(response.status_code, message, body)
+    return ApiError(response.status_code, message, body, _retry_after(response))
 
 
 # --------------------------------------------------------------------------- client
@@ -269,6 +285,10 @@ class ControllerClient:
             base_url=self.base_url,
             verify=make_ssl_context(ca_pem),
             timeout=httpx.Timeout(timeout),
+            # httpx's defaults, except how long an idle connection is kept
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_SECONDS
+            ),
             trust_env=True,
             headers={"Accept": "application/json", "User-Agent": "zerogate"},
         )
