@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -57,7 +58,8 @@ def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def profile(tmp_path_factory: pytest.TempPathFactory, controller: LocalController) -> Path:
+    """One per controller: 'admin activate' keeps a profile that holds another controller's session."""
     return tmp_path_factory.mktemp("cli") / "admin.json"
 
 
@@ -303,6 +305,87 @@ def test_connector_with_symbols_in_its_name(
     assert json.loads(shown.stdout)["name"] == name
 
 
+def test_connector_list_shows_the_tunnel_and_what_to_check(
+    cli: Run, controller: LocalController, admin: AccountSession, unique: Unique
+) -> None:
+    site = admin.client.post("/v1/connector-groups", {"name": unique("site"), "subnets": ["10.82.0.0/24"]})
+    key = admin.client.post(f"/v1/connector-groups/{site['name']}/provisioning-keys", {"max_uses": 2})
+    down, quiet = unique("cn-down"), unique("cn-quiet")
+    for name in (down, quiet):
+        body = {"key": key["key"], "name": name, "wg_public_key": generate_keypair()[1]}
+        body["csr"] = create_csr(generate_private_key(), "connector").decode()
+        with controller.client() as anonymous:
+            credential = anonymous.post("/v1/enroll", body)["credential"]
+    hint = "no handshake: check that UDP to [gw-1] 203.0.113.7 ports 51820-53000 gets out"
+    report = {
+        "version": "0.1.0",
+        "interface": "zg-cn",
+        "details": {
+            "tunnel_up": False,
+            "last_handshake_at": "2026-05-01T12:00:00+00:00",
+            "tunnel_hint": hint,
+        },
+    }
+    with controller.client(credential) as device:  # the last one enrolled: quiet
+        device.post("/v1/report", report)
+
+    table = cli("admin", "connector", "list")
+    assert table.returncode == 0, table.stderr
+    cells = [re.split("[│┃]", line) for line in table.stdout.splitlines()]
+    rows = {c[1].strip(): "|".join(c) for c in cells if len(c) > 4}
+    assert "tunnel" in rows["name"] and "last_handshake_at" in rows["name"]
+    assert "down" in rows[quiet] and "2026-05-01T12:00:00Z" in rows[quiet]
+    assert "unknown" in rows[down]
+    said = one_line(table.stdout)
+    assert f"{quiet} tunnel down: {hint}" in said  # brackets and all
+    assert f"{down} tunnel unknown: it has not reported yet" in said
+    listed = {c["name"]: c for c in ok_json(cli("admin", "connector", "list", "--json"))}
+    assert (listed[quiet]["tunnel"], listed[quiet]["tunnel_hint"]) == ("down", hint)
+
+
+def test_activate_keeps_the_session_and_totp_confirm_says_how_a_user_signs_in(
+    cli: Run, profile: Path, controller: LocalController, admin: AccountSession, unique: Unique
+) -> None:
+    username, password = unique("erin"), "erin's long password 12345"
+    code = admin.client.post("/v1/users", {"username": username})["activation_code"]
+    activated = ok_json(cli(
+        "admin", "activate", "--url", controller.url, "--pin", controller.ca_pin,
+        "--username", username, "--code", code, "--password-stdin", "--json", stdin=password + "\n",
+    ))  # fmt: skip
+    assert activated["next_step"] == f"zerogate admin totp-confirm --username {username} --totp CODE"
+    assert ok_json(cli("admin", "whoami", "--json"))["name"] == "cli-admin"  # still signed in
+
+    confirmed = cli(
+        "admin", "totp-confirm", "--username", username, "--password-stdin",
+        "--totp", Authenticator(activated["totp_secret"]).code(), stdin=password + "\n",
+    )  # fmt: skip
+    assert confirmed.returncode == 0, confirmed.stderr
+    said = one_line(confirmed.stdout)
+    assert (
+        f"Sign in: zerogate client login --url {controller.url} --pin {controller.ca_pin} --username {username}"
+        in said
+    ), said
+    assert "admin login" not in said
+
+
+def test_activate_refuses_a_profile_signed_in_elsewhere_before_using_the_code(
+    controller: LocalController, admin: AccountSession, unique: Unique, tmp_path: Path
+) -> None:
+    elsewhere = {"url": "https://zt.example.com", "ca_pem": "x", "username": "root", "token": "zgt_x"}
+    other = tmp_path / "admin.json"
+    other.write_text(json.dumps(elsewhere))
+    username = unique("fay")
+    code = admin.client.post("/v1/users", {"username": username})["activation_code"]
+    args = ["admin", "activate", "--url", controller.url, "--pin", controller.ca_pin]
+    args += ["--username", username, "--code", code, "--password-stdin", "--json"]
+    refused = zerogate(*args, env=clean_env(ZEROGATE_PROFILE=str(other)), stdin="fay's long password 12345\n")
+    assert refused.returncode == 1
+    assert f"{other} holds the session of root on https://zt.example.com" in one_line(refused.stderr)
+    assert json.loads(other.read_text()) == elsewhere
+    fresh = clean_env(ZEROGATE_PROFILE=str(tmp_path / "fay.json"))
+    ok_json(zerogate(*args, env=fresh, stdin="fay's long password 12345\n"))  # the code is still good
+
+
 def test_audit_verify(cli: Run) -> None:
     verdict = cli("admin", "audit", "verify")
     assert verdict.returncode == 0, verdict.stderr
@@ -379,7 +462,8 @@ def _tree(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    data_dir = tmp_path_factory.mktemp("deployment") / "data"
+    # Brackets in the path: it must print as it is, not be taken for Rich markup.
+    data_dir = tmp_path_factory.mktemp("deployment") / "[bold]data"
     init = zerogate(
         "controller",
         "init",
@@ -400,7 +484,7 @@ def test_controller_init_and_check(deployment: tuple[Path, dict[str, Any]]) -> N
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     check = zerogate("controller", "run", "--check", "--data-dir", str(data_dir), env=clean_env())
     assert check.returncode == 0, check.stdout + check.stderr
-    assert one_line(check.stdout).startswith("OK")
+    assert one_line(check.stdout).startswith(f"OK configuration in {data_dir} is valid")
 
 
 def test_controller_check_on_a_missing_directory(tmp_path: Path) -> None:

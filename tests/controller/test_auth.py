@@ -199,7 +199,7 @@ def test_bootstrap_code_is_checked_single_use_and_needs_a_strong_password(
     with lc.client() as c:
         assert c.post(
             "/v1/auth/totp/confirm", {"username": "root", "password": password, "totp": auth.code()}
-        ) == {"status": "active"}
+        ) == {"status": "active", "kind": "admin"}
     r = login(lc, "root", password, auth.code())
     assert r.status_code == 200, r.text
     assert r.json()["kind"] == "admin"

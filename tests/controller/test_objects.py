@@ -10,15 +10,18 @@ must learn about it, moves the config revision.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from zerogate.controller.api_objects import connector_tunnel
 from zerogate.controller.localrun import AccountSession, LocalController
 from zerogate.netops.controller_api import ApiError
 from zerogate.pki.ca import create_csr, generate_private_key
@@ -419,6 +422,78 @@ def test_connector_name_with_a_slash_can_be_managed(
     assert admin.client.patch(path, {"location": "FRA"})["location"] == "FRA"
     admin.client.delete(path)
     assert name not in names(admin.client.get("/v1/connectors"))
+
+
+def connector_report(**details: Any) -> dict[str, Any]:
+    """A report as connector/daemon.py sends it, with ``details`` on top of the defaults."""
+    return {
+        "version": "0.1.0",
+        "interface": "zg-cn",
+        "peers": [{"role": "gateway", "public_key": generate_keypair()[1], "latest_handshake": 0}],
+        "details": {"revision": 3, "wireguard": "wireguard-go", **details},
+    }
+
+
+def tunnel_of(admin: AccountSession, name: str) -> tuple[Any, ...]:
+    """(tunnel, last_handshake_at, tunnel_hint) as list and show both give them."""
+    listed = next(x for x in admin.client.get("/v1/connectors") if x["name"] == name)
+    shown = admin.client.get(f"/v1/connectors/{quote(name, safe='')}")
+    fields = ("tunnel", "last_handshake_at", "tunnel_hint")
+    assert [listed[f] for f in fields] == [shown[f] for f in fields]
+    return tuple(shown[f] for f in fields)
+
+
+def test_connector_list_and_show_give_the_tunnel_from_its_latest_report(
+    controller: LocalController, admin: AccountSession, unique: Unique
+) -> None:
+    group = make_connector_group(admin, unique("site"))
+    key = admin.client.post(f"/v1/connector-groups/{group['name']}/provisioning-keys", {})
+    name = unique("tunnel-conn")
+    enrolled = enroll(controller, key["key"], name)
+    tunnel, handshake, hint = tunnel_of(admin, name)
+    assert (tunnel, handshake) == ("unknown", None) and "has not reported yet" in hint
+
+    blocked = "tunnel to gateway gw-1 is not up after 12 s: check that UDP to 203.0.113.7 [51820\u201353000] gets through"
+    with controller.client(enrolled["credential"]) as device:
+        device.post(
+            "/v1/report", connector_report(tunnel_up=False, last_handshake_at=None, tunnel_hint=blocked)
+        )
+        assert tunnel_of(admin, name) == ("down", None, blocked)
+
+        at = "2026-05-01T12:00:00.250000+00:00"
+        device.post("/v1/report", connector_report(tunnel_up=True, last_handshake_at=at, tunnel_hint=None))
+        tunnel, handshake, hint = tunnel_of(admin, name)
+        assert (tunnel, datetime.fromisoformat(handshake), hint) == ("up", datetime.fromisoformat(at), None)
+
+        # What a device writes is shown to admins: hostile values are refused, the last good report stays.
+        for hostile in (
+            {"tunnel_hint": "x" * 10_000},
+            {"tunnel_hint": "clear\x1b[2J"},
+            {"tunnel_hint": "bidi\u202e"},
+            {"last_handshake_at": at + "\n"},
+            {"last_handshake_at": "2026-05-01T12:00:00+02:00"},
+            {"last_handshake_at": "2026-02-30T12:00:00+00:00"},
+        ):
+            refused(422, partial(device.post, "/v1/report", connector_report(**hostile)))
+    assert tunnel_of(admin, name)[0] == "up"
+
+
+def test_a_stale_or_unreadable_report_leaves_the_tunnel_unknown() -> None:
+    at = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    raw = json.dumps(connector_report(tunnel_up=True) | {"at": at.isoformat()})
+    assert connector_tunnel(raw, at + timedelta(seconds=29))["tunnel"] == "up"
+    stale = connector_tunnel(raw, at + timedelta(seconds=31))
+    assert stale["tunnel"] == "unknown" and "no report for 31 s" in (stale["tunnel_hint"] or "")
+    assert connector_tunnel('{"version": [', at)["tunnel_hint"] == (
+        "its last report is unreadable: check that 'zerogate connector run' is running on it "
+        "and reaches the controller"
+    )
+    # An older connector without last_handshake_at: its gateway peer's handshake time.
+    old = connector_report(tunnel_up=False)
+    old["peers"][0]["latest_handshake"] = int(at.timestamp())
+    shown = connector_tunnel(json.dumps(old | {"at": at.isoformat()}), at)
+    assert (shown["tunnel"], shown["last_handshake_at"]) == ("down", at)
+    assert "UDP to the gateway's port range" in (shown["tunnel_hint"] or "")
 
 
 # ----------------------------------------------------------------- applications and policy

@@ -28,6 +28,7 @@ from zerogate.cli.common import (
     visible,
 )
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
+from zerogate.pki.ca import ca_pin
 
 app = typer.Typer(
     help="Sign in and manage users, groups, sites, applications and policy.", no_args_is_help=True
@@ -102,18 +103,41 @@ UserOpt = typer.Option(None, "--username", "-u", help="Account name.")
 PwStdin = typer.Option(False, "--password-stdin", help="Read the password from one line of standard input.")
 
 
+def _confirm_command(username: str) -> str:
+    return f"zerogate admin totp-confirm --username {username} --totp CODE"
+
+
 def _show_totp(enrollment: dict[str, Any], as_json: bool) -> None:
+    # The API's next_step names the API call; the CLI user gets the command to type.
+    next_step = _confirm_command(enrollment["username"])
     if as_json:
-        emit(enrollment, True)
+        emit(enrollment | {"next_step": next_step}, True)
         return
     say(
         "Add this account to your authenticator app (TOTP, 6 digits, 30 s):\n"
-        "  secret: [bold]{}[/]\n  uri:    {}\n"
-        "Then confirm: zerogate admin totp-confirm --username {} --totp CODE",
+        "  secret: [bold]{}[/]\n  uri:    {}\nThen confirm: {}",
         enrollment["totp_secret"],
         enrollment["otpauth_uri"],
-        enrollment["username"],
+        next_step,
     )
+
+
+def _profile_is_free(base: str) -> bool:
+    """May the profile be rewritten for a new account? Not while it holds a session:
+    on the same controller it is kept as it is (totp-confirm needs only the URL and
+    CA, which it has); on another one the command stops before using the code."""
+    try:
+        prior = json.loads(profile_path().read_text())
+    except (OSError, ValueError):
+        return True
+    if not isinstance(prior, dict) or not prior.get("token"):
+        return True
+    if prior.get("url") != base:
+        fail(
+            f"{profile_path()} holds the session of {prior.get('username')} on {prior.get('url')}; "
+            "pass --profile with another file for this account"
+        )
+    return False
 
 
 def _set_first_password(
@@ -133,9 +157,11 @@ def _set_first_password(
         username = ask("username", username)
         code = ask(code_name, code)
         password = read_secret("new password", password_stdin)
+        free = _profile_is_free(base)
         with ControllerClient(base, ca_pem.encode()) as c:
             enrollment = c.post(endpoint, {code_field: code, "username": username, "password": password})
-        save_profile({"url": base, "ca_pem": ca_pem, "username": username})
+        if free:
+            save_profile({"url": base, "ca_pem": ca_pem, "username": username})
         _show_totp(enrollment, as_json)
 
 
@@ -190,8 +216,19 @@ def totp_confirm(
         password = read_secret("password", password_stdin)
         totp = ask("TOTP code", totp)
         with ControllerClient(p["url"], p["ca_pem"].encode()) as c:
-            c.post("/v1/auth/totp/confirm", {"username": username, "password": password, "totp": totp})
-        say("[green]Account {} is active.[/] Sign in: zerogate admin login --username {}", username, username)
+            r = c.post("/v1/auth/totp/confirm", {"username": username, "password": password, "totp": totp})
+        say("[green]Account {} is active.[/] Sign in: {}", username, _sign_in_command(r, p, username))
+
+
+def _sign_in_command(confirmed: Any, profile: dict[str, Any], username: str) -> str:
+    """Users sign in with the client on their device; admins with this CLI."""
+    kind = confirmed.get("kind") if isinstance(confirmed, dict) else None
+    admin = f"zerogate admin login --username {username}"
+    if kind == "admin":
+        return admin
+    pin = ca_pin(profile["ca_pem"].encode())
+    user = f"zerogate client login --url {profile['url']} --pin {pin} --username {username}"
+    return user if kind == "user" else f"{user} (a user account) or {admin} (an admin account)"
 
 
 @app.command()
@@ -254,7 +291,7 @@ RESOURCES: dict[str, tuple[str, str, list[str]]] = {
     "connector": (
         "/v1/connectors",
         "name",
-        ["name", "connector_group", "status", "location", "bandwidth_class", "last_seen_at"],
+        ["name", "connector_group", "status", "tunnel", "last_handshake_at", "last_seen_at", "location"],
     ),
     "gateway": ("/v1/gateways", "name", ["name", "public_endpoint", "port_first", "port_last", "status"]),
     "application": ("/v1/applications", "name", ["name", "connector_group", "destinations"]),
@@ -268,6 +305,13 @@ RESOURCES: dict[str, tuple[str, str, list[str]]] = {
 _apps: dict[str, typer.Typer] = {}
 
 
+def _tunnel_hints(connectors: list[dict[str, Any]]) -> None:
+    """Under the connector table: what to check for each tunnel that is not up."""
+    for c in connectors:
+        if c.get("tunnel") != "up" and c.get("tunnel_hint"):
+            say("[yellow]{}[/] tunnel {}: {}", c.get("name"), c.get("tunnel"), c["tunnel_hint"])
+
+
 def _resource_app(kind: str) -> typer.Typer:
     path, key, columns = RESOURCES[kind]
     sub = typer.Typer(help=f"Manage {kind.replace('policy', 'policie')}s.", no_args_is_help=True)
@@ -275,7 +319,10 @@ def _resource_app(kind: str) -> typer.Typer:
     @sub.command("list")
     def list_(as_json: bool = JsonOpt) -> None:
         with errors_to_exit(), client() as c:
-            emit(c.get(path), as_json, columns)
+            rows = c.get(path)
+        emit(rows, as_json, columns)
+        if kind == "connector" and not as_json:
+            _tunnel_hints(rows)
 
     @sub.command("show")
     def show(name: str = typer.Argument(..., help=f"The {kind}'s {key}."), as_json: bool = JsonOpt) -> None:

@@ -4,6 +4,7 @@ State lives in ``--state-dir`` (default /var/lib/zerogate/client, root only):
 ``client.json`` (controller URL, CA, user), ``session`` (the sign-in token),
 and once the device is registered the same files an enrolled connector has
 (``device.json``, ``credential``, ``wg.key``, ``device.key``, ``device.pem``).
+``revoked`` marks a device the controller refused (until ``up --force``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from typing import Any
 
 import typer
 
-from zerogate.cli.common import JsonOpt, ask, emit, err, errors_to_exit, fail, out, read_secret
+from zerogate.cli.common import JsonOpt, ask, emit, err, errors_to_exit, fail, read_secret, say
 from zerogate.client.plan import ClientPlan, plan_client
 from zerogate.netops import links
 from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, save_identity, write_private
 from zerogate.netops.command import CommandError
 from zerogate.netops.controller_api import ApiError, ControllerClient, fetch_ca
 from zerogate.netops.dataplane import Dataplane
-from zerogate.netops.wireguard import WgInterface, check_ifname
+from zerogate.netops.wireguard import DEFAULT_INTERFACES, REJECT_AFTER, WgInterface, check_ifname
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
 
@@ -36,7 +37,14 @@ app = typer.Typer(
 StateOpt = typer.Option(
     Path("/var/lib/zerogate/client"), "--state-dir", help="Where the session and keys are kept."
 )
-InterfaceOpt = typer.Option("zg0", "--interface", help="WireGuard interface name (at most 15 characters).")
+# One default name per role: wireguard-go's control socket /var/run/wireguard/NAME.sock
+# is shared by every network namespace of the host, so two roles must not share a name.
+InterfaceOpt = typer.Option(
+    DEFAULT_INTERFACES["client"],
+    "--interface",
+    help="WireGuard interface name (at most 15 characters, unique on the host).",
+)
+FORCE_ADVICE = "to register this device again: zerogate client up --force"
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -93,7 +101,7 @@ def login(
         write_private(state_dir / "session", r["token"] + "\n")
         info = {"url": url.rstrip("/"), "ca_pem": ca_pem, "username": username, "expires_at": r["expires_at"]}
         write_private(state_dir / "client.json", json.dumps(info, indent=2))
-        out.print(f"Signed in as {username} until {r['expires_at']}. Next: zerogate client up")
+        say("Signed in as {} until {}. Next: zerogate client up", username, r["expires_at"])
 
 
 def _register(state_dir: Path, info: dict[str, Any], token: str, name: str, interface: str) -> dict[str, Any]:
@@ -128,10 +136,12 @@ def _register(state_dir: Path, info: dict[str, Any], token: str, name: str, inte
         ca_pem=info["ca_pem"].encode(),
         info=device,
     )
+    (state_dir / "revoked").unlink(missing_ok=True)
     if r["moved_from_default_block"]:
-        err.print(
-            f"[yellow]The default address block collides with a network this device is on; "
-            f"using {r['address_block']} instead.[/]"
+        say(
+            "[yellow]The default address block collides with a network this device is on; using {} instead.[/]",
+            r["address_block"],
+            console=err,
         )
     return device
 
@@ -153,11 +163,53 @@ def _await_handshake(dp: Dataplane, plan: ClientPlan, timeout: float = 15.0) -> 
         if any(p.latest_handshake for p in peers):
             return True
         time.sleep(0.2)
-    err.print(
-        f"[yellow]No handshake with gateway {plan.gateway} at {plan.endpoint} after {timeout:.0f} s: "
-        "UDP to it may be blocked; the tunnel keeps trying.[/]"
+    say(
+        "[yellow]No handshake with gateway {} at {} after {} s: UDP to it may be blocked; "
+        "the tunnel keeps trying.[/]",
+        plan.gateway,
+        plan.endpoint,
+        f"{timeout:.0f}",
+        console=err,
     )
     return False
+
+
+def _follow(identity: DeviceIdentity, interface: str, snapshot: dict[str, Any], dp: Dataplane) -> None:
+    """Apply policy changes until Ctrl-C; exit 1 with one message when the controller
+    refuses the device (revoked), after removing the tunnel and the cached snapshot."""
+    stop = threading.Event()
+    refused: list[str] = []
+
+    def apply(snap: dict[str, Any]) -> None:
+        if snap.get("revoked"):
+            stop.set()
+            refused.append(_tear_down_refused(identity.state_dir, dp))
+            return
+        _bring_up(identity, interface, snap, dp)
+
+    follower = SnapshotFollower(identity, apply)
+    follower.snapshot = snapshot
+    err.print("Following policy changes; Ctrl-C to stop (the tunnel stays up).")
+    try:
+        follower.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    if refused:
+        fail(
+            f"the controller no longer accepts this device (revoked by an admin, or its account disabled); "
+            f"{refused[0]}; {FORCE_ADVICE}"
+        )
+
+
+def _tear_down_refused(state_dir: Path, dp: Dataplane) -> str:
+    """Remove what a refused device must not keep; say what was done."""
+    write_private(state_dir / "revoked", datetime.now(UTC).isoformat() + "\n")
+    (state_dir / "snapshot.json").unlink(missing_ok=True)
+    try:
+        dp.wg.delete()  # its routes go with it
+    except CommandError as exc:
+        return f"could not remove the tunnel interface {dp.interface} ({exc}): remove it with 'ip link delete {dp.interface}'"
+    return f"removed the tunnel interface {dp.interface} and its routes"
 
 
 @app.command()
@@ -188,7 +240,8 @@ def up(
                     c.post(f"/v1/clients/{device['device_id']}/session")
                 except ApiError as exc:
                     if exc.status in (403, 404):
-                        fail(f"{exc.message}; run 'zerogate client up --force' to register again")
+                        # The controller's message may give the same advice already: say it once.
+                        fail(exc.message if "--force" in exc.message else f"{exc.message}; {FORCE_ADVICE}")
                     raise
         identity = DeviceIdentity.load(state_dir, "client")
         with identity.client(timeout=15) as c:
@@ -213,18 +266,7 @@ def up(
         if not plan.peers:
             err.print("[yellow]No gateway is enrolled yet: the tunnel has nowhere to go.[/]")
         if follow:
-            stop = threading.Event()
-
-            def apply(snap: dict[str, Any]) -> None:
-                _bring_up(identity, interface, snap, dp)
-
-            follower = SnapshotFollower(identity, apply)
-            follower.snapshot = snapshot
-            err.print("Following policy changes; Ctrl-C to stop (the tunnel stays up).")
-            try:
-                follower.run(stop)
-            except KeyboardInterrupt:
-                stop.set()
+            _follow(identity, interface, snapshot, dp)
 
 
 @app.command()
@@ -233,10 +275,10 @@ def down(state_dir: Path = StateOpt, interface: str = InterfaceOpt) -> None:
     with errors_to_exit():
         wg = WgInterface(check_ifname(interface))
         if not wg.exists():
-            out.print(f"{interface} is not up.")
+            say("{} is not up.", interface)
             return
         wg.delete()
-        out.print(f"{interface} is down.")
+        say("{} is down.", interface)
 
 
 @app.command()
@@ -251,14 +293,11 @@ def status(state_dir: Path = StateOpt, interface: str = InterfaceOpt, as_json: b
         if (state_dir / "snapshot.json").exists():
             snapshot = json.loads((state_dir / "snapshot.json").read_text())
         wg = WgInterface(check_ifname(interface))
-        handshake = None
-        transfer = None
-        if wg.exists():
-            _, peers = wg.status()
-            if peers:
-                hs = max(p.latest_handshake for p in peers)
-                handshake = f"{int(time.time() - hs)} s ago" if hs else "never"
-                transfer = f"rx {sum(p.rx_bytes for p in peers)} B, tx {sum(p.tx_bytes for p in peers)} B"
+        peers = wg.status()[1] if wg.exists() else []
+        latest = max((p.latest_handshake for p in peers), default=0)
+        handshake = (f"{int(time.time() - latest)} s ago" if latest else "never") if peers else None
+        transfer = f"rx {sum(p.rx_bytes for p in peers)} B, tx {sum(p.tx_bytes for p in peers)} B"
+        tunnel = _tunnel_state(state_dir, wg.exists(), latest)
         expires = datetime.fromisoformat(info["expires_at"])
         gateways = snapshot.get("gateways") or [{}]
         emit(
@@ -266,16 +305,29 @@ def status(state_dir: Path = StateOpt, interface: str = InterfaceOpt, as_json: b
                 "user": info["username"],
                 "session": ("valid until " if expires > datetime.now(UTC) else "ENDED at ")
                 + info["expires_at"],
-                "tunnel": "up" if wg.exists() else "down",
+                "tunnel": tunnel,
                 "address": device.get("address"),
                 "gateway": gateways[0].get("name"),
                 "endpoint": f"{gateways[0].get('endpoint')}:{gateways[0].get('port')}"
                 if gateways[0]
                 else None,
                 "handshake": handshake,
-                "transfer": transfer,
+                "transfer": transfer if peers else None,
                 "applications": snapshot.get("applications", []),
                 "routes": snapshot.get("routes", []),
             },
             as_json,
         )
+        if tunnel == "revoked" and not as_json:
+            say("[yellow]The controller refused this device (revoked):[/] {}", FORCE_ADVICE, console=err)
+
+
+def _tunnel_state(state_dir: Path, exists: bool, latest_handshake: int) -> str:
+    """revoked, down (no interface), up (a handshake within 180 s) or waiting for the gateway."""
+    if (state_dir / "revoked").exists():
+        return "revoked"
+    if not exists:
+        return "down"
+    if latest_handshake and time.time() - latest_handshake < REJECT_AFTER:
+        return "up"
+    return "waiting for the gateway"

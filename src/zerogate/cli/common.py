@@ -1,11 +1,13 @@
 """What every CLI command shares: output (table or --json), errors, secrets input.
 
 Every value printed comes from a controller (or an old database, or a hostile
-server), so it goes through :func:`safe` here, never per command: Rich markup in
-it (``[red]``, ``[link=...]``) prints literally and control or invisible
-characters (ESC, NUL, bidi overrides) print as escapes like ``\\x1b`` instead of
-driving the terminal. Messages are built with :func:`say`: our own markup in
-the template, values filled in safely. ``--json`` output is ``json.dumps`` with
+server), so it is printed here, never per command, as Rich ``Text``, which is
+never parsed for markup: ``[red]``, ``[link=...]`` or an error's
+``[... issued by O=Evil Corp,CN=controller]`` print verbatim, and control or
+invisible characters (ESC, NUL, bidi overrides) print as escapes like
+``\\x1b`` instead of driving the terminal. Messages are built with :func:`say`:
+our own markup in the template, values filled in as plain text; :func:`fail`
+prints an error without any markup. ``--json`` output is ``json.dumps`` with
 ASCII escapes, which escapes every control character.
 """
 
@@ -52,9 +54,33 @@ def safe(value: object) -> str:
     return escape(visible(value))
 
 
+# Stands for a ``{}`` field while the template's markup is parsed; no template holds NUL.
+_FIELD = "\x00"
+
+
+def fill(template: str, *values: object) -> Text:
+    """``template`` (trusted Rich markup with ``{}`` fields) as Text, each field
+    replaced by its value as plain text (made :func:`visible`), styled like its place."""
+    if _FIELD in template or template.count("{}") != len(values):
+        raise ValueError(f"template {template!r} needs exactly {len(values)} '{{}}' fields")
+    rendered = Text.from_markup(template.replace("{}", _FIELD))
+    filled, start = Text(), 0
+    for value in values:
+        at = rendered.plain.index(_FIELD, start)
+        filled.append_text(rendered[start:at])
+        piece = Text(visible(value))
+        for span in rendered.spans:
+            if span.start <= at < span.end:
+                piece.stylize(span.style)
+        filled.append_text(piece)
+        start = at + 1
+    filled.append_text(rendered[start:])
+    return filled
+
+
 def say(template: str, *values: object, console: Console = out) -> None:
-    """Print ``template`` (trusted Rich markup with ``{}`` fields) filled with ``values`` made safe."""
-    console.print(template.format(*(safe(v) for v in values)), highlight=False)
+    """Print ``template`` (trusted Rich markup with ``{}`` fields) filled with ``values`` as plain text."""
+    console.print(fill(template, *values), highlight=False)
 
 
 def show_audit_verification(r: dict[str, Any]) -> None:
@@ -82,8 +108,8 @@ def show_audit_verification(r: dict[str, Any]) -> None:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Exit with ``error: message``; the message may quote the server or the user, so it is printed safely."""
-    err.print(f"[bold red]error:[/] {safe(message)}", highlight=False)
+    """Exit with ``error: message``; it may quote the server or the user, so no markup in it is interpreted."""
+    err.print(fill("[bold red]error:[/] {}", message), highlight=False)
     raise typer.Exit(code)
 
 

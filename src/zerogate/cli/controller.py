@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from zerogate.cli.common import emit, errors_to_exit, fail, out, show_audit_verification
+from zerogate.cli.common import emit, errors_to_exit, fail, say, show_audit_verification
 from zerogate.controller.config import ConfigError, ControllerSettings, load_settings
 from zerogate.controller.deployment import (
     DeploymentError,
@@ -89,12 +89,16 @@ def init(
     if as_json:
         emit(info, True)
         return
-    out.print(f"[green]Deployment created[/] in {s.data_dir}")
+    say("[green]Deployment created[/] in {}", s.data_dir)
     emit({k: v for k, v in info.items() if k != "bootstrap_code"}, False)
-    out.print(
-        f"\nOne-time bootstrap code (shown only now, valid 7 days): [bold]{result.bootstrap_code}[/]\n"
-        f"Start the controller:  zerogate controller run --data-dir {s.data_dir}\n"
-        f"Create the first admin: zerogate admin bootstrap --url {s.url} --pin {result.ca_pin}"
+    say(
+        "\nOne-time bootstrap code (shown only now, valid 7 days): [bold]{}[/]\n"
+        "Start the controller:  zerogate controller run --data-dir {}\n"
+        "Create the first admin: zerogate admin bootstrap --url {} --pin {}",
+        result.bootstrap_code,
+        s.data_dir,
+        s.url,
+        result.ca_pin,
     )
 
 
@@ -125,10 +129,12 @@ def run(
     if check:
         if problems:
             for p in problems:
-                out.print(f"[red]FAIL[/] {p}")
+                say("[red]FAIL[/] {}", p)
             raise typer.Exit(1)
-        out.print(
-            f"[green]OK[/] configuration in {settings.data_dir} is valid (database {redact_url(settings.database_url)})"
+        say(
+            "[green]OK[/] configuration in {} is valid (database {})",
+            settings.data_dir,
+            redact_url(settings.database_url),
         )
         return
     if problems:
@@ -138,9 +144,12 @@ def run(
     )
 
     def listening(s: ControllerSettings) -> None:
-        out.print(
-            f"zerogate controller listening on https://{s.listen_host}:{s.listen_port} (devices use {s.url}); API docs at {s.url}/docs",
-            highlight=False,
+        say(
+            "zerogate controller listening on https://{}:{} (devices use {}); API docs at {}/docs",
+            s.listen_host,
+            s.listen_port,
+            s.url,
+            s.url,
         )
 
     with errors_to_exit():
@@ -160,7 +169,7 @@ def reset_bootstrap_code(data_dir: Path = DataDir, as_json: bool = typer.Option(
     if as_json:
         emit({"bootstrap_code": code}, True)
     else:
-        out.print(f"New one-time bootstrap code (valid 7 days): [bold]{code}[/]")
+        say("New one-time bootstrap code (valid 7 days): [bold]{}[/]", code)
 
 
 @app.command("audit-verify")

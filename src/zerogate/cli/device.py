@@ -9,21 +9,24 @@ and ``device.json``.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, out
+from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, say
 from zerogate.netops.agent import DeviceIdentity, NotEnrolled, save_identity
 from zerogate.netops.command import CommandError
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
-from zerogate.netops.wireguard import check_ifname
+from zerogate.netops.wireguard import DEFAULT_INTERFACES, REJECT_AFTER, WgInterface, check_ifname
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.install_string import parse_install_string
 from zerogate.pki.wireguard import generate_keypair
@@ -102,8 +105,12 @@ def _command(role: str, app: typer.Typer) -> None:
         if as_json:
             emit(summary, True)
         else:
-            out.print(
-                f"[green]Enrolled[/] {role} {summary['name']} as device {summary['device_id']}; state in {state_dir}"
+            say(
+                "[green]Enrolled[/] {} {} as device {}; state in {}",
+                role,
+                summary["name"],
+                summary["device_id"],
+                state_dir,
             )
 
     enroll.__doc__ = f"Enroll this host as a {role} with an install string; its private keys never leave it."
@@ -159,17 +166,88 @@ class StopRequested(BaseException):
     """SIGTERM/SIGINT: unwinds whatever the main thread was waiting on; the daemon tears down."""
 
 
-InterfaceOpt = typer.Option("zg0", "--interface", help="WireGuard interface name (at most 15 characters).")
+def _interface_option(role: str) -> Any:
+    """Each role has its own default name: wireguard-go's control socket is one per host."""
+    return typer.Option(
+        DEFAULT_INTERFACES[role],
+        "--interface",
+        help="WireGuard interface name (at most 15 characters, unique on the host).",
+    )
+
+
 LogOpt = typer.Option("info", "--log-level", help="debug, info, warning or error.")
 KeepOpt = typer.Option(
     False, "--keep-on-exit", help="Leave the tunnel and nftables table in place when stopping."
 )
 
 
+@connector_app.command("status")
+def connector_status(
+    state_dir: Path = typer.Option(Path("/var/lib/zerogate/connector"), "--state-dir"),
+    interface: str = _interface_option("connector"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The tunnel to the gateway as this host sees it: up or down, last handshake, what to check."""
+    with errors_to_exit():
+        try:
+            device = json.loads((state_dir / "device.json").read_text())
+        except FileNotFoundError:
+            fail(f"{state_dir} holds no enrolled connector: run 'zerogate connector enroll' first")
+        try:
+            status = _tunnel_status(state_dir, check_ifname(interface))
+        except CommandError as exc:
+            fail(str(exc))
+        emit({"name": device.get("name"), "device_id": device.get("device_id"), **status}, as_json)
+
+
+def _tunnel_status(state_dir: Path, interface: str) -> dict[str, Any]:
+    wg = WgInterface(interface)
+    exists = wg.exists()
+    peers = wg.status()[1] if exists else []
+    latest = max((p.latest_handshake for p in peers), default=0)
+    up = bool(latest) and time.time() - latest < REJECT_AFTER
+    snapshot = _cached_snapshot(state_dir)
+    gateways = snapshot.get("gateways") or [{}]
+    endpoint = next((p.endpoint for p in peers if p.endpoint), None)
+    return {
+        "interface": interface,
+        "tunnel": "up" if up else "down",
+        "last_handshake_at": datetime.fromtimestamp(latest, UTC).isoformat() if latest else None,
+        "gateway": gateways[0].get("name"),
+        "endpoint": endpoint,
+        "tunnel_hint": None if up else _down_hint(interface, exists, snapshot, endpoint, latest),
+    }
+
+
+def _cached_snapshot(state_dir: Path) -> dict[str, Any]:
+    """The last configuration the daemon applied (its snapshot.json), or {}."""
+    try:
+        snapshot = json.loads((state_dir / "snapshot.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return snapshot if isinstance(snapshot, dict) else {}
+
+
+def _down_hint(
+    interface: str, exists: bool, snapshot: dict[str, Any], endpoint: str | None, latest: int
+) -> str:
+    from zerogate.connector.daemon import tunnel_hint  # the daemon logs and reports the same advice
+
+    if not exists:
+        return (
+            f"there is no interface {interface} on this host: check that 'zerogate connector run' is running "
+            "(systemctl status zerogate-connector) and uses this --interface"
+        )
+    if not snapshot.get("gateways"):
+        return "no gateway in the last configuration: check that a gateway is enrolled and this host reaches the controller"
+    since = f"none for {int(time.time() - latest)} s" if latest else "never one"
+    return f"no WireGuard handshake with the gateway ({since}): {tunnel_hint(snapshot, endpoint)}"
+
+
 @gateway_app.command("run")
 def gateway_run(
     state_dir: Path = typer.Option(Path("/var/lib/zerogate/gateway"), "--state-dir"),
-    interface: str = InterfaceOpt,
+    interface: str = _interface_option("gateway"),
     log_level: str = LogOpt,
     keep_on_exit: bool = KeepOpt,
 ) -> None:
@@ -188,7 +266,7 @@ def gateway_run(
 @connector_app.command("run")
 def connector_run(
     state_dir: Path = typer.Option(Path("/var/lib/zerogate/connector"), "--state-dir"),
-    interface: str = InterfaceOpt,
+    interface: str = _interface_option("connector"),
     listen_port: int = typer.Option(
         51820,
         "--listen-port",

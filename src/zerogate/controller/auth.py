@@ -277,7 +277,7 @@ async def confirm_totp(body: s.TotpConfirmRequest, request: Request, state: Stat
         acc.status = "active"
         acc.updated_at = utcnow()
         m.config_change = True  # an active user may now have devices in policy
-    return {"status": "active"}
+    return {"status": "active", "kind": acc.kind}
 
 
 @router.post("/login", response_model=s.LoginResponse)

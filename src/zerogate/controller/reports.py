@@ -15,10 +15,13 @@ report it cannot read is shown as unavailable, never as a 500.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from zerogate.model.text import INVISIBLE_CATEGORIES
 
 MAX_PEERS = 10_000  # a gateway reports every connector and client it has as a peer
 MAX_COUNTER = 2**63 - 1  # byte counters and ids as a 64-bit database integer holds them
@@ -33,8 +36,29 @@ def _printable(value: str) -> str:
     return value
 
 
+# A connector's last handshake: ISO 8601 in UTC, e.g. 2026-05-01T12:00:00.123456+00:00.
+_UTC_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(\+00:00|Z)")
+MAX_HINT = 500  # a connector's advice on what to check when its tunnel is down
+
+
+def _utc_time(value: str) -> str:
+    if not _UTC_TIME.fullmatch(value):
+        raise ValueError("expected an ISO 8601 time in UTC (YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00)")
+    datetime.fromisoformat(value)  # the calendar check: month 13 or Feb 30 raise ValueError
+    return value
+
+
+def _display_text(value: str) -> str:
+    """Text shown to admins as it is: no control, invisible or bidi characters."""
+    if any(unicodedata.category(ch) in INVISIBLE_CATEGORIES for ch in value):
+        raise ValueError("control and invisible characters are not allowed")
+    return value
+
+
 Text64 = Annotated[str, Field(max_length=64), AfterValidator(_printable)]
 Counter = Annotated[int, Field(ge=0, le=MAX_COUNTER)]
+UtcTime = Annotated[str, Field(max_length=32), AfterValidator(_utc_time)]
+Hint = Annotated[str, Field(min_length=1, max_length=MAX_HINT), AfterValidator(_display_text)]
 
 
 class _Report(BaseModel):
@@ -67,6 +91,8 @@ class ReportDetails(_Report):
     wireguard: Annotated[str, Field(max_length=32), AfterValidator(_printable)] | None = None
     controller_connected: bool | None = None
     tunnel_up: bool | None = None
+    last_handshake_at: UtcTime | None = None
+    tunnel_hint: Hint | None = None
     active_connectors: dict[Text64, Text64] = Field(default_factory=dict, max_length=1000)
 
 

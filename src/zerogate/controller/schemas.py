@@ -266,6 +266,10 @@ class ConnectorOut(BaseModel):
     status: str
     last_seen_at: datetime | None
     created_at: datetime
+    # From the connector's latest report; "unknown" when there is none from the last 30 s.
+    tunnel: Literal["up", "down", "unknown"] = "unknown"
+    last_handshake_at: datetime | None = None
+    tunnel_hint: str | None = None
 
 
 class GatewayCreate(Strict):
