@@ -184,3 +184,17 @@ def test_a_namespace_that_forwarded_or_runs_docker_is_seen_as_such(ns: Netns, tm
     assert ns.call(links.docker_present) is True
     assert ns.call(lambda: links.restore_forwarding(tmp_path)) is False
     assert ns.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+
+
+def test_changes_are_planned_as_ip_batch_commands_deletes_first() -> None:
+    deletes, adds = links.address_changes(
+        "zg-cn", {"10.9.0.1/24", "10.8.0.1/24"}, ["10.9.0.1/24", "10.7.0.1"]
+    )
+    assert deletes == [["addr", "del", "10.8.0.1/24", "dev", "zg-cn"]]
+    assert adds == [["addr", "add", "10.7.0.1/32", "dev", "zg-cn"]]
+    deletes, adds = links.route_changes(
+        "zg-cn", {"10.1.0.0/24", "10.3.0.0/24"}, ["10.1.0.0/24", "10.2.0.0/23"]
+    )
+    assert deletes == [["route", "del", "10.3.0.0/24", "dev", "zg-cn"]]
+    assert adds == [["route", "replace", "10.2.0.0/23", "dev", "zg-cn"]]
+    assert links.route_changes("zg-cn", {"10.1.0.0/24"}, ["10.1.0.0/24"]) == ([], [])

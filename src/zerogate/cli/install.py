@@ -11,10 +11,8 @@ enrollment or deployment is kept unless ``--force``.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import socket
-import subprocess
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
@@ -24,20 +22,9 @@ from typing import Any, NoReturn
 import typer
 from rich.markup import escape
 
-from zerogate.cli.common import emit, err, errors_to_exit, fail, out, say
-from zerogate.deploy.systemd import (
-    SERVICE_USER,
-    Role,
-    UnitSpec,
-    check_path,
-    check_unit,
-    default_state_dir,
-    env_file_path,
-    render_env_file,
-    render_unit,
-    unit_name,
-    verify_unit,
-)
+from zerogate.cli.common import emit, err, errors_to_exit, fail, out
+from zerogate.deploy.install import InstallError, apply_install, plan_install, under
+from zerogate.deploy.systemd import Role, UnitSpec, check_path, default_state_dir, env_file_path, unit_name
 
 _HIDDEN_BY_PROTECT_HOME = (Path("/home"), Path("/root"), Path("/run/user"))
 
@@ -52,11 +39,6 @@ def _usage(message: str) -> NoReturn:
     fail(message, code=2)
 
 
-def _under(prefix: Path, path: Path) -> Path:
-    """``path`` (absolute, as on the target host) inside the install root ``prefix``."""
-    return prefix / path.relative_to("/")
-
-
 def _zerogate_program(given: Path | None) -> Path:
     if given is not None:
         return given
@@ -67,21 +49,6 @@ def _zerogate_program(given: Path | None) -> Path:
     return Path(os.path.abspath(found))
 
 
-def _write_if_changed(path: Path, text: str, mode: int) -> bool:
-    """Write ``text`` atomically with ``mode``; False when the file already says exactly that."""
-    if path.exists() and path.read_text() == text:
-        os.chmod(path, mode)
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    return True
-
-
 def _systemd_booted() -> bool:
     return Path("/run/systemd/system").is_dir()
 
@@ -90,11 +57,8 @@ def _run_preflight(
     role: str, install_string: str | None, state_dir: Path, ignore: Sequence[str]
 ) -> list[Any]:
     """Run the preflight; stop the install on a failure that is not ignored."""
-    try:
-        from zerogate.deploy.preflight import run_preflight
-    except ImportError as exc:
-        say("[yellow]warning:[/] preflight checks unavailable ({}); skipping them", exc, console=err)
-        return []
+    from zerogate.deploy.preflight import run_preflight  # only when needed: it is slow to import
+
     checks = run_preflight(role, install_string, state_dir, dict(os.environ))
     known = {c.id for c in checks}
     for name in ignore:
@@ -151,28 +115,6 @@ def _controller_deployment(
     }
 
 
-def _service_user(data_dir: Path) -> str:
-    """Create the system user ``zerogate`` if needed and give it the controller's data dir."""
-    try:
-        pwd.getpwnam(SERVICE_USER)
-        made = ""
-    except KeyError:
-        shell = "/usr/sbin/nologin" if Path("/usr/sbin/nologin").exists() else "/bin/false"
-        r = subprocess.run(
-            ["useradd", "--system", "--user-group", "--home-dir", "/nonexistent", "--no-create-home",
-             "--shell", shell, SERVICE_USER],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        if r.returncode != 0:
-            fail(f"could not create the system user {SERVICE_USER}: {r.stderr.strip()}")
-        made = f"created system user {SERVICE_USER}; "
-    user = pwd.getpwnam(SERVICE_USER)
-    for root, dirs, files in os.walk(data_dir):
-        for name in (root, *(os.path.join(root, n) for n in dirs + files)):
-            os.chown(name, user.pw_uid, user.pw_gid, follow_symlinks=False)
-    return f"{made}{data_dir} owned by {SERVICE_USER}"
-
-
 def _why_not_start(no_start: bool, prefix: Path, unenrolled: bool, role: str) -> str:
     """Why the service is left stopped (empty: start it)."""
     if no_start:
@@ -184,15 +126,6 @@ def _why_not_start(no_start: bool, prefix: Path, unenrolled: bool, role: str) ->
     if unenrolled:
         return f"this {role} is not enrolled yet"
     return ""
-
-
-def _start(unit: str) -> None:
-    for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", unit]):
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        if r.returncode != 0:
-            fail(
-                f"'{' '.join(argv)}' failed: {r.stderr.strip() or r.stdout.strip()}; see: journalctl -u {unit}"
-            )
 
 
 def install(
@@ -311,9 +244,9 @@ def install(
             parse_install_string(install_string)
         except InvalidInstallString as exc:
             _usage(f"--install-string: {exc}")
-    host_state = _under(prefix, system_state)
-    unit_path = _under(prefix, unit_dir) / unit_name(r)
-    env_path = _under(prefix, spec.env_file)
+    host_state = under(prefix, system_state)
+    unit_path = under(prefix, unit_dir) / unit_name(r)
+    env_path = under(prefix, spec.env_file)
     done: list[str] = []
     result: dict[str, Any] = {
         "role": r,
@@ -352,44 +285,17 @@ def install(
             "created the deployment" if created else f"kept the existing deployment in {host_state}{ignored}"
         )
 
-    # -- 4. files --------------------------------------------------------------------------------
-    host_state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(host_state, 0o700)
-    if env_path.exists():
-        os.chmod(env_path, 0o600)
-    else:
-        _write_if_changed(env_path, render_env_file(r, os.environ), 0o600)
-        done.append(f"wrote {env_path}")
-    text = render_unit(spec)
-    problems = check_unit(text)
-    if problems:  # a bug in render_unit, never the user's input
-        fail(f"internal error: the rendered unit is malformed: {'; '.join(problems)}")
-    done.append(f"{'wrote' if _write_if_changed(unit_path, text, 0o644) else 'unchanged:'} {unit_path}")
-    warnings = verify_unit(unit_path) or []
-    result["verify"] = warnings
-    if not network and prefix == Path("/"):
-        done.append(_service_user(host_state))
-
-    # -- 5. start --------------------------------------------------------------------------------
-    unit = unit_name(r)
-    commands = ["systemctl daemon-reload", f"systemctl enable --now {unit}"]
-    if network and not enrolled:
-        commands.insert(0, f"zerogate {r} enroll 'zg1...' --state-dir {system_state}")
-    if not network and prefix != Path("/"):
-        # Users and ownership belong to the target host, not to the --prefix tree.
-        commands[:0] = [
-            f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "
-            f"{SERVICE_USER}  # unless it exists",
-            f"chown -R {SERVICE_USER}:{SERVICE_USER} {system_state}",
-        ]
+    # -- 4. files, 5. start ------------------------------------------------------------------------
     why_not = _why_not_start(no_start, prefix, network and not enrolled, r)
-    if why_not:
-        result |= {"started": False, "next": commands}
-    else:
-        _start(unit)
-        result |= {"started": True, "next": []}
-        done.append(f"enabled and started {unit}")
-    result["done"] = done
+    try:
+        plan = plan_install(
+            spec, prefix=prefix, unit_dir=unit_dir, environ=os.environ, start=not why_not, enrolled=enrolled
+        )
+        steps, warnings = apply_install(plan)
+    except InstallError as exc:
+        fail(str(exc))
+    done += steps
+    result |= {"verify": warnings, "started": not why_not, "next": list(plan.next_steps), "done": done}
 
     if as_json:
         emit(result, True)
@@ -407,5 +313,5 @@ def install(
         )
     if why_not:
         out.print(f"\nNot started ({why_not}). To start it:", highlight=False)
-        for command in commands:
+        for command in plan.next_steps:
             out.print(f"  {escape(command)}", highlight=False)

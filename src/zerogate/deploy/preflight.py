@@ -38,6 +38,7 @@ from zerogate.deploy.connectivity import (
     redact_proxy,
 )
 from zerogate.deploy.sizing import HostMinimum, host_minimum
+from zerogate.netops.command import CommandError, run
 from zerogate.pki.install_string import InvalidInstallString, parse_install_string
 
 __all__ = [
@@ -590,15 +591,12 @@ def _read(path: str) -> str | None:
 
 
 def _run(argv: Sequence[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str] | None:
-    """Run a tool (argv list, LC_ALL=C); None if it is not installed or hangs."""
+    """Run a tool (see netops.command); None if it is not installed or hangs."""
     if shutil.which(argv[0]) is None:
         return None
-    env = {**os.environ, "LC_ALL": "C"}
     try:
-        return subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, env=env, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        return run(argv, timeout=timeout, check=False)
+    except CommandError:
         return None
 
 

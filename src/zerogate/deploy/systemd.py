@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from zerogate.netops.command import CommandError, run
 from zerogate.netops.wireguard import DEFAULT_INTERFACES
 
 __all__ = [
@@ -314,16 +314,16 @@ def check_unit(text: str) -> list[str]:
 def verify_unit(path: Path) -> list[str] | None:
     """What ``systemd-analyze verify`` says about the unit file (empty: clean; None: tool missing)."""
     try:
-        r = subprocess.run(
+        r = run(
             ["systemd-analyze", "verify", "--man=no", str(path)],
-            capture_output=True,
-            text=True,
             timeout=60,
             check=False,
-            env={**os.environ, "SYSTEMD_LOG_TARGET": "console", "SYSTEMD_LOG_LEVEL": "notice", "LC_ALL": "C"},
+            env={**os.environ, "SYSTEMD_LOG_TARGET": "console", "SYSTEMD_LOG_LEVEL": "notice"},
         )
-    except FileNotFoundError:
-        return None
+    except CommandError as exc:
+        if exc.returncode == 127:
+            return None
+        raise
     lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
     if r.returncode != 0 and not lines:
         lines = [f"systemd-analyze verify exited with {r.returncode}"]

@@ -1,11 +1,25 @@
-"""Run one system command (ip, wg, nft, wireguard-go) with a readable error."""
+"""The one way zerogate runs a program: argv only (never a shell), ``LC_ALL=C``,
+a timeout, and a typed error that carries the command and its output.
+
+Errors::
+
+    CommandError        the program was missing, timed out or exited non-zero
+                        (argv, returncode, stderr, stdout; 127 = not found, -1 = timeout)
+
+The locale is pinned so that the few places that must read a tool's own words
+(wireguard-go's "UAPI listen error", ip's "No such process") read English.
+Long-running programs (daemons in tests, the demo) start with :func:`spawn`,
+which pins the locale the same way.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
@@ -13,12 +27,14 @@ log = logging.getLogger(__name__)
 class CommandError(RuntimeError):
     """A system command failed; the message names the command and its stderr."""
 
-    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
-        self.argv = list(argv)
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, stdout: str = "") -> None:
+        self.argv = [str(a) for a in argv]
         self.returncode = returncode
         self.stderr = stderr.strip()
+        self.stdout = stdout
         shown = " ".join(self.argv[:4]) + (" ..." if len(self.argv) > 4 else "")
-        super().__init__(f"'{shown}' failed ({returncode}): {self.stderr or 'no error output'}")
+        detail = " ".join(self.stderr.split())[-800:] or "no error output"
+        super().__init__(f"'{shown}' failed ({returncode}): {detail}")
 
 
 def require(tool: str, package: str) -> str:
@@ -29,23 +45,64 @@ def require(tool: str, package: str) -> str:
     return path
 
 
+def command_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's environment) with the C locale pinned."""
+    base = dict(os.environ if env is None else env)
+    base.pop("LANGUAGE", None)  # GNU gettext reads it before LC_ALL for messages
+    base["LC_ALL"] = "C"
+    return base
+
+
 def run(
     argv: Sequence[str],
     *,
     input: str | None = None,
     timeout: float = 60,
     check: bool = True,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv``; raise :class:`CommandError` on a non-zero exit when ``check``."""
+    """Run ``argv`` and capture its output as text; raise :class:`CommandError`
+    when it is missing or times out, and on a non-zero exit when ``check``.
+    ``kwargs`` go to :func:`subprocess.run` (``cwd``, ``user``, ``group``…)."""
+    args = [str(a) for a in argv]
     try:
         r = subprocess.run(
-            list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False, env=env
+            args,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=command_env(env),
+            **kwargs,
         )
     except FileNotFoundError:
-        raise CommandError(argv, 127, f"{argv[0]} not found") from None
+        raise CommandError(args, 127, f"{args[0]} not found") from None
+    except PermissionError as exc:
+        raise CommandError(args, 126, f"{args[0]} cannot be run: {exc.strerror}") from None
     except subprocess.TimeoutExpired:
-        raise CommandError(argv, -1, f"timed out after {timeout:.0f} s") from None
+        raise CommandError(args, -1, f"timed out after {timeout:g} s") from None
     if check and r.returncode != 0:
-        raise CommandError(argv, r.returncode, r.stderr or r.stdout)
+        raise CommandError(args, r.returncode, r.stderr or r.stdout, r.stdout)
     return r
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    stdout: int | IO[Any] | None = subprocess.DEVNULL,
+    stderr: int | IO[Any] | None = subprocess.STDOUT,
+    stdin: int | IO[Any] | None = subprocess.DEVNULL,
+    env: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in the background (C locale); the caller owns the process
+    and stops it by its PID."""
+    args = [str(a) for a in argv]
+    try:
+        return subprocess.Popen(
+            args, stdin=stdin, stdout=stdout, stderr=stderr, env=command_env(env), **kwargs
+        )
+    except FileNotFoundError:
+        raise CommandError(args, 127, f"{args[0]} not found") from None

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 from pathlib import Path
 
+from zerogate.netops import netns
 from zerogate.netops.agent import write_private
 from zerogate.netops.command import run
 
@@ -41,15 +42,24 @@ def addresses(dev: str) -> set[str]:
     return out
 
 
+def address_changes(
+    dev: str, have: Iterable[str], want: Iterable[str]
+) -> tuple[list[list[str]], list[list[str]]]:
+    """The ``ip`` commands (deletes, adds) that turn ``have`` into ``want`` on ``dev`` (pure)."""
+    have_set, want_set = set(have), {str(ip_interface(a)) for a in want}
+    deletes = [["addr", "del", a, "dev", dev] for a in sorted(have_set - want_set)]
+    adds = [["addr", "add", a, "dev", dev] for a in sorted(want_set - have_set)]
+    return deletes, adds
+
+
 def ensure_addresses(dev: str, wanted: Iterable[str]) -> None:
-    want = {str(ip_interface(a)) for a in wanted}
-    have = addresses(dev)
-    for a in sorted(have - want):
-        run(["ip", "addr", "del", a, "dev", dev])
-    if have - want:
-        have = addresses(dev)  # deleting a primary address also drops its secondaries
-    for a in sorted(want - have):
-        run(["ip", "addr", "add", a, "dev", dev])
+    want = [str(ip_interface(a)) for a in wanted]
+    deletes, adds = address_changes(dev, addresses(dev), want)
+    if deletes:
+        netns.run_batch(deletes)
+        # deleting a primary address also drops its secondaries: plan the adds anew
+        _, adds = address_changes(dev, addresses(dev), want)
+    netns.run_batch(adds)
 
 
 def routes(dev: str) -> set[str]:
@@ -63,13 +73,23 @@ def routes(dev: str) -> set[str]:
     return out
 
 
+def route_changes(
+    dev: str, have: Iterable[str], want: Iterable[str]
+) -> tuple[list[list[str]], list[list[str]]]:
+    """The ``ip`` commands (deletes, replaces) that turn routes ``have`` into ``want`` via ``dev`` (pure)."""
+    have_set, want_set = set(have), {str(ip_network(r)) for r in want}
+    deletes = [["route", "del", r, "dev", dev] for r in sorted(have_set - want_set)]
+    adds = [["route", "replace", r, "dev", dev] for r in sorted(want_set - have_set)]
+    return deletes, adds
+
+
 def ensure_routes(dev: str, wanted: Iterable[str]) -> None:
-    want = {str(ip_network(r)) for r in wanted}
-    have = routes(dev)
-    for r in sorted(have - want):
-        run(["ip", "route", "del", r, "dev", dev], check=False)
-    for r in sorted(want - have):
-        run(["ip", "route", "replace", r, "dev", dev])
+    deletes, adds = route_changes(dev, routes(dev), wanted)
+    try:
+        netns.run_batch(deletes, force=True)
+    except netns.NetnsError as exc:  # already gone (the kernel drops routes with their address)
+        log.debug("some stale routes on %s were already gone: %s", dev, exc)
+    netns.run_batch(adds)
 
 
 def enable_forwarding(proc: Path = IP_FORWARD) -> None:

@@ -6,23 +6,26 @@ of one ``ip`` command (without the leading ``ip``), then applied either alone
 (``ip -n NS ...``) or together with others as one ``ip -batch`` run per
 namespace: a whole testbed topology takes a handful of processes.
 
-Errors: a failing ``ip`` command raises :class:`NetnsError`, whose message names
-the command, its exit status and ip's own complaint. Names that the kernel or
+Errors: a failing ``ip`` command raises :class:`NetnsError` (a
+:class:`~zerogate.netops.command.CommandError`), whose message names the
+command, its exit status and ip's own complaint; a program run inside a
+namespace with ``check`` raises ``CommandError``. Everything runs through
+:mod:`zerogate.netops.command` (argv, ``LC_ALL=C``, a timeout). Names that the kernel or
 ``ip -batch`` would reject (interface names over 15 characters, whitespace,
 slashes) raise ``ValueError`` before anything runs.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
+from zerogate.netops.command import CommandError, command_env, run
+
 __all__ = [
     "IFNAME_MAX",
-    "CommandFailed",
     "NetnsError",
     "add_address",
     "add_bridge",
@@ -71,18 +74,8 @@ Address = IPv4Address | str
 Network = IPv4Network | str
 
 
-class NetnsError(RuntimeError):
+class NetnsError(CommandError):
     """An ``ip`` command failed; the message includes ip's own error output."""
-
-
-class CommandFailed(subprocess.CalledProcessError):
-    """A program run inside a namespace exited non-zero; ``str()`` includes its stderr."""
-
-    def __str__(self) -> str:
-        err = self.stderr if isinstance(self.stderr, str) else ""
-        out = self.output if isinstance(self.output, str) else ""
-        detail = " ".join((err or out).split())[-800:] or "no output"
-        return f"'{' '.join(map(str, self.cmd))}' exited with status {self.returncode}: {detail}"
 
 
 # -- names ----------------------------------------------------------------
@@ -199,15 +192,6 @@ def parse_pids(text: str) -> list[int]:
 # -- applying (I/O) -------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "LC_ALL": "C"}
-
-
-def _fail(argv: Sequence[str], returncode: int, output: str) -> NetnsError:
-    detail = " ".join(output.split())[-600:] or "no error output"
-    return NetnsError(f"'{' '.join(argv)}' failed with exit status {returncode}: {detail}")
-
-
 def run_ip(args: Sequence[str], ns: str | None = None, *, timeout: float = _IP_TIMEOUT) -> str:
     """Run one ``ip`` command (in ``ns`` when given); return its standard output."""
     return _run_ip_argv(ip_argv(args, ns), None, timeout)
@@ -215,16 +199,13 @@ def run_ip(args: Sequence[str], ns: str | None = None, *, timeout: float = _IP_T
 
 def _run_ip_argv(argv: list[str], stdin: str | None, timeout: float) -> str:
     try:
-        done = subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, env=_env(), timeout=timeout, check=False
-        )
-    except FileNotFoundError:
-        raise NetnsError("the 'ip' program was not found; install the Debian package 'iproute2'") from None
-    except subprocess.TimeoutExpired:
-        raise NetnsError(f"'{' '.join(argv)}' did not finish within {timeout:g} s") from None
-    if done.returncode != 0:
-        raise _fail(argv, done.returncode, done.stderr or done.stdout)
-    return done.stdout
+        return run(argv, input=stdin, timeout=timeout).stdout
+    except CommandError as e:
+        if e.returncode == 127:
+            raise NetnsError(
+                argv, 127, "the 'ip' program was not found; install the Debian package 'iproute2'"
+            ) from None
+        raise NetnsError(argv, e.returncode, e.stderr, e.stdout) from None
 
 
 def run_batch(
@@ -261,14 +242,14 @@ def run_parallel(jobs: Sequence[tuple[Sequence[str], str | None]], *, timeout: f
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
-                env=_env(),
+                env=command_env(),
             )
             procs.append((argv, proc, stdin))
     except FileNotFoundError as e:
         for _, proc, _ in procs:
             proc.kill()  # our own children, started just above
             proc.wait()
-        raise NetnsError(f"{e.filename!r} was not found; install iproute2 and procps") from None
+        raise NetnsError([str(e.filename)], 127, "not found; install iproute2 and procps") from None
     failures: list[NetnsError] = []
     for argv, proc, stdin in procs:
         try:
@@ -276,10 +257,10 @@ def run_parallel(jobs: Sequence[tuple[Sequence[str], str | None]], *, timeout: f
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            failures.append(NetnsError(f"'{' '.join(argv)}' did not finish within {timeout:g} s"))
+            failures.append(NetnsError(argv, -1, f"timed out after {timeout:g} s"))
             continue
         if proc.returncode != 0:
-            failures.append(_fail(argv, proc.returncode, output))
+            failures.append(NetnsError(argv, proc.returncode, output))
     if failures:
         raise failures[0]
 
@@ -323,8 +304,7 @@ def delete_link(ns: str | None, ifname: str) -> None:
 
 def link_exists(ns: str | None, ifname: str) -> bool:
     argv = ip_argv(["-o", "link", "show", "dev", validate_ifname(ifname)], ns)
-    done = subprocess.run(argv, capture_output=True, env=_env(), timeout=_IP_TIMEOUT, check=False)
-    return done.returncode == 0
+    return run(argv, timeout=_IP_TIMEOUT, check=False).returncode == 0
 
 
 def add_address(ns: str | None, ifname: str, address: IPv4Interface | str) -> None:
@@ -354,19 +334,7 @@ def run_in(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` inside ``ns`` and capture its output as text.
 
-    With ``check`` a non-zero exit raises ``subprocess.CalledProcessError``
-    whose message includes the program's error output.
+    With ``check`` a non-zero exit raises :class:`CommandError`, whose
+    message includes the program's error output.
     """
-    full = exec_argv(ns, argv)
-    done = subprocess.run(
-        full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=input,
-        env=dict(env) if env is not None else _env(),
-        check=False,
-    )
-    if check and done.returncode != 0:
-        raise CommandFailed(done.returncode, full, done.stdout, done.stderr)
-    return done
+    return run(exec_argv(ns, argv), check=check, timeout=timeout, input=input, env=env)

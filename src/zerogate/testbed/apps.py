@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from zerogate.netops.command import run
 from zerogate.testbed.topology import TestbedError, Topology
 
 __all__ = [
@@ -235,12 +236,7 @@ class Sshd:
 
 def _keygen(path: Path, comment: str) -> str:
     """Create an ed25519 key pair without passphrase; return the public key line."""
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], timeout=30)
     return path.with_suffix(".pub").read_text().strip()
 
 
@@ -362,11 +358,10 @@ def start_postgres(topo: Topology, *, timeout: float = START_TIMEOUT) -> Postgre
     os.chown(base, pw.pw_uid, pw.pw_gid)
     data, sockets = base / "data", base / "socket"
     env = {"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "LC_ALL": "C", "LANG": "C"}
-    init = subprocess.run(
+    init = run(
         [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--encoding=UTF8", "--locale=C",
          "--no-sync", "--auth=trust"],
-        cwd=base, env=env, capture_output=True, text=True, timeout=120,
-        user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], check=False,
+        cwd=base, env=env, timeout=120, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], check=False,
     )  # fmt: skip
     if init.returncode != 0:
         raise AppStartError(f"initdb failed ({init.returncode}):\n{(init.stdout + init.stderr)[-3000:]}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from zerogate.netops.command import spawn
 from zerogate.testbed.topology import TestbedError
 
 __all__ = ["ProxyError", "Squid", "render_squid_conf", "squid_binary"]
@@ -112,7 +113,7 @@ class Squid:
             os.chown(self.base, user.pw_uid, user.pw_gid)
         argv = [binary, "-N", "-n", self.service_name, "-f", str(conf)]
         with open(self.base / "squid.out", "ab") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            self.process = spawn(argv, stdout=out)
         deadline = time.monotonic() + timeout
         while not _listening(self.port):
             if self.process.poll() is not None:

@@ -33,7 +33,7 @@ Set ``ZEROGATE_KEEP_TESTBED=1`` to keep the temp dir (logs, configs) after close
 
 Errors: :class:`TestbedError` (not root, no free slot, used before build);
 ``ip`` failures surface as :class:`zerogate.netops.netns.NetnsError`; ``run``
-with ``check`` raises :class:`zerogate.netops.netns.CommandFailed`.
+with ``check`` raises :class:`zerogate.netops.command.CommandError`.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from types import TracebackType
 from typing import Self
 
 from zerogate.netops import netns
+from zerogate.netops.command import spawn
 
 __all__ = [
     "CLIENT_NETWORK",
@@ -458,10 +459,10 @@ def _start_watchdog(k: int, lock_fd: int) -> subprocess.Popen[bytes]:
         "from zerogate.testbed.topology import _watchdog_main; "
         "_watchdog_main(int(sys.argv[1]), int(sys.argv[2]))"
     )
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-I", "-c", code, str(k), str(lock_fd)],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stderr=None,
         pass_fds=(lock_fd,),  # it holds the slot until its cleanup is done
         start_new_session=True,  # a Ctrl-C aimed at the tests must not stop it first
     )
@@ -639,8 +640,8 @@ class Topology(Layout):
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside namespace ``ns`` and capture its text output.
 
-        ``check``: a non-zero exit raises ``CommandFailed`` (a ``CalledProcessError``
-        whose message includes stderr). ``env`` defaults to ours with ``LC_ALL=C``.
+        ``check``: a non-zero exit raises ``CommandError`` (its message includes
+        stderr). ``env`` defaults to ours; ``LC_ALL=C`` is always set.
         """
         self._k()
         return netns.run_in(self._resolve(ns), argv, check=check, timeout=timeout, input=input, env=env)
@@ -663,13 +664,7 @@ class Topology(Layout):
         if self._state != "built":
             raise TestbedError(f"cannot start {argv[0]!r}: the topology is {self._state}")
         with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                netns.exec_argv(full_ns, argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+            proc = spawn(netns.exec_argv(full_ns, argv), stdout=out, env=env)
         with self._guard:
             self._tracked.append(_Tracked(proc, stop_signal, f"{argv[0]} in {full_ns}"))
         return proc
