@@ -27,7 +27,7 @@ from typing import Any
 
 from _common import add_controller_options, percentile, run_in_scratch_dir
 
-from zerogate.controller.localrun import LocalController
+from zerogate.testbed.localrun import LocalController
 from zerogate.netops.controller_api import ControllerClient
 
 

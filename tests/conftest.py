@@ -23,7 +23,7 @@ if _TESTS_DIR not in sys.path:
 
 from nstools import Netns  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
-from zerogate.controller.localrun import AccountSession, LocalController  # noqa: E402
+from zerogate.testbed.localrun import AccountSession, LocalController  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Test outcome on the item, so fixtures can print diagnostics after a failure

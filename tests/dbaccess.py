@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 
-from zerogate.controller.localrun import LocalController
+from zerogate.testbed.localrun import LocalController
 
 
 class SqlError(Exception):

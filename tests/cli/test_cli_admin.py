@@ -20,7 +20,7 @@ import pytest
 
 from dbaccess import run_sql
 from zerogate.cli.common import safe
-from zerogate.controller.localrun import AccountSession, Authenticator, LocalController
+from zerogate.testbed.localrun import AccountSession, Authenticator, LocalController
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.install_string import parse_install_string
 from zerogate.pki.wireguard import generate_keypair

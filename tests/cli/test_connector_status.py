@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from nstools import Netns
-from zerogate.controller.localrun import zerogate_argv
+from zerogate.testbed.localrun import zerogate_argv
 from zerogate.netops.wireguard import WgInterface, WgPeer
 from zerogate.pki.wireguard import generate_keypair
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zerogate.controller.localrun import zerogate_argv
+from zerogate.testbed.localrun import zerogate_argv
 from zerogate.testbed.lab import Lab, wait_for
 from zerogate.testbed.topology import Topology
 

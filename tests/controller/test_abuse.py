@@ -28,7 +28,7 @@ import pytest
 from dbaccess import run_sql
 from zerogate.controller import auth
 from zerogate.controller.config import ConfigError, load_settings
-from zerogate.controller.localrun import AccountSession, LocalController
+from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.controller.throttle import MAX_TRACKED_KEYS, FailureLog, Throttle, ThrottleLimits
 from zerogate.netops.controller_api import make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key

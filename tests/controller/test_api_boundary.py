@@ -25,7 +25,7 @@ import pytest
 
 from apiaccess import raw
 from dbaccess import run_sql
-from zerogate.controller.localrun import AccountSession, LocalController
+from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.netops.controller_api import make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair

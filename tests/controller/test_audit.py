@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from dbaccess import SqlError, run_sql
-from zerogate.controller.localrun import AccountSession, LocalController, zerogate_argv
+from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.model.audit import AuditEntry, entry_hash
 from zerogate.netops.controller_api import ApiError, make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from dbaccess import SqlError, run_sql
-from zerogate.controller.localrun import AccountSession, LocalController, zerogate_argv
+from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.model.audit import AuditEntry, entry_hash
 
 # ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from dbaccess import run_sql
-from zerogate.controller.localrun import AccountSession, Authenticator, LocalController
+from zerogate.testbed.localrun import AccountSession, Authenticator, LocalController
 from zerogate.netops.controller_api import ApiError, make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.totp import time_step, totp_code

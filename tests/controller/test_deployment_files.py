@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zerogate.controller.localrun import LocalController, zerogate_argv
+from zerogate.testbed.localrun import LocalController, zerogate_argv
 
 
 def zerogate(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,14 +9,13 @@ import hashlib
 import itertools
 import json
 import os
-import socket
 import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -29,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from apiaccess import raw, register
 from dbaccess import run_sql
+from tlsserver import serve_tls
 from zerogate.cli.device import enroll_device
-from zerogate.controller.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.netops.controller_api import (
     ControllerClient,
     TLSInterceptionSuspected,
@@ -49,6 +48,7 @@ from zerogate.pki.ca import (
 from zerogate.pki.credentials import new_token
 from zerogate.pki.install_string import InstallString, parse_install_string
 from zerogate.pki.wireguard import generate_keypair, public_key
+from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
@@ -406,21 +406,6 @@ class Interceptor:
     seen: list[tuple[str, str]] = field(default_factory=list)
 
 
-class _TLSServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext) -> None:
-        self.context = context
-        super().__init__(("127.0.0.1", 0), handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # the client aborting the handshake is the expected outcome
-
-
 @pytest.fixture
 def interceptor(controller: LocalController, tmp_path: Path) -> Iterator[Interceptor]:
     """A TLS-inspecting middlebox: terminates TLS with a certificate from its own CA
@@ -459,16 +444,10 @@ def interceptor(controller: LocalController, tmp_path: Path) -> Iterator[Interce
 
         do_GET = do_POST = _forward
 
-    server = _TLSServer(Forward, context)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    result.url = f"https://127.0.0.1:{server.server_address[1]}"
     try:
-        yield result
+        with serve_tls(Forward, context) as result.url:
+            yield result
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
         upstream.close()
 
 

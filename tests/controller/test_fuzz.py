@@ -53,7 +53,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from zerogate.controller.localrun import LocalController
+from zerogate.testbed.localrun import LocalController
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
 

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller import membership
 from zerogate.controller.api_objects import all_by_name, by_name
-from zerogate.controller.localrun import AccountSession
+from zerogate.testbed.localrun import AccountSession
 from zerogate.controller.state import NotFound
 from zerogate.netops.controller_api import ApiError
 from zerogate.store.db import Database, upgrade_schema, utcnow

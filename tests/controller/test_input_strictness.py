@@ -19,7 +19,7 @@ import pytest
 
 from apiaccess import raw, register
 from dbaccess import SqlError, run_sql
-from zerogate.controller.localrun import AccountSession, LocalController
+from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.deploy.systemd import UnitSpec, check_path
 from zerogate.netops.controller_api import ApiError
 from zerogate.netops.firewalld import FirewalldIntegration

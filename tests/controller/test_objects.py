@@ -22,7 +22,7 @@ from urllib.parse import quote
 import pytest
 
 from zerogate.controller.api_objects import connector_tunnel
-from zerogate.controller.localrun import AccountSession, LocalController
+from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.netops.controller_api import ApiError
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair

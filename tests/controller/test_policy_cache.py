@@ -15,7 +15,7 @@ import pytest
 
 from apiaccess import raw, register
 from dbaccess import run_sql
-from zerogate.controller.localrun import AccountSession, LocalController
+from zerogate.testbed.localrun import AccountSession, LocalController
 
 
 def health(controller: LocalController) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zerogate.controller.localrun import AccountSession, LocalController
+from zerogate.testbed.localrun import AccountSession, LocalController
 
 
 def test_health_and_whoami(controller: LocalController, admin: AccountSession) -> None:

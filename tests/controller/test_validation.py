@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from zerogate.controller.localrun import AccountSession, LocalController
+from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.netops.controller_api import ApiError, ControllerClient
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from zerogate.controller.localrun import AccountSession, LocalController
+from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.netops.controller_api import make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair

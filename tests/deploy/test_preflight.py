@@ -24,7 +24,7 @@ import pytest
 
 from dbaccess import run_sql
 from zerogate.cli.device import enroll_device
-from zerogate.controller.localrun import AccountSession, LocalController, zerogate_argv
+from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.deploy.connectivity import (
     Check,
     GatewayTarget,

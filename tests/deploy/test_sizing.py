@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zerogate.cli.main import app
-from zerogate.controller.localrun import zerogate_argv
+from zerogate.testbed.localrun import zerogate_argv
 from zerogate.deploy.sizing import SizingError, host_minimum, size
 
 runner = CliRunner()
@@ -32,7 +32,7 @@ def test_connector_uses_the_first_reference_row_that_covers_users_and_bandwidth(
 ) -> None:
     s = size("connector", users=users, bandwidth_mbps=mbps)
     assert (s.instances, s.cores, s.memory_gb, s.disk_gb) == (1, cores, memory, 64)
-    assert f"row '{row}" in s.basis[0] and "REQUIREMENTS.md §7" in s.basis[0]
+    assert f"row '{row}" in s.basis[0] and "reference sizing for connectors" in s.basis[0]
     assert f"covers {users:,} users at {mbps:,} Mbit/s" in s.basis[0]
     assert "Network connector: 4 GB RAM, 2-8 cores, 64 GB disk" in s.basis[1]
     assert ("raises the row to this floor" in s.basis[1]) == row.startswith("15 ")
@@ -86,7 +86,7 @@ def test_controller_quotes_the_benchmarks_and_marks_extrapolation() -> None:
 def test_segment_rows(assets: int, instances: int, cores: int, memory: int, row: str) -> None:
     s = size("segment", assets=assets)
     assert (s.instances, s.cores, s.memory_gb) == (instances, cores, memory)
-    assert f"row '{row}" in s.basis[0] and "REQUIREMENTS.md §6" in s.basis[0]
+    assert f"row '{row}" in s.basis[0] and "reference sizing for segment servers" in s.basis[0]
     assert "no reference figure" in s.basis[1]
 
 

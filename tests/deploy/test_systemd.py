@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from zerogate.controller.localrun import AccountSession, LocalController, zerogate_argv
+from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.deploy.systemd import (
     UnitSpec,
     capabilities,

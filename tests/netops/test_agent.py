@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from zerogate.cli.device import enroll_device
-from zerogate.controller.localrun import AccountSession
+from zerogate.testbed.localrun import AccountSession
 from zerogate.netops import agent
 from zerogate.netops.agent import (
     MAX_PUSHBACK,

@@ -10,12 +10,13 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tlsserver import serve_tls
 from zerogate.netops.controller_api import (
     ApiError,
     ControllerClient,
@@ -139,22 +140,6 @@ def _handler(ca_pem: bytes | None, seen_auth: list[str | None]) -> type[BaseHTTP
     return Handler
 
 
-class _TLSServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext) -> None:
-        self.context = context
-        super().__init__(("127.0.0.1", 0), handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        # Handshake in the handler thread, so a client that aborts it cannot stall accept().
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # rejected handshakes are the point of several tests
-
-
 def _serve(
     cert_issuer: Authority,
     served_ca_pem: bytes | None,
@@ -171,16 +156,8 @@ def _serve(
         key_file.write_bytes(key_pem)
         context.load_cert_chain(cert_file, key_file)
     seen_auth: list[str | None] = []
-    server = _TLSServer(_handler(served_ca_pem, seen_auth), context)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        port = server.server_address[1]
-        yield Server(f"https://127.0.0.1:{port}", cert_issuer, seen_auth)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_tls(_handler(served_ca_pem, seen_auth), context) as url:
+        yield Server(url, cert_issuer, seen_auth)
 
 
 @pytest.fixture(scope="module")

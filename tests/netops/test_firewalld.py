@@ -18,8 +18,7 @@ import signal
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from zerogate.netops.firewalld import (
     plan_zone,
     port_spec,
 )
+from zerogate.testbed.lab import wait_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("firewalld") is None or shutil.which("dbus-daemon") is None,
@@ -157,14 +157,6 @@ def sh(*argv: str, env: dict[str, str] | None = None, check: bool = True) -> str
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
     return r.stdout
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -293,7 +285,9 @@ class FirewalldHost:
         # On the bus first, then answering (calls queue until its start-up is done).
         probe = FirewalldIntegration("lo", None, bus_address=self.bus_address)
         wait_for(
-            lambda: probe.available() or self.procs["firewalld"].poll() is not None, "firewalld on the bus"
+            lambda: probe.available() or self.procs["firewalld"].poll() is not None,
+            30.0,
+            "firewalld on the bus",
         )
         assert self.procs["firewalld"].poll() is None, self.log()
         assert self.cmd("--state").strip() == "running"

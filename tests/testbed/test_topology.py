@@ -14,26 +14,19 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from zerogate.netops import netns
+from zerogate.netops.command import CommandError
 from zerogate.testbed import Apps, Topology, start_apps
 from zerogate.testbed.apps import OTHER_PORT_BODY
+from zerogate.testbed.lab import wait_for
 from zerogate.testbed.topology import LOCK_DIR, WIREGUARD_SOCKET_DIR, _alive
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def slot_namespaces(k: int) -> list[str]:
@@ -124,7 +117,7 @@ def test_root_namespace_reaches_a_server_in_the_gateway(topo: Topology) -> None:
         fetched.append(done.stdout)
         return done.returncode == 0
 
-    wait_for(answered, "the gateway's HTTP server to answer the root namespace")
+    wait_for(answered, 10.0, "the gateway's HTTP server to answer the root namespace")
     assert fetched[-1] == "hello from the gateway namespace\n"
     # The gateway saw the root namespace's testbed address.
     assert f"{topo.host_address} - -" in (topo.tmp / "http-server.log").read_text()
@@ -145,7 +138,9 @@ def test_attacker_check_can_fail_when_a_connector_forwards() -> None:
         t.run("cn1", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         netns.replace_route(t.ns("app"), t.internet, t.connector_lan(1))
         wait_for(
-            lambda: pings(t, "atk", t.app_address), "the attacker to reach the app via a forwarding connector"
+            lambda: pings(t, "atk", t.app_address),
+            10.0,
+            "the attacker to reach the app via a forwarding connector",
         )
 
 
@@ -169,11 +164,11 @@ def test_set_link_cuts_and_restores_a_connector_wan(topo: Topology) -> None:
         assert not pings(topo, "cn2", topo.gateway_address)
     finally:
         topo.set_link("cn2", wan, up=True)
-    wait_for(lambda: pings(topo, "cn2", topo.gateway_address), "cn2 to reach the gateway again")
+    wait_for(lambda: pings(topo, "cn2", topo.gateway_address), 10.0, "cn2 to reach the gateway again")
 
 
 def test_run_reports_the_failing_command_and_its_stderr(topo: Topology) -> None:
-    with pytest.raises(subprocess.CalledProcessError, match="No such file or directory"):
+    with pytest.raises(CommandError, match="No such file or directory"):
         topo.run("gw", ["cat", "/nonexistent/zerogate"])
     assert topo.run("gw", ["cat", "/nonexistent/zerogate"], check=False).returncode == 1
     assert topo.run("gw", ["cat"], input="piped\n").stdout == "piped\n"
@@ -229,7 +224,7 @@ def test_close_removes_everything_it_made() -> None:
     tracked = t.popen("gw", ["sleep", "300"], log=t.tmp / "sleep.log")
     # A grandchild the topology never saw: it must die with its namespace.
     t.popen("app", ["sh", "-c", "sleep 301 & exec sleep 302"], log=t.tmp / "sh.log")
-    wait_for(lambda: len(netns.namespace_pids(t.ns("app"))) == 2, "both sleeps in the app namespace")
+    wait_for(lambda: len(netns.namespace_pids(t.ns("app"))) == 2, 10.0, "both sleeps in the app namespace")
     untracked = netns.namespace_pids(t.ns("app"))
     # A wireguard-go control socket left behind by a killed daemon of this slot.
     WIREGUARD_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
@@ -272,7 +267,7 @@ def test_a_failed_build_cleans_up_injected_failure(monkeypatch: pytest.MonkeyPat
     """The root batch ran (namespaces exist), then configuring them fails: nothing may remain."""
 
     def broken(*args: object, **kwargs: object) -> None:
-        raise netns.NetnsError("injected failure")
+        raise netns.NetnsError(["ip", "link"], 2, "injected failure")
 
     monkeypatch.setattr(netns, "run_parallel", broken)
     t = Topology()
@@ -322,10 +317,12 @@ def test_watchdog_cleans_up_when_the_owner_is_killed() -> None:
     owner.kill()  # SIGKILL: no atexit, no finally
     owner.wait()
     wait_for(
-        lambda: not slot_namespaces(k) and not _alive(sleeper) and not tmp.exists(), "the watchdog's cleanup"
+        lambda: not slot_namespaces(k) and not _alive(sleeper) and not tmp.exists(),
+        10.0,
+        "the watchdog's cleanup",
     )
     assert not netns.link_exists(None, f"zg{k}host")
-    wait_for(lambda: slot_is_free(k), "the watchdog to release the slot")
+    wait_for(lambda: slot_is_free(k), 10.0, "the watchdog to release the slot")
 
 
 def test_leftovers_of_a_dead_owner_and_watchdog_are_removed_when_the_slot_is_reused() -> None:
@@ -333,7 +330,7 @@ def test_leftovers_of_a_dead_owner_and_watchdog_are_removed_when_the_slot_is_reu
     os.kill(watchdog, signal.SIGKILL)  # its watchdog is gone too: nothing cleans up
     owner.kill()
     owner.wait()
-    wait_for(lambda: slot_is_free(k), "the slot lock to be released")
+    wait_for(lambda: slot_is_free(k), 10.0, "the slot lock to be released")
     assert slot_namespaces(k) and _alive(sleeper) and tmp.exists()
     with Topology(clients=0, connectors=0, attacker=False) as first:
         if first.index != k:  # a lower slot was free (or another test run took k): take the next one

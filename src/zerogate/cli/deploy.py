@@ -121,8 +121,8 @@ def sizing(
     connector, gateway: --users and --bandwidth (Mbit/s).
     controller: --users. segment: --assets.
 
-    The basis quotes the reference row used (REQUIREMENTS.md
-    sections 6 and 7) and zerogate's own benchmark figures
+    The basis quotes the reference sizing row used (connectors,
+    network connector hosts, segment servers) and zerogate's own benchmark figures
     (README.md, Benchmarks); zerogate's own assumptions and
     extrapolations are marked as such.
     """

@@ -2,8 +2,9 @@
 
 Two kinds of evidence, always named in the answer:
 
-* the reference tables in REQUIREMENTS.md (connector rows in section 7,
-  network-connector baseline in section 7, segment rows in section 6), and
+* the product's reference sizing tables (users and Mbit/s per connector,
+  the network-connector baseline, assets per segment server), quoted by their
+  own names in every answer, never by a document's section number, and
 * zerogate's own benchmark figures (README.md, "Benchmarks"), for the
   controller, which has no reference row.
 
@@ -36,9 +37,9 @@ __all__ = [
 
 ROLES = ("controller", "gateway", "connector", "segment")
 
-REQ_CONNECTOR = "REQUIREMENTS.md §7 (Sizing), connector reference"
-REQ_NETWORK_CONNECTOR = "REQUIREMENTS.md §7 (Sizing), network connector"
-REQ_SEGMENT = "REQUIREMENTS.md §6 (Sizing reference)"
+REQ_CONNECTOR = "reference sizing for connectors (users and Mbit/s per connector)"
+REQ_NETWORK_CONNECTOR = "reference baseline for a network connector host"
+REQ_SEGMENT = "reference sizing for segment servers (assets per server)"
 README_BENCH = "README.md, Benchmarks (one run on the 2-core development machine, SQLite)"
 
 
@@ -220,7 +221,8 @@ def _tunnel_edge(role: str, users: int, mbps: int) -> Sizing:
         notes.append("run at least two gateways so that clients and connectors can fail over")
     else:
         notes.append(
-            "add one more connector to the group for failover (REQUIREMENTS.md §3: groups need redundancy)"
+            "add one more connector to the group for failover: when no connector of a group is up, "
+            "its applications are unreachable"
         )
     return Sizing(role, instances, cores, memory, base.disk_gb, tuple(basis), tuple(notes))
 

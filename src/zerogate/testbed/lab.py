@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zerogate.controller.localrun import Authenticator, LocalController, zerogate_argv
 from zerogate.netops.controller_api import ControllerClient
+from zerogate.testbed.localrun import Authenticator, LocalController, zerogate_argv
 from zerogate.testbed.topology import Topology
 
 USERS = {"alice": "eng", "dave": "dba"}

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from zerogate.netops.command import run, spawn
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
 from zerogate.pki.totp import time_step, totp_code
 
@@ -110,7 +111,7 @@ class LocalController:
         ]
         if self.database:
             argv += ["--database", self.database]
-        r = subprocess.run(argv, capture_output=True, text=True, env=self._env(), timeout=120, check=False)
+        r = run(argv, env=self._env(), timeout=120, check=False)
         if r.returncode != 0:
             raise LocalControllerError(
                 f"controller init failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}"
@@ -133,7 +134,7 @@ class LocalController:
             "--listen",
             f"{self.host}:{self.port}",  # a restart keeps the port the devices know
         ]
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self._env())
+        self.process = spawn(argv, stdout=log, env=self._env())
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
