@@ -24,19 +24,17 @@ from pathlib import Path
 
 import pytest
 
-from zerogate.deploy.firewall_apply import (
-    RulesetError,
+from zerogate.deploy.firewall.checks import SshBannerCheck, parse_check_target
+from zerogate.deploy.firewall.errors import RulesetError, StateLockedError
+from zerogate.deploy.firewall.scope import (
     RulesetScope,
-    SshBannerCheck,
-    StateLockedError,
-    StateStore,
     TableRef,
-    is_timer_cmdline,
     nft_scope,
-    parse_check_target,
     parse_nft_tables,
     render_nft_restore,
 )
+from zerogate.deploy.firewall.state import StateStore
+from zerogate.deploy.firewall.targets import TIMER_MODULE, is_timer_cmdline
 
 ZEROGATE = str(Path(sys.executable).with_name("zerogate"))
 SSHD = "/usr/sbin/sshd"
@@ -152,7 +150,7 @@ def test_check_target_rejects_nonsense(text: str) -> None:
 
 
 def test_timer_cmdline_must_carry_module_flag_and_token() -> None:
-    ours = b"/v/python\0-m\0zerogate.deploy.firewall_apply\0--rollback-timer\0/s\0tok123\0"
+    ours = b"/v/python\0-m\0" + TIMER_MODULE.encode() + b"\0--rollback-timer\0/s\0tok123\0"
     assert is_timer_cmdline(ours, "tok123")
     assert not is_timer_cmdline(ours, "other")
     assert not is_timer_cmdline(b"/usr/bin/sleep\x00tok123\x00", "tok123")

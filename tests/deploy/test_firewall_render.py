@@ -28,7 +28,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from zerogate.deploy.firewall_render import (
+from zerogate.deploy.firewall import (
     CLOUD_FORMATS,
     FirewallSpec,
     FirewallSpecError,

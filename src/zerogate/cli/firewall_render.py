@@ -1,8 +1,9 @@
 """``zerogate firewall render``: print a role's firewall rules for a host or cloud target.
 
-The rules come from :mod:`zerogate.deploy.firewall_render` (pure); this module
-only parses options, writes the result and prints what the target cannot
-express as notes on standard error. Nothing is written unless rendering worked.
+The rules come from :mod:`zerogate.deploy.firewall` (pure); this module only
+parses options, writes the result and prints what the target cannot express as
+notes on standard error. Nothing is written unless rendering worked.
+:mod:`zerogate.cli.firewall` registers :func:`render_command`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import typer
 from rich.markup import escape
 
 from zerogate.cli.common import err, errors_to_exit, fail
-from zerogate.cli.firewall import app
-from zerogate.deploy.firewall_render import (
+from zerogate.deploy.firewall import (
     DEFAULT_PORT_RANGE,
     NFT_TABLE,
     RFC1918,
@@ -28,7 +28,7 @@ from zerogate.deploy.firewall_render import (
     render,
 )
 
-_EPILOG = (
+EPILOG = (
     "Roles: gateway: UDP port range in, SSH from --mgmt-cidr, forwarding tunnel to tunnel, controller out. "
     "connector: no inbound port; out only controller TLS, UDP to the gateway range, DNS, NTP; forwards only "
     "from the tunnel to --subnet. client-hardening: drops all inbound but loopback, tunnel, DHCP, "
@@ -45,7 +45,6 @@ _EPILOG = (
 )
 
 
-@app.command("render", epilog=_EPILOG)
 def render_command(
     role: Role = typer.Option(..., "--role", help="What the host is."),
     fmt: Format = typer.Option(..., "--format", help="Target firewall or cloud format."),
