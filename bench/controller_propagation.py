@@ -33,10 +33,10 @@ from pathlib import Path
 
 from _common import add_controller_options, percentile, run_in_scratch_dir
 
-from zerogate.testbed.localrun import LocalController
 from zerogate.netops.controller_api import ControllerClient, ControllerError
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import LocalController
 
 GROUP = "bench-propagation"
 WATCH_WAIT = 10  # seconds the server may hold one long-poll

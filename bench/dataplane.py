@@ -15,7 +15,8 @@ Every part has its baselines measured in the same invocation:
    request/response loop (a Python client and echo server inside the namespaces,
    Nagle off) and ping, as p50/p99.
 2. policy apply: the real compiler on the synthetic org of bench/policy_compile.py
-   (imported), grants in the controller's snapshot shape, ``render_gateway_nft``,
+   (imported), grants as the controller's snapshot carries them (set elements, cut by
+   the controller's ``gateway_grants``), ``render_gateway_nft``,
    then ``nft -f`` of the gateway's replace-table script in a throwaway network
    namespace (``unshare --net``): first load, removing one source as the element
    update the gateway applies, and the same change as a full reload. Baselines: the same renderer for 1% of
@@ -49,14 +50,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
 
 from _common import percentile, unwind_on_sigterm
 from controller_propagation import GROUP as WATCH_GROUP
 from controller_propagation import Watcher, enroll_connector
 from policy_compile import NOW, make_inputs
 
+from zerogate.controller.policy_cache import gateway_grants
 from zerogate.gateway.plan import render_gateway_nft, render_gateway_table
+from zerogate.model.snapshot import GatewayGrant
 from zerogate.netops import netns, nftables
 from zerogate.policy.compiler import CompiledPolicy, PolicyGrant, compile_policy
 from zerogate.policy.intervals import disjoint
@@ -192,17 +194,10 @@ def parse_ping(text: str) -> list[float]:
     return [float(m.group(1)) / 1000 for m in _PING_TIME.finditer(text)]
 
 
-def snapshot_grants(compiled: CompiledPolicy) -> list[dict[str, Any]]:
-    """``policy.grants`` exactly as the controller's gateway snapshot carries them."""
-    return [
-        {
-            "policy_id": g.policy_id,
-            "name": g.name,
-            "sources": [str(a) for a in g.sources],
-            "rules": [[str(r.destination), r.protocol, r.first_port, r.last_port] for r in g.rules],
-        }
-        for g in compiled.policies.values()
-    ]
+def snapshot_grants(compiled: CompiledPolicy) -> list[GatewayGrant]:
+    """``policy.grants`` exactly as the controller's gateway snapshot carries them
+    (the controller's own function: rules cut into disjoint set elements)."""
+    return list(gateway_grants(compiled))
 
 
 def keep_sources(compiled: CompiledPolicy, keep: set[IPv4Address]) -> CompiledPolicy:
@@ -364,20 +359,23 @@ def policy_part(args: argparse.Namespace, report: Report, workdir: Path) -> None
     compiled = compile_policy(inputs, now=NOW)
     compile_s = time.perf_counter() - t
     live = [str(d.address) for d in inputs.devices]  # every device is a live client peer
+    t = time.perf_counter()
     grants = snapshot_grants(compiled)
+    grant_elements_s = time.perf_counter() - t
     t = time.perf_counter()
     table_full = render_gateway_table(NFT_INTERFACE, live, grants)
     render_s = time.perf_counter() - t
     body = table_full.text
 
     # The small change: the lowest policy loses its first source (one user's device).
-    changed = next((g for g in sorted(grants, key=lambda g: g["policy_id"]) if len(g["sources"]) > 1), None)
+    changed = next((g for g in sorted(grants, key=lambda g: g.policy_id) if len(g.sources) > 1), None)
     if changed is None:
         raise BenchError("no grant has two sources; raise --users or lower --groups")
-    removed = sorted(changed["sources"], key=lambda a: IPv4Address(a))[0]
-    src_set = f"p{changed['policy_id']}_src"
+    removed = sorted(changed.sources, key=lambda a: IPv4Address(a))[0]
+    src_set = f"p{changed.policy_id}_src"
     smaller = [
-        g | {"sources": [s for s in g["sources"] if s != removed]} if g is changed else g for g in grants
+        g.model_copy(update={"sources": tuple(s for s in g.sources if s != removed)}) if g is changed else g
+        for g in grants
     ]
     table2 = render_gateway_table(NFT_INTERFACE, live, smaller)
     body2 = table2.text
@@ -530,7 +528,8 @@ def policy_part(args: argparse.Namespace, report: Report, workdir: Path) -> None
         [
             f"inputs: policy_compile.make_inputs(users={args.users}, apps={args.apps}, groups={args.groups}, "
             f"policies={args.policies}, seed={args.seed}); real compiler {compile_s:.2f} s, "
-            f"{len(grants)} grants; render_gateway_nft {render_s:.2f} s",
+            f"{len(grants)} grants; their set elements (controller, once per revision) {grant_elements_s:.2f} s; "
+            f"render_gateway_nft {render_s:.2f} s",
             "seconds = wall time of 'nft -f' of the replace-table script the gateway applies "
             "(parse, netlink, kernel commit) in a namespace of its own; 'rules' counts every rule of the "
             "table, the chains' "

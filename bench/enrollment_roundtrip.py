@@ -28,11 +28,11 @@ from pathlib import Path
 
 from _common import add_controller_options, percentile, run_in_scratch_dir
 
-from zerogate.testbed.localrun import LocalController
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.install_string import parse_install_string
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import LocalController
 
 GROUP = "bench-enrollment"
 WARMUP = 5

@@ -27,8 +27,8 @@ from typing import Any
 
 from _common import add_controller_options, percentile, run_in_scratch_dir
 
-from zerogate.testbed.localrun import LocalController
 from zerogate.netops.controller_api import ControllerClient
+from zerogate.testbed.localrun import LocalController
 
 
 def timed(samples: list[float], call: Callable[..., Any], *args: Any) -> None:

@@ -35,10 +35,10 @@ from pathlib import Path
 from _common import percentile, unwind_on_sigterm
 
 from zerogate.controller.api_devices import build_snapshot
-from zerogate.testbed.localrun import LocalController
 from zerogate.controller.policy_cache import PolicyCache
 from zerogate.store.db import Database, read_revision, utcnow
 from zerogate.store.models import Account, Application, ConnectorGroup, Device, Gateway, Group, Policy
+from zerogate.testbed.localrun import LocalController
 
 PORTS = ("22", "80", "443", "3306", "5432", "8080", "8443-8450")
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 
-from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.netops.controller_api import make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, LocalController
 
 
 def raw(

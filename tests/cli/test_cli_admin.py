@@ -20,10 +20,10 @@ import pytest
 
 from dbaccess import run_sql
 from zerogate.cli.common import safe
-from zerogate.testbed.localrun import AccountSession, Authenticator, LocalController
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.install_string import parse_install_string
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, Authenticator, LocalController
 
 Unique = Callable[[str], str]
 Run = Callable[..., subprocess.CompletedProcess[str]]

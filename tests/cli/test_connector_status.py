@@ -17,21 +17,42 @@ from typing import Any
 import pytest
 
 from nstools import Netns
-from zerogate.testbed.localrun import zerogate_argv
-from zerogate.netops.wireguard import WgInterface, WgPeer
+from zerogate.model.dataplane import WgPeer
+from zerogate.netops.wireguard import WgInterface
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import zerogate_argv
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("wireguard-go", "wg", "ip")),
     reason="needs root and the Debian packages wireguard-go and wireguard-tools",
 )
-GATEWAY = {"name": "edge", "endpoint": "203.0.113.7", "port": 51820, "port_first": 51820, "port_last": 53000}
+GATEWAY = {
+    "name": "edge",
+    "endpoint": "203.0.113.7",
+    "port": 51820,
+    "port_first": 51820,
+    "port_last": 53000,
+    "wg_public_key": "A" * 43 + "=",
+    "tunnel_address": "100.64.0.1",
+}
+# snapshot.json as the connector daemon leaves it
+SNAPSHOT = {
+    "schema_version": "1.0",
+    "revision": 3,
+    "role": "connector",
+    "device_id": 7,
+    "name": "cn-fra",
+    "address": "100.64.255.1",
+    "connector_group": {"name": "site", "subnets": ["10.20.0.0/16"], "snat": True, "vrrp_virtual_ip": None},
+    "client_blocks": ["100.64.0.0/16"],
+    "gateways": [GATEWAY],
+}
 
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     (tmp_path / "device.json").write_text(json.dumps({"role": "connector", "name": "cn-fra", "device_id": 7}))
-    (tmp_path / "snapshot.json").write_text(json.dumps({"revision": 3, "gateways": [GATEWAY]}))
+    (tmp_path / "snapshot.json").write_text(json.dumps(SNAPSHOT))
     return tmp_path
 
 

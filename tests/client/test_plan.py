@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from zerogate.client.plan import KEEPALIVE_SECONDS, plan_client
-from zerogate.netops.wireguard import WgPeer
+from zerogate.model.dataplane import WgPeer
+from zerogate.model.snapshot import ClientSnapshot, parse_snapshot
 
 GW_KEY = "A" * 43 + "="
 
 
-def snapshot(**overrides: Any) -> dict[str, Any]:
+def wire(**overrides: Any) -> dict[str, Any]:
+    """The client snapshot as the controller sends it (JSON, parsed)."""
     snap: dict[str, Any] = {
+        "schema_version": "1.0",
         "revision": 3,
         "role": "client",
         "device_id": 30,
@@ -40,6 +43,10 @@ def snapshot(**overrides: Any) -> dict[str, Any]:
     return snap | overrides
 
 
+def snapshot(**overrides: Any) -> ClientSnapshot:
+    return parse_snapshot("client", wire(**overrides))
+
+
 def test_routes_are_the_allowed_destinations_plus_the_gateway_tunnel_address() -> None:
     plan = plan_client(snapshot())
     assert plan.routes == ("10.1.0.0/24", "10.1.0.5/32", "100.64.0.1/32", "192.168.10.0/23")
@@ -58,7 +65,7 @@ def test_the_one_peer_is_the_first_gateway_and_carries_exactly_the_routes() -> N
 
 def test_endpoints_format_ipv4_hostnames_and_ipv6_in_brackets() -> None:
     def endpoint(host: str, port: int) -> str | None:
-        gw = dict(snapshot()["gateways"][0], endpoint=host, port=port)
+        gw = dict(wire()["gateways"][0], endpoint=host, port=port)
         return plan_client(snapshot(gateways=[gw])).endpoint
 
     assert endpoint("198.51.100.9", 51999) == "198.51.100.9:51999"
@@ -68,7 +75,7 @@ def test_endpoints_format_ipv4_hostnames_and_ipv6_in_brackets() -> None:
 
 
 def test_without_a_gateway_tunnel_address_only_the_destinations_are_routed() -> None:
-    gw = dict(snapshot()["gateways"][0], tunnel_address=None)
+    gw = dict(wire()["gateways"][0], tunnel_address=None)
     plan = plan_client(snapshot(gateways=[gw]))
     assert "100.64.0.1/32" not in plan.routes
     assert plan.routes == ("10.1.0.0/24", "10.1.0.5/32", "192.168.10.0/23")

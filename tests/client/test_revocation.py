@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from zerogate.testbed.localrun import zerogate_argv
 from zerogate.testbed.lab import Lab, wait_for
+from zerogate.testbed.localrun import zerogate_argv
 from zerogate.testbed.topology import Topology
 
 pytestmark = [pytest.mark.xdist_group("client-revocation"), pytest.mark.slow]
@@ -88,3 +88,30 @@ def test_follow_tears_down_and_says_why_when_the_device_is_revoked(lab: Lab) -> 
     )
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("--force") == 1 and "tunnel up" not in again.stdout
+
+
+def test_status_without_follow_asks_the_controller_and_never_shows_a_revoked_device_as_up(lab: Lab) -> None:
+    ns = lab.client_ns("alice")
+    iface, state = lab.topo.wg_interface(ns), lab.state(ns)
+    lab.client_login("alice")
+    lab.zg(
+        ns, "client", "up", "--force", "--state-dir", str(state), "--interface", iface, "--name", "laptop2"
+    )
+    try:
+        status = json.loads(
+            lab.zg(ns, "client", "status", "--json", "--state-dir", str(state), "--interface", iface)
+        )
+        assert status["controller"] == "accepts" and status["tunnel"] != "revoked", status
+
+        lab.admin.post(f"/v1/devices/{lab.device_id('alice')}/revoke")
+        shown = lab.topo.run(
+            ns,
+            [*zerogate_argv(), "client", "status", "--state-dir", str(state), "--interface", iface],
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "revoked" in shown.stdout and "refuses" in shown.stdout, shown.stdout
+        assert "zerogate client down" in shown.stderr and shown.stderr.count("--force") == 1, shown.stderr
+        assert (state / "revoked").exists()  # remembered: later calls need not ask
+    finally:
+        lab.zg(ns, "client", "down", "--state-dir", str(state), "--interface", iface)

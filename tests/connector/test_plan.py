@@ -20,8 +20,9 @@ import pytest
 
 from nstools import Netns
 from zerogate.connector.plan import KEEPALIVE_SECONDS, forwarding_notice, plan_connector
+from zerogate.model.dataplane import WgPeer
+from zerogate.model.snapshot import ConnectorSnapshot, parse_snapshot
 from zerogate.netops import nftables
-from zerogate.netops.wireguard import WgPeer
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("ZEROGATE_UPDATE_GOLDEN") == "1"
@@ -35,8 +36,10 @@ def key(n: int) -> str:
     return f"{n:0>43}="
 
 
-def snapshot(snat: bool = True, **overrides: Any) -> dict[str, Any]:
+def wire(snat: bool = True, **overrides: Any) -> dict[str, Any]:
+    """The connector snapshot as the controller sends it (JSON, parsed)."""
     snap: dict[str, Any] = {
+        "schema_version": "1.0",
         "revision": 9,
         "role": "connector",
         "device_id": 5,
@@ -69,6 +72,10 @@ def snapshot(snat: bool = True, **overrides: Any) -> dict[str, Any]:
     return snap | overrides
 
 
+def snapshot(snat: bool = True, **overrides: Any) -> ConnectorSnapshot:
+    return parse_snapshot("connector", wire(snat, **overrides))
+
+
 # --------------------------------------------------------------------------- pure
 
 
@@ -83,10 +90,10 @@ def test_the_connector_dials_the_first_gateway_with_the_client_blocks_and_a_keep
 
 
 def test_an_ipv6_gateway_endpoint_is_written_in_brackets() -> None:
-    only_b = snapshot(gateways=[snapshot()["gateways"][1]])
+    only_b = snapshot(gateways=[wire()["gateways"][1]])
     plan = plan_connector(only_b, interface="zg0", listen_port=LISTEN_PORT, strict=True)
     assert plan.peers[0].endpoint == "[2001:db8::7]:51821"
-    v4 = dict(snapshot()["gateways"][0], endpoint="198.51.100.7")
+    v4 = dict(wire()["gateways"][0], endpoint="198.51.100.7")
     assert plan_connector(snapshot(gateways=[v4]), interface="zg0", listen_port=1, strict=True).peers[
         0
     ].endpoint == ("198.51.100.7:51820")
@@ -184,10 +191,12 @@ def test_the_rendered_table_loads_and_reloads_in_a_fresh_namespace(
 )
 def test_edge_case_groups_load(make_netns: Callable[[str], Netns], subnets: list[str]) -> None:
     ns = make_netns("e")
-    snap = snapshot()
+    snap = wire()
     snap["connector_group"]["subnets"] = subnets
     snap["client_blocks"] = ["100.64.0.0/16", "100.64.0.0/10"]
-    body = plan_connector(snap, interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
+    body = plan_connector(
+        parse_snapshot("connector", snap), interface="zg0", listen_port=LISTEN_PORT, strict=True
+    ).nft_body
     load(ns, body)
     load(ns, body)
 
@@ -264,11 +273,16 @@ def test_real_packets_reach_only_the_fronted_subnets_with_and_without_snat(
 ) -> None:
     tun, cn, lan = site["tun"], site["cn"], site["lan"]
     client, gateway, spoofed = "100.64.0.2", "100.64.0.1", "192.168.50.9"
-    snap = snapshot(snat=True)
+    snap = wire(snat=True)
     snap["connector_group"]["subnets"] = ["192.168.202.0/24"]
     assert tcp(tun, client, lan, "10.9.0.5", 80) == client  # the topology forwards without our table
 
-    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT, strict=strict).nft_body)
+    load(
+        cn,
+        plan_connector(
+            parse_snapshot("connector", snap), interface="zgcn", listen_port=LISTEN_PORT, strict=strict
+        ).nft_body,
+    )
     assert tcp(tun, client, lan, "192.168.202.10", 80) == "192.168.202.1"  # SNAT: the app sees the connector
     assert tcp(tun, client, lan, "10.9.0.5", 80) == "dropped"  # not a fronted subnet
     assert tcp(tun, spoofed, lan, "192.168.202.10", 80) == "dropped"  # not a client address
@@ -278,7 +292,12 @@ def test_real_packets_reach_only_the_fronted_subnets_with_and_without_snat(
     assert not ping(tun, client, "100.64.255.1")
 
     snap["connector_group"]["snat"] = False
-    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT, strict=strict).nft_body)
+    load(
+        cn,
+        plan_connector(
+            parse_snapshot("connector", snap), interface="zgcn", listen_port=LISTEN_PORT, strict=strict
+        ).nft_body,
+    )
     assert tcp(tun, client, lan, "192.168.202.10", 80) == client  # SNAT off: the app sees the client
 
 
@@ -287,16 +306,26 @@ def test_strict_mode_forwards_nothing_else_and_shared_mode_keeps_the_hosts_own_f
     site: dict[str, Netns],
 ) -> None:
     cn, lan, oth = site["cn"], site["lan"], site["oth"]
-    snap = snapshot(snat=False)
+    snap = wire(snat=False)
     snap["connector_group"]["subnets"] = ["192.168.202.0/24"]
     other, unfronted, fronted = "198.51.100.2", "10.9.0.5", "192.168.202.10"
     assert tcp(lan, unfronted, oth, other, 80) == unfronted  # the host routes between them on its own
 
-    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT, strict=True).nft_body)
+    load(
+        cn,
+        plan_connector(
+            parse_snapshot("connector", snap), interface="zgcn", listen_port=LISTEN_PORT, strict=True
+        ).nft_body,
+    )
     assert tcp(lan, unfronted, oth, other, 80) == "dropped"
     assert tcp(oth, other, lan, unfronted, 80) == "dropped"
 
-    load(cn, plan_connector(snap, interface="zgcn", listen_port=LISTEN_PORT, strict=False).nft_body)
+    load(
+        cn,
+        plan_connector(
+            parse_snapshot("connector", snap), interface="zgcn", listen_port=LISTEN_PORT, strict=False
+        ).nft_body,
+    )
     assert tcp(lan, unfronted, oth, other, 80) == unfronted  # not ours: the host's own forwarding stays
     assert tcp(oth, other, lan, unfronted, 80) == other
     assert tcp(oth, other, lan, fronted, 80) == "dropped"  # the fronted subnets: only via the tunnel

@@ -28,13 +28,13 @@ import pytest
 from dbaccess import run_sql
 from zerogate.controller import auth
 from zerogate.controller.config import ConfigError, load_settings
-from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.controller.throttle import MAX_TRACKED_KEYS, FailureLog, Throttle, ThrottleLimits
 from zerogate.netops.controller_api import make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.credentials import new_token
 from zerogate.pki.totp import totp_code
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, LocalController
 
 WRONG = "wrong password 12345"
 # A first delay longer than any test: "throttled now" cannot pass while a test runs.

@@ -25,10 +25,10 @@ import pytest
 
 from apiaccess import raw
 from dbaccess import run_sql
-from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.netops.controller_api import make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, LocalController
 
 MIB = 1024 * 1024
 TOO_BIG = 2**63  # past any 64-bit integer

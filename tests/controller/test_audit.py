@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 from dbaccess import SqlError, run_sql
-from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.model.audit import AuditEntry, entry_hash
 from zerogate.netops.controller_api import ApiError, make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.totp import totp_code
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 
 # Signed-in sessions keep a keep-alive connection open, which holds the
 # controller's graceful shutdown for 5 s; close them before it is stopped.

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from dbaccess import SqlError, run_sql
-from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.model.audit import AuditEntry, entry_hash
+from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 
 # ---------------------------------------------------------------------------
 # helpers

@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 from dbaccess import run_sql
-from zerogate.testbed.localrun import AccountSession, Authenticator, LocalController
 from zerogate.netops.controller_api import ApiError, make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.totp import time_step, totp_code
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, Authenticator, LocalController
 
 USER_PASSWORD = "user password 12345"
 

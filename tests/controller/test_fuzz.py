@@ -53,9 +53,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from zerogate.testbed.localrun import LocalController
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import LocalController
 
 EXAMPLES = int(os.environ.get("ZEROGATE_FUZZ_EXAMPLES", "5"))
 _seed = os.environ.get("ZEROGATE_FUZZ_SEED", "")

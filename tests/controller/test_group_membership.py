@@ -19,13 +19,13 @@ import pytest
 from sqlalchemy import event, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from zerogate.controller import membership
-from zerogate.controller.api_objects import all_by_name, by_name
-from zerogate.testbed.localrun import AccountSession
+from zerogate.controller.services import membership
+from zerogate.controller.services.lookup import all_by_name, by_name
 from zerogate.controller.state import NotFound
 from zerogate.netops.controller_api import ApiError
 from zerogate.store.db import Database, upgrade_schema, utcnow
 from zerogate.store.models import Account, Group, group_members
+from zerogate.testbed.localrun import AccountSession
 
 Unique = Callable[[str], str]
 N = 120  # members of the smaller group; the larger has 2N (both well inside one IN chunk)

@@ -19,12 +19,12 @@ import pytest
 
 from apiaccess import raw, register
 from dbaccess import SqlError, run_sql
-from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.deploy.systemd import UnitSpec, check_path
 from zerogate.netops.controller_api import ApiError
 from zerogate.netops.firewalld import FirewalldIntegration
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import InvalidKey, canonical_public_key, generate_keypair, parse_public_key
+from zerogate.testbed.localrun import AccountSession, LocalController
 
 _sites = itertools.count(1)  # each test's connector group fronts its own /24
 

@@ -21,11 +21,11 @@ from urllib.parse import quote
 
 import pytest
 
-from zerogate.controller.api_objects import connector_tunnel
-from zerogate.testbed.localrun import AccountSession, LocalController
+from zerogate.controller.services.connectors import connector_tunnel
 from zerogate.netops.controller_api import ApiError
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, LocalController
 
 Unique = Callable[[str], str]
 

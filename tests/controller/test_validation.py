@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 import pytest
 
-from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.netops.controller_api import ApiError, ControllerClient
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, LocalController
 
 SITE_A, SITE_B = "10.50.0.0/24", "10.51.0.0/24"
 LONG = "d" * 256

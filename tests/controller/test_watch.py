@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from zerogate.testbed.localrun import AccountSession, LocalController
+from zerogate.model.snapshot import parse_snapshot
 from zerogate.netops.controller_api import make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, LocalController
 
 WATCH_LIMIT_SECONDS = 1.0  # requirement: a watcher sees a change within one second
 
@@ -129,6 +130,7 @@ def test_gateway_snapshot_has_connectors_clients_and_compiled_policy(
 ) -> None:
     snap = snapshot(controller, site.gateway["credential"])
     assert (snap["role"], snap["name"], snap["device_id"]) == ("gateway", "edge1", site.gateway["device_id"])
+    assert snap["schema_version"] == "1.0"
     assert snap["gateway"] == {
         "name": "edge1",
         "public_endpoint": "edge1.example.test",
@@ -146,10 +148,17 @@ def test_gateway_snapshot_has_connectors_clients_and_compiled_policy(
     assert client["address"] == site.client["address"]
     assert client["wg_public_key"] == site.client["wg_public_key"]
 
-    # The compiled policy: the staff policy lets the client's address reach exactly the wiki.
+    # The compiled policy: the staff policy lets the client's address reach exactly the wiki,
+    # as the elements of the gateway's nftables sets.
     grants = [g for g in snap["policy"]["grants"] if site.client["address"] in g["sources"]]
     assert [g["name"] for g in grants] == ["staff-wiki"]
-    assert grants[0]["rules"] == [["10.200.0.10/32", "tcp", 443, 443]]
+    assert (grants[0]["services"], grants[0]["icmp"], grants[0]["any_protocol"]) == (
+        ["10.200.0.10 . tcp . 443"],
+        [],
+        [],
+    )
+    # what the gateway parses is what was sent
+    assert parse_snapshot("gateway", snap).model_dump(mode="json") == snap
 
     # Nothing secret is distributed.
     text = str(snap)
@@ -179,6 +188,7 @@ def test_connector_snapshot_has_its_group_and_the_gateways(controller: LocalCont
     assert snap["address"].startswith("100.64.")
     # A connector learns nothing about clients or policy.
     assert "clients" not in snap and "policy" not in snap
+    assert parse_snapshot("connector", snap).model_dump(mode="json") == snap
 
 
 def test_client_snapshot_has_its_address_and_permitted_routes(
@@ -192,6 +202,7 @@ def test_client_snapshot_has_its_address_and_permitted_routes(
     assert [g["name"] for g in snap["gateways"]] == ["edge1"]
     assert snap["gateways"][0]["wg_public_key"] == site.gateway["wg_public_key"]
     assert "connectors" not in snap and "policy" not in snap
+    assert parse_snapshot("client", snap).model_dump(mode="json") == snap
 
 
 def test_snapshot_is_for_enrolled_devices_only(

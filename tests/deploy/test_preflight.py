@@ -24,7 +24,6 @@ import pytest
 
 from dbaccess import run_sql
 from zerogate.cli.device import enroll_device
-from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.deploy.connectivity import (
     Check,
     GatewayTarget,
@@ -77,6 +76,7 @@ from zerogate.pki.ca import ca_pin, create_ca, create_csr, generate_private_key
 from zerogate.pki.credentials import new_token
 from zerogate.pki.install_string import InstallString
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 
 GIB = 1024**3
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from zerogate.cli.main import app
-from zerogate.testbed.localrun import zerogate_argv
 from zerogate.deploy.sizing import SizingError, host_minimum, size
+from zerogate.testbed.localrun import zerogate_argv
 
 runner = CliRunner()
 

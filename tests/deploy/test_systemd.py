@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 from zerogate.deploy.systemd import (
     UnitSpec,
     capabilities,
@@ -30,6 +29,7 @@ from zerogate.deploy.systemd import (
     render_unit,
     verify_unit,
 )
+from zerogate.testbed.localrun import AccountSession, LocalController, zerogate_argv
 
 ZEROGATE = Path("/usr/local/bin/zerogate")
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy")

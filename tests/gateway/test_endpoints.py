@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from zerogate.gateway.daemon import endpoints_to_keep, load_endpoints, tunnel_peers
+from zerogate.model.snapshot import parse_snapshot
 from zerogate.netops.wireguard import PeerStatus, valid_endpoint, valid_key
 
 A = "A" * 43 + "="
@@ -70,10 +71,25 @@ def test_key_validation() -> None:
 
 
 def test_tunnel_peers_names_connectors_and_clients() -> None:
-    snapshot = {
-        "connectors": [{"name": "cn1", "wg_public_key": A, "address": "100.64.0.2"}],
-        "clients": [{"device_id": 7, "wg_public_key": B, "address": "100.64.0.9"}, {"wg_public_key": C}],
-    }
+    connector = {"name": "cn1", "device_id": 3, "wg_public_key": A, "address": "100.64.0.2"}
+    snapshot = parse_snapshot(
+        "gateway",
+        {
+            "revision": 1,
+            "role": "gateway",
+            "device_id": 1,
+            "name": "gw",
+            "gateway": None,
+            "tunnel_addresses": [],
+            "client_blocks": [],
+            "connectors": [connector | {"connector_group": "site", "subnets": []}],
+            "clients": [
+                {"device_id": 7, "wg_public_key": B, "address": "100.64.0.9", "session_expires_at": None},
+                {"device_id": 8, "wg_public_key": C, "address": None, "session_expires_at": None},
+            ],
+            "policy": {"grants": [], "valid_until": None},
+        },
+    )
     assert tunnel_peers(snapshot) == {
         A: ("connector", "cn1", "100.64.0.2"),
         B: ("client", "device 7", "100.64.0.9"),

@@ -21,9 +21,10 @@ import pytest
 
 from nstools import Netns
 from zerogate.gateway.plan import choose_active, plan_gateway, render_gateway_nft, render_gateway_table
+from zerogate.model.dataplane import WgPeer
+from zerogate.model.snapshot import ConnectorEntry, GatewayGrant, GatewaySnapshot, parse_snapshot
 from zerogate.netops import nftables
 from zerogate.netops.dataplane import Dataplane
-from zerogate.netops.wireguard import WgPeer
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("ZEROGATE_UPDATE_GOLDEN") == "1"
@@ -42,7 +43,9 @@ def key(n: int) -> str:
     return f"{n:0>43}="
 
 
-GRANTS: list[dict[str, Any]] = [
+# The compiled policies as the controller has them (rules overlap freely); the
+# snapshot carries them as GatewayGrant, cut into disjoint elements.
+POLICIES: list[dict[str, Any]] = [
     {
         "policy_id": 7,
         "name": "web and ssh",
@@ -72,8 +75,23 @@ GRANTS: list[dict[str, Any]] = [
 ]
 
 
-def snapshot(**overrides: Any) -> dict[str, Any]:
+def grants(policies: list[dict[str, Any]]) -> list[GatewayGrant]:
+    """What the controller puts into the snapshot for these policies."""
+    return [
+        GatewayGrant.from_rules(
+            p["policy_id"], p.get("name", ""), p["sources"], [tuple(r) for r in p["rules"]]
+        )
+        for p in policies
+    ]
+
+
+GRANTS = grants(POLICIES)
+
+
+def wire(**overrides: Any) -> dict[str, Any]:
+    """The gateway snapshot as the controller sends it (JSON, parsed)."""
     snap: dict[str, Any] = {
+        "schema_version": "1.0",
         "revision": 42,
         "role": "gateway",
         "device_id": 1,
@@ -140,19 +158,29 @@ def snapshot(**overrides: Any) -> dict[str, Any]:
             },
             {"device_id": 25, "wg_public_key": key(25), "address": None, "session_expires_at": None},
         ],
-        "policy": {"grants": GRANTS, "valid_until": None},
+        "policy": {"grants": [g.model_dump(mode="json") for g in GRANTS], "valid_until": None},
     }
     return snap | overrides
+
+
+def snapshot(**overrides: Any) -> GatewaySnapshot:
+    return parse_snapshot("gateway", wire(**overrides))
 
 
 # --------------------------------------------------------------------------- pure: choose_active
 
 
+def connector(name: str, group: str) -> ConnectorEntry:
+    return ConnectorEntry(
+        name=name, device_id=1, wg_public_key=key(1), address=None, connector_group=group, subnets=()
+    )
+
+
 CONNECTORS = [
-    {"name": "cn-c", "connector_group": "site"},
-    {"name": "cn-a", "connector_group": "site"},
-    {"name": "cn-b", "connector_group": "site"},
-    {"name": "cloud-1", "connector_group": "cloud"},
+    connector("cn-c", "site"),
+    connector("cn-a", "site"),
+    connector("cn-b", "site"),
+    connector("cloud-1", "cloud"),
 ]
 
 
@@ -205,7 +233,7 @@ def test_next_expiry_is_the_earliest_live_session_end() -> None:
     later = plan_gateway(snapshot(), interface="zg0", now=NOW + timedelta(seconds=61), active={})
     assert later.next_expiry == NOW + timedelta(seconds=3600)
     assert "100.64.0.3" not in later.live_clients
-    forever = snapshot(clients=[snapshot()["clients"][2]])
+    forever = snapshot(clients=[wire()["clients"][2]])
     assert plan_gateway(forever, interface="zg0", now=NOW, active={}).next_expiry is None
 
 
@@ -238,11 +266,9 @@ def test_listen_port_and_tunnel_addresses_come_from_the_snapshot() -> None:
     plan = plan_gateway(snapshot(), interface="zg0", now=NOW, active={})
     assert plan.listen_port == 51900
     assert plan.addresses == ("100.64.0.1/16",)
+    empty = {"gateway": None, "client_blocks": [], "tunnel_addresses": [], "connectors": [], "clients": []}
     bare = plan_gateway(
-        {"revision": 1, "gateway": None, "client_blocks": [], "tunnel_addresses": []},
-        interface="zg0",
-        now=NOW,
-        active={},
+        snapshot(**empty, policy={"grants": [], "valid_until": None}), interface="zg0", now=NOW, active={}
     )
     assert (bare.listen_port, bare.addresses, bare.peers, bare.routes) == (51820, (), (), ())
 
@@ -266,15 +292,15 @@ def test_render_gateway_nft_matches_the_golden_file() -> None:
 
 def test_grant_order_and_source_order_do_not_change_the_ruleset() -> None:
     shuffled = [
-        dict(g, sources=list(reversed(g["sources"])), rules=list(reversed(g["rules"]))) for g in GRANTS
+        dict(g, sources=list(reversed(g["sources"])), rules=list(reversed(g["rules"]))) for g in POLICIES
     ]
     a = render_gateway_nft("zg0", ["100.64.0.2", "100.64.0.3"], GRANTS)
-    b = render_gateway_nft("zg0", ["100.64.0.3", "100.64.0.2"], list(reversed(shuffled)))
+    b = render_gateway_nft("zg0", ["100.64.0.3", "100.64.0.2"], grants(list(reversed(shuffled))))
     assert a == b
 
 
-def with_sources(pid: int, sources: list[str]) -> list[dict[str, Any]]:
-    return [g | {"sources": sources} if g["policy_id"] == pid else g for g in GRANTS]
+def with_sources(pid: int, sources: list[str]) -> list[GatewayGrant]:
+    return grants([p | {"sources": sources} if p["policy_id"] == pid else p for p in POLICIES])
 
 
 def test_a_change_of_sources_or_live_clients_is_an_element_update() -> None:
@@ -302,7 +328,7 @@ def test_a_change_of_sources_or_live_clients_is_an_element_update() -> None:
 )  # fmt: skip
 def test_a_change_of_rules_or_destinations_reloads_the_whole_table(change: Callable[[Any], Any]) -> None:
     old = render_gateway_table("zg0", ["100.64.0.2"], GRANTS)
-    new = render_gateway_table("zg0", ["100.64.0.2"], change(GRANTS))
+    new = render_gateway_table("zg0", ["100.64.0.2"], grants(change(POLICIES)))
     assert nftables.update_script("inet", "zerogate", old, new) is None
     assert nftables.update_script("inet", "zerogate", None, new) is None
 
@@ -373,7 +399,7 @@ def test_the_gateway_updates_elements_and_reloads_when_its_table_was_edited(
 
 @needs_root_nft
 def test_grants_spanning_the_whole_address_and_port_space_load(make_netns: Callable[[str], Netns]) -> None:
-    grants = [
+    wide = [
         {
             "policy_id": 1,
             "sources": ["100.64.0.2"],
@@ -388,7 +414,7 @@ def test_grants_spanning_the_whole_address_and_port_space_load(make_netns: Calla
         }
     ]
     ns = make_netns("e")
-    body = render_gateway_nft("zg0", ["100.64.0.2"], grants)
+    body = render_gateway_nft("zg0", ["100.64.0.2"], grants(wide))
     assert "0.0.0.0-255.255.255.255 . tcp . 0-65535" in body
     load(ns, body)
     load(ns, body)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from zerogate.cli.device import enroll_device
-from zerogate.testbed.localrun import AccountSession
+from zerogate.model.snapshot import GatewaySnapshot, InvalidSnapshot, RevokedSnapshot
 from zerogate.netops import agent
 from zerogate.netops.agent import (
     MAX_PUSHBACK,
@@ -34,6 +34,7 @@ from zerogate.netops.agent import (
     write_private,
 )
 from zerogate.netops.controller_api import ApiError, ControllerUnreachable
+from zerogate.testbed.localrun import AccountSession
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 WATCH = 1.0
@@ -80,7 +81,7 @@ def test_backoff_rises_to_eight_seconds_only_when_the_controller_shows_load() ->
 
 def test_a_5xx_or_a_cut_tls_handshake_counts_as_load_a_refused_connection_does_not(tmp_path: Path) -> None:
     identity = DeviceIdentity(tmp_path, "gateway", "edge", 7, "https://127.0.0.1:1", b"", "zgd_x", "k")
-    follower = SnapshotFollower(identity, lambda snap: None)
+    follower = SnapshotFollower(identity, GatewaySnapshot, lambda snap: None)
     b = Backoff()
     b.attempt = 10
     assert 6.0 <= follower._refused(ApiError(502, "HTTP 502 Bad Gateway", None), b, 3) <= 10.0
@@ -98,7 +99,7 @@ def test_going_away_is_logged_once_at_info_and_retried_after_about_a_second(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     identity = DeviceIdentity(tmp_path, "gateway", "edge", 7, "https://127.0.0.1:1", b"", "zgd_x", "k")
-    follower = SnapshotFollower(identity, lambda snap: None)
+    follower = SnapshotFollower(identity, GatewaySnapshot, lambda snap: None)
     follower.connected = True
     caplog.set_level(logging.DEBUG, logger=agent.__name__)
     waits = [follower._refused(going_away(), Backoff(), 12) for _ in range(3)]
@@ -162,15 +163,15 @@ class Running:
         self.applied: queue.Queue[dict[str, Any]] = queue.Queue()
         self.calls = 0
         self.fail_on = fail_on
-        self.follower = SnapshotFollower(self.identity, self._apply, deadline)
+        self.follower = SnapshotFollower(self.identity, GatewaySnapshot, self._apply, deadline)
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def _apply(self, snapshot: dict[str, Any]) -> None:
+    def _apply(self, snapshot: GatewaySnapshot | RevokedSnapshot) -> None:
         self.calls += 1
-        self.applied.put(snapshot)
+        self.applied.put(snapshot.model_dump(mode="json"))  # what the controller sent, as JSON
         if self.fail_on(self.calls):
             raise RuntimeError("nft refused the ruleset")
 
@@ -249,7 +250,8 @@ def test_follower_applies_the_snapshot_keeps_it_0600_and_follows_changes(
         identity.device_id,
         identity.name,
     )
-    assert "policy" in first and "clients" in first
+    assert "policy" in first and "clients" in first and first["schema_version"] == "1.0"
+    assert isinstance(run.follower.snapshot, GatewaySnapshot)
     cached = enrolled / "snapshot.json"
     wait_until(cached.exists, "snapshot.json")
     assert stat.S_IMODE(cached.stat().st_mode) == 0o600
@@ -299,6 +301,98 @@ def test_a_damaged_cache_is_ignored(enrolled: Path, follow: Callable[..., Runnin
     run = follow(enrolled)
     assert run.quiet_for(1.0)
     assert run.follower.snapshot is None
+    run.close()
+
+
+def offline_identity(state_dir: Path) -> DeviceIdentity:
+    return DeviceIdentity(state_dir, "gateway", "edge", 7, "https://127.0.0.1:1", b"", "zgd_x", "k")
+
+
+LEGACY_GATEWAY_CACHE = {  # snapshot.json as a gateway wrote it before schema versions
+    "revision": 12,
+    "role": "gateway",
+    "device_id": 7,
+    "name": "edge",
+    "gateway": {
+        "name": "edge",
+        "public_endpoint": "gw.example.test",
+        "port_first": 51820,
+        "port_last": 51830,
+    },
+    "tunnel_addresses": ["100.64.0.1"],
+    "client_blocks": ["100.64.0.0/16"],
+    "connectors": [],
+    "clients": [],
+    "policy": {
+        "grants": [
+            {
+                "policy_id": 4,
+                "name": "web",
+                "sources": ["100.64.0.2"],
+                "rules": [["10.1.0.0/24", "tcp", 443, 443]],
+            }
+        ],
+        "valid_until": None,
+    },
+}
+
+
+def test_a_snapshot_cached_before_schema_versions_is_read_as_1_0(tmp_path: Path) -> None:
+    (tmp_path / "snapshot.json").write_text(json.dumps(LEGACY_GATEWAY_CACHE))
+    cached = SnapshotFollower(offline_identity(tmp_path), GatewaySnapshot, lambda snap: None).load_cached()
+    assert cached is not None and (cached.schema_version, cached.revision) == ("1.0", 12)
+    assert cached.policy.grants[0].services == ("10.1.0.0-10.1.0.255 . tcp . 443",)
+
+
+def test_a_cached_snapshot_of_another_major_version_is_ignored_and_the_log_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "snapshot.json").write_text(json.dumps(LEGACY_GATEWAY_CACHE | {"schema_version": "2.0"}))
+    caplog.set_level(logging.WARNING, logger=agent.__name__)
+    assert (
+        SnapshotFollower(offline_identity(tmp_path), GatewaySnapshot, lambda snap: None).load_cached() is None
+    )
+    assert (
+        "this gateway understands snapshot schema 1.x; the controller sent 2.0: upgrade zerogate on this host"
+        in caplog.text
+    )
+
+
+def test_a_snapshot_that_does_not_parse_is_refused_and_the_previous_state_kept(
+    enrolled: Path,
+    admin: AccountSession,
+    unique: Callable[[str], str],
+    follow: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run = follow(enrolled)
+    first = run.next(15)
+    cached = enrolled / "snapshot.json"
+    wait_until(cached.exists, "snapshot.json")
+    real, broken = agent.parse_snapshot, threading.Event()
+    broken.set()
+
+    def parse(role: str, data: Any) -> Any:
+        if broken.is_set() and data["revision"] > first["revision"]:
+            raise InvalidSnapshot("the gateway snapshot is not valid: clients.0.address: expected text")
+        return real(role, data)
+
+    monkeypatch.setattr(agent, "parse_snapshot", parse)
+    caplog.set_level(logging.DEBUG, logger=agent.__name__)
+    admin.client.post("/v1/connector-groups", {"name": unique("grp"), "subnets": ["10.124.0.0/24"]})
+    refusals = lambda: [r for r in caplog.records if "refused the controller's snapshot" in r.getMessage()]  # noqa: E731
+    wait_until(lambda: len(refusals()) >= 2, "the new revision to be refused twice")
+    assert run.quiet_for(0.2)  # refused, never applied
+    assert run.follower.snapshot is not None and run.follower.snapshot.revision == first["revision"]
+    assert json.loads(cached.read_text()) == first
+    # said once as an error (what and that the previous state stays), then quietly on each retry
+    assert [r.levelno for r in refusals()][:2] == [logging.ERROR, logging.DEBUG]
+    assert "keeping the previous state" in refusals()[0].getMessage()
+    assert "clients.0.address: expected text" in refusals()[0].getMessage()
+
+    broken.clear()  # a snapshot this device understands again: applied on the next try
+    assert run.next(10)["revision"] > first["revision"]
     run.close()
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from zerogate.cli.device import enroll_device
-from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.netops import agent
 from zerogate.netops.agent import DeviceIdentity, report_loop
 from zerogate.testbed.lab import wait_for
+from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.testbed.proxy import ProxyError, Squid, squid_binary
 
 pytestmark = [pytest.mark.slow]

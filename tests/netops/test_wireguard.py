@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from nstools import Netns, sh
+from zerogate.model.dataplane import WgPeer
 from zerogate.netops import wireguard
 from zerogate.netops.wireguard import (
     MAX_IFNAME,
     InterfaceNameInUse,
     PeerStatus,
     WgInterface,
-    WgPeer,
     check_ifname,
     parse_dump,
     render_config,

@@ -21,10 +21,11 @@ import typer
 
 from zerogate.cli.common import JsonOpt, ask, emit, err, errors_to_exit, fail, read_secret, say
 from zerogate.client.plan import ClientPlan, plan_client
+from zerogate.model.snapshot import ClientSnapshot, RevokedSnapshot, parse_snapshot
 from zerogate.netops import links
 from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, save_identity, write_private
 from zerogate.netops.command import CommandError
-from zerogate.netops.controller_api import ApiError, ControllerClient, fetch_ca
+from zerogate.netops.controller_api import ApiError, ControllerClient, ControllerError, fetch_ca
 from zerogate.netops.dataplane import Dataplane
 from zerogate.netops.wireguard import DEFAULT_INTERFACES, REJECT_AFTER, WgInterface, check_ifname
 from zerogate.pki.ca import create_csr, generate_private_key
@@ -44,6 +45,7 @@ InterfaceOpt = typer.Option(
     "--interface",
     help="WireGuard interface name (at most 15 characters, unique on the host).",
 )
+STATUS_TIMEOUT = 3.0  # 'client status' asks the controller once, briefly
 FORCE_ADVICE = "to register this device again: zerogate client up --force"
 
 
@@ -147,11 +149,12 @@ def _register(state_dir: Path, info: dict[str, Any], token: str, name: str, inte
 
 
 def _bring_up(
-    identity: DeviceIdentity, interface: str, snapshot: dict[str, Any], dp: Dataplane
+    identity: DeviceIdentity, interface: str, snapshot: ClientSnapshot, dp: Dataplane
 ) -> ClientPlan:
     plan = plan_client(snapshot)
     dp.apply(listen_port=None, peers=plan.peers, addresses=(plan.address,), routes=plan.routes, nft_body=None)
-    write_private(identity.state_dir / "snapshot.json", json.dumps(snapshot, sort_keys=True))
+    text = json.dumps(snapshot.model_dump(mode="json"), sort_keys=True)
+    write_private(identity.state_dir / "snapshot.json", text)
     return plan
 
 
@@ -174,20 +177,20 @@ def _await_handshake(dp: Dataplane, plan: ClientPlan, timeout: float = 15.0) -> 
     return False
 
 
-def _follow(identity: DeviceIdentity, interface: str, snapshot: dict[str, Any], dp: Dataplane) -> None:
+def _follow(identity: DeviceIdentity, interface: str, snapshot: ClientSnapshot, dp: Dataplane) -> None:
     """Apply policy changes until Ctrl-C; exit 1 with one message when the controller
     refuses the device (revoked), after removing the tunnel and the cached snapshot."""
     stop = threading.Event()
     refused: list[str] = []
 
-    def apply(snap: dict[str, Any]) -> None:
-        if snap.get("revoked"):
+    def apply(snap: ClientSnapshot | RevokedSnapshot) -> None:
+        if isinstance(snap, RevokedSnapshot):
             stop.set()
             refused.append(_tear_down_refused(identity.state_dir, dp))
             return
         _bring_up(identity, interface, snap, dp)
 
-    follower = SnapshotFollower(identity, apply)
+    follower = SnapshotFollower(identity, ClientSnapshot, apply)
     follower.snapshot = snapshot
     err.print("Following policy changes; Ctrl-C to stop (the tunnel stays up).")
     try:
@@ -245,7 +248,7 @@ def up(
                     raise
         identity = DeviceIdentity.load(state_dir, "client")
         with identity.client(timeout=15) as c:
-            snapshot = c.get("/v1/snapshot")
+            snapshot = parse_snapshot("client", c.get("/v1/snapshot"))
         dp = Dataplane(interface, identity.wg_private_key)
         try:
             plan = _bring_up(identity, interface, snapshot, dp)
@@ -255,12 +258,12 @@ def up(
         summary = {
             "interface": interface,
             "tunnel": "up" if handshake else "waiting for the gateway",
-            "address": snapshot["address"],
+            "address": str(snapshot.address),
             "gateway": plan.gateway,
             "endpoint": plan.endpoint,
             "routes": list(plan.routes),
-            "applications": snapshot.get("applications", []),
-            "session_expires_at": snapshot.get("session_expires_at"),
+            "applications": list(snapshot.applications),
+            "session_expires_at": _iso(snapshot.session_expires_at),
         }
         emit(summary, as_json)
         if not plan.peers:
@@ -287,39 +290,75 @@ def status(state_dir: Path = StateOpt, interface: str = InterfaceOpt, as_json: b
     with errors_to_exit():
         info = _load(state_dir / "client.json")
         device: dict[str, Any] = {}
-        snapshot: dict[str, Any] = {}
         if (state_dir / "device.json").exists():
             device = json.loads((state_dir / "device.json").read_text())
-        if (state_dir / "snapshot.json").exists():
-            snapshot = json.loads((state_dir / "snapshot.json").read_text())
+        snapshot = _cached_snapshot(state_dir)
         wg = WgInterface(check_ifname(interface))
         peers = wg.status()[1] if wg.exists() else []
         latest = max((p.latest_handshake for p in peers), default=0)
         handshake = (f"{int(time.time() - latest)} s ago" if latest else "never") if peers else None
         transfer = f"rx {sum(p.rx_bytes for p in peers)} B, tx {sum(p.tx_bytes for p in peers)} B"
+        controller = _ask_controller(state_dir, snapshot) if device else "not registered"
         tunnel = _tunnel_state(state_dir, wg.exists(), latest)
         expires = datetime.fromisoformat(info["expires_at"])
-        gateways = snapshot.get("gateways") or [{}]
+        gateway = snapshot.gateways[0] if snapshot and snapshot.gateways else None
         emit(
             {
                 "user": info["username"],
                 "session": ("valid until " if expires > datetime.now(UTC) else "ENDED at ")
                 + info["expires_at"],
                 "tunnel": tunnel,
+                "controller": controller,
                 "address": device.get("address"),
-                "gateway": gateways[0].get("name"),
-                "endpoint": f"{gateways[0].get('endpoint')}:{gateways[0].get('port')}"
-                if gateways[0]
-                else None,
+                "gateway": gateway.name if gateway else None,
+                "endpoint": f"{gateway.endpoint}:{gateway.port}" if gateway else None,
                 "handshake": handshake,
                 "transfer": transfer if peers else None,
-                "applications": snapshot.get("applications", []),
-                "routes": snapshot.get("routes", []),
+                "applications": list(snapshot.applications) if snapshot else [],
+                "routes": [str(r) for r in snapshot.routes] if snapshot else [],
             },
             as_json,
         )
         if tunnel == "revoked" and not as_json:
             say("[yellow]The controller refused this device (revoked):[/] {}", FORCE_ADVICE, console=err)
+            if wg.exists():
+                say("The tunnel carries nothing any more; remove it: sudo zerogate client down", console=err)
+
+
+def _ask_controller(state_dir: Path, snapshot: ClientSnapshot | None) -> str:
+    """Whether the controller still accepts this device ("accepts", "refuses" or
+    "unreachable: ..."), in one quick request. A refusal is remembered (the
+    ``revoked`` marker), so that the status never shows a revoked device as up:
+    the gateway has dropped it, only the handshake timers have not run out yet."""
+    if (state_dir / "revoked").exists():
+        return "refuses"
+    try:
+        identity = DeviceIdentity.load(state_dir, "client")
+        with identity.client(timeout=STATUS_TIMEOUT) as c:
+            c.get("/v1/snapshot", {"after": snapshot.revision if snapshot else -1, "wait": 0})
+    except ApiError as exc:
+        if exc.status in (401, 403):
+            write_private(state_dir / "revoked", datetime.now(UTC).isoformat() + "\n")
+            return "refuses"
+        return f"unreachable: {exc.message}"
+    except (ControllerError, OSError, ValueError) as exc:
+        return f"unreachable: {exc}"
+    return "accepts"
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+def _cached_snapshot(state_dir: Path) -> ClientSnapshot | None:
+    """The snapshot the tunnel was last brought up with (snapshot.json), if any."""
+    path = state_dir / "snapshot.json"
+    if not path.exists():
+        return None
+    try:
+        return parse_snapshot("client", json.loads(path.read_text()))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _tunnel_state(state_dir: Path, exists: bool, latest_handshake: int) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import typer
 
 from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, say
+from zerogate.model.snapshot import ConnectorSnapshot, parse_snapshot
 from zerogate.netops.agent import DeviceIdentity, NotEnrolled, save_identity
 from zerogate.netops.command import CommandError
 from zerogate.netops.controller_api import ControllerClient, fetch_ca
@@ -207,29 +208,28 @@ def _tunnel_status(state_dir: Path, interface: str) -> dict[str, Any]:
     latest = max((p.latest_handshake for p in peers), default=0)
     up = bool(latest) and time.time() - latest < REJECT_AFTER
     snapshot = _cached_snapshot(state_dir)
-    gateways = snapshot.get("gateways") or [{}]
+    gateways = snapshot.gateways if snapshot else ()
     endpoint = next((p.endpoint for p in peers if p.endpoint), None)
     return {
         "interface": interface,
         "tunnel": "up" if up else "down",
         "last_handshake_at": datetime.fromtimestamp(latest, UTC).isoformat() if latest else None,
-        "gateway": gateways[0].get("name"),
+        "gateway": gateways[0].name if gateways else None,
         "endpoint": endpoint,
         "tunnel_hint": None if up else _down_hint(interface, exists, snapshot, endpoint, latest),
     }
 
 
-def _cached_snapshot(state_dir: Path) -> dict[str, Any]:
-    """The last configuration the daemon applied (its snapshot.json), or {}."""
+def _cached_snapshot(state_dir: Path) -> ConnectorSnapshot | None:
+    """The last configuration the daemon applied (its snapshot.json), or None."""
     try:
-        snapshot = json.loads((state_dir / "snapshot.json").read_text())
+        return parse_snapshot("connector", json.loads((state_dir / "snapshot.json").read_text()))
     except (OSError, ValueError):
-        return {}
-    return snapshot if isinstance(snapshot, dict) else {}
+        return None
 
 
 def _down_hint(
-    interface: str, exists: bool, snapshot: dict[str, Any], endpoint: str | None, latest: int
+    interface: str, exists: bool, snapshot: ConnectorSnapshot | None, endpoint: str | None, latest: int
 ) -> str:
     from zerogate.connector.daemon import tunnel_hint  # the daemon logs and reports the same advice
 
@@ -238,10 +238,10 @@ def _down_hint(
             f"there is no interface {interface} on this host: check that 'zerogate connector run' is running "
             "(systemctl status zerogate-connector) and uses this --interface"
         )
-    if not snapshot.get("gateways"):
+    if snapshot is None or not snapshot.gateways:
         return "no gateway in the last configuration: check that a gateway is enrolled and this host reaches the controller"
     since = f"none for {int(time.time() - latest)} s" if latest else "never one"
-    return f"no WireGuard handshake with the gateway ({since}): {tunnel_hint(snapshot, endpoint)}"
+    return f"no WireGuard handshake with the gateway ({since}): {tunnel_hint(snapshot.gateways, endpoint)}"
 
 
 @gateway_app.command("run")

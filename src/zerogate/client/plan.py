@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import ip_network
-from typing import Any
 
-from zerogate.netops.wireguard import WgPeer
+from zerogate.model.dataplane import WgPeer
+from zerogate.model.snapshot import ClientSnapshot
 
 KEEPALIVE_SECONDS = 25
 
@@ -21,24 +19,24 @@ class ClientPlan:
     endpoint: str | None
 
 
-def plan_client(snapshot: Mapping[str, Any]) -> ClientPlan:
+def plan_client(snapshot: ClientSnapshot) -> ClientPlan:
     """Only the destinations the user's policies allow go into the tunnel."""
-    routes = sorted({str(ip_network(r)) for r in snapshot.get("routes", [])})
-    gateways = snapshot.get("gateways", [])
+    if snapshot.address is None:
+        raise ValueError("the snapshot gives this device no tunnel address")
+    routes = sorted({str(r) for r in snapshot.routes})
     peers: list[WgPeer] = []
     gateway = endpoint = None
-    if gateways:
-        g = gateways[0]
-        host = g["endpoint"]
-        endpoint = f"[{host}]:{g['port']}" if ":" in host else f"{host}:{g['port']}"
-        gateway = g["name"]
+    if snapshot.gateways:
+        g = snapshot.gateways[0]
+        endpoint = f"[{g.endpoint}]:{g.port}" if ":" in g.endpoint else f"{g.endpoint}:{g.port}"
+        gateway = g.name
         allowed = [*routes]
-        if g.get("tunnel_address"):
-            allowed.append(f"{g['tunnel_address']}/32")
-        peers.append(WgPeer(g["wg_public_key"], tuple(allowed), endpoint, KEEPALIVE_SECONDS))
+        if g.tunnel_address is not None:
+            allowed.append(f"{g.tunnel_address}/32")
+        peers.append(WgPeer(g.wg_public_key, tuple(allowed), endpoint, KEEPALIVE_SECONDS))
         routes = sorted(set(allowed))
     return ClientPlan(
-        address=f"{snapshot['address']}/32",
+        address=f"{snapshot.address}/32",
         routes=tuple(routes),
         peers=tuple(peers),
         gateway=gateway,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from zerogate import __version__
 from zerogate.connector.plan import ConnectorPlan, forwarding_notice, plan_connector
+from zerogate.model.snapshot import ConnectorSnapshot, GatewayEntry, RevokedSnapshot
 from zerogate.netops import links
 from zerogate.netops.agent import Backoff, DeviceIdentity, SnapshotFollower, report_loop
 from zerogate.netops.dataplane import Dataplane, guard_firewalld, serve
@@ -48,24 +49,24 @@ class ConnectorDaemon:
         self.dp = Dataplane(interface, identity.wg_private_key)
         self.lock = threading.RLock()
         self.plan: ConnectorPlan | None = None
-        self.snapshot: dict[str, Any] | None = None
-        self.follower = SnapshotFollower(identity, self.apply)
+        self.snapshot: ConnectorSnapshot | None = None
+        self.follower = SnapshotFollower(identity, ConnectorSnapshot, self.apply)
         self.tunnel_up = False
         self.tunnel_hint: str | None = None  # what to check while the tunnel is not up
 
-    def apply(self, snapshot: dict[str, Any]) -> None:
+    def apply(self, snapshot: ConnectorSnapshot | RevokedSnapshot) -> None:
         with self.lock:
-            if snapshot.get("revoked"):
+            if isinstance(snapshot, RevokedSnapshot):
                 log.error("this connector was revoked or removed: tunnel and forwarding rules removed")
                 self.release_forwarding()
                 self.dp.teardown()
                 self.plan = self.snapshot = None
                 return
+            subnets = [str(n) for n in snapshot.connector_group.subnets]
             if self.strict is None:
                 # before forwarding goes on: the record must hold the host's own setting
                 before, docker = links.forwarded_before(self.identity.state_dir), links.docker_present()
                 self.strict = not (before or docker)
-                subnets = [str(n) for n in snapshot["connector_group"].get("subnets", [])]
                 notice = forwarding_notice(forwarded_before=before, docker=docker, subnets=subnets)
                 (log.info if self.strict else log.warning)("%s", notice)
             plan = plan_connector(
@@ -84,9 +85,9 @@ class ConnectorDaemon:
             self.plan, self.snapshot = plan, snapshot
             log.info(
                 "applied revision %s: fronting %s (SNAT %s)",
-                snapshot.get("revision"),
-                ", ".join(snapshot["connector_group"].get("subnets", [])) or "nothing",
-                "on" if snapshot["connector_group"].get("snat") else "off",
+                snapshot.revision,
+                ", ".join(subnets) or "nothing",
+                "on" if snapshot.connector_group.snat else "off",
             )
 
     def tunnel_loop(self, stop: threading.Event) -> None:
@@ -147,7 +148,7 @@ class ConnectorDaemon:
                     now - w.last_rx_at,
                     endpoint,
                 )
-        self.tunnel_hint = tunnel_hint(self.snapshot or {}, endpoint)
+        self.tunnel_hint = tunnel_hint(self.snapshot.gateways if self.snapshot else (), endpoint)
         down_for = now - w.down_since
         if down_for >= NOT_UP_AFTER and (w.warned_at is None or now - w.warned_at >= NOT_UP_REPEAT):
             w.warned_at = now
@@ -192,7 +193,7 @@ class ConnectorDaemon:
             "interface": self.dp.interface,
             "peers": [{"role": "gateway"} | p.as_report() for p in peers],
             "details": {
-                "revision": (self.snapshot or {}).get("revision"),
+                "revision": self.snapshot.revision if self.snapshot else None,
                 "tunnel_up": self.tunnel_up,
                 "last_handshake_at": handshake_time(hs, iso=True),
                 "tunnel_hint": None if self.tunnel_up else self.tunnel_hint,
@@ -240,11 +241,11 @@ def handshake_time(unix: int, *, iso: bool = False) -> str | None:
     return at.isoformat() if iso else at.strftime("%H:%M:%S UTC")
 
 
-def tunnel_hint(snapshot: Mapping[str, Any], endpoint: str | None) -> str:
+def tunnel_hint(gateways: Sequence[GatewayEntry], endpoint: str | None) -> str:
     """What to check when the tunnel does not come up: UDP out to the gateway's ports."""
-    gateways = snapshot.get("gateways") or [{}]
-    first = gateways[0].get("port_first", gateways[0].get("port"))
-    last = gateways[0].get("port_last", first)
+    g = gateways[0] if gateways else None
+    first = (g.port_first or g.port) if g else None
+    last = (g.port_last or first) if g else None
     ports = f"{first}-{last}" if last != first else f"{first}"
     return (
         f"check that this host may send UDP to {endpoint or 'the gateway'} (the gateway's UDP port "

@@ -22,12 +22,10 @@ hook, but a ``drop`` (a drop policy too) anywhere is final. Hence two modes:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import ip_address, ip_network
-from typing import Any
 
-from zerogate.netops.wireguard import WgPeer
+from zerogate.model.dataplane import WgPeer
+from zerogate.model.snapshot import ConnectorSnapshot
 
 KEEPALIVE_SECONDS = 5
 
@@ -46,35 +44,30 @@ def _endpoint(host: str, port: int) -> str:
 
 
 def plan_connector(
-    snapshot: Mapping[str, Any], *, interface: str, listen_port: int, strict: bool
+    snapshot: ConnectorSnapshot, *, interface: str, listen_port: int, strict: bool
 ) -> ConnectorPlan:
     """``strict``: the host forwarded nothing before zerogate (see the module docstring)."""
-    group = snapshot["connector_group"]
-    blocks = [str(ip_network(b)) for b in snapshot.get("client_blocks", [])]
-    gateways = snapshot.get("gateways", [])
+    if snapshot.address is None:
+        raise ValueError("the snapshot gives this connector no tunnel address")
+    group = snapshot.connector_group
+    blocks = [str(b) for b in snapshot.client_blocks]
+    gateways = snapshot.gateways
     # One gateway carries the client blocks (a WireGuard allowed-IP belongs to
     # one peer); the first by name, which the snapshot already sorts.
     peers = []
     gateway_name = None
     if gateways:
         g = gateways[0]
-        gateway_name = g["name"]
-        peers.append(
-            WgPeer(
-                g["wg_public_key"],
-                tuple(blocks),
-                _endpoint(g["endpoint"], int(g["port"])),
-                KEEPALIVE_SECONDS,
-            )
-        )
-    subnets = [str(ip_network(n)) for n in group.get("subnets", [])]
-    probers = sorted({g["tunnel_address"] for g in gateways if g.get("tunnel_address")})
+        gateway_name = g.name
+        peers.append(WgPeer(g.wg_public_key, tuple(blocks), _endpoint(g.endpoint, g.port), KEEPALIVE_SECONDS))
+    subnets = [str(n) for n in group.subnets]
+    probers = sorted({str(g.tunnel_address) for g in gateways if g.tunnel_address is not None})
     return ConnectorPlan(
-        address=f"{ip_address(snapshot['address'])}/32",
+        address=f"{snapshot.address}/32",
         routes=tuple(blocks),
         peers=tuple(peers),
         nft_body=render_connector_nft(
-            interface, listen_port, blocks, subnets, probers, bool(group.get("snat")), strict=strict
+            interface, listen_port, blocks, subnets, probers, group.snat, strict=strict
         ),
         gateway=gateway_name,
     )

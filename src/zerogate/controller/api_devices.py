@@ -24,11 +24,14 @@ from sqlalchemy.orm import defer
 
 from zerogate import __version__
 from zerogate.controller import schemas as s
-from zerogate.controller.api_objects import by_name, connector_reports, connector_tunnel, default_pool
 from zerogate.controller.auth import Admin, AnyAccount, DeviceCaller, State, client_source
 from zerogate.controller.ids import get_row, row_id, shown_id
 from zerogate.controller.policy_cache import PolicyCache
 from zerogate.controller.reports import read_stored
+from zerogate.controller.services.address_pool import default_pool
+from zerogate.controller.services.connectors import connector_reports, connector_tunnel
+from zerogate.controller.services.enrollment import check_key_usable
+from zerogate.controller.services.lookup import by_name
 from zerogate.controller.state import (
     Conflict,
     ControllerState,
@@ -37,6 +40,17 @@ from zerogate.controller.state import (
     Principal,
     Unauthorized,
     Unprocessable,
+)
+from zerogate.model.snapshot import (
+    ClientPeer,
+    ClientSnapshot,
+    ConnectorEntry,
+    ConnectorGroupConfig,
+    ConnectorSnapshot,
+    GatewayConfig,
+    GatewayEntry,
+    GatewaySnapshot,
+    Snapshot,
 )
 from zerogate.pki.ca import PKIError, ca_pin, sign_device_csr
 from zerogate.pki.credentials import new_token, token_digest, token_hint
@@ -250,22 +264,6 @@ async def _new_device(
     session.add(device)
     await session.flush()
     return device, credential
-
-
-def check_key_usable(key: ProvisioningKey | None) -> ProvisioningKey:
-    """Raise the error ``/v1/enroll`` would give for this key; return it if usable."""
-    if key is None:
-        raise Unauthorized("provisioning key not recognised: copy the whole install string again")
-    if key.revoked_at is not None:
-        raise Forbidden("provisioning key was revoked: ask an admin for a new install string")
-    if key.expires_at <= utcnow():
-        raise Forbidden(
-            f"provisioning key expired at {key.expires_at:%Y-%m-%d %H:%M} UTC: "
-            "ask an admin for a new install string"
-        )
-    if key.uses >= key.max_uses:
-        raise Forbidden(f"provisioning key already used {key.uses} of {key.max_uses} times")
-    return key
 
 
 @router.post("/enroll", response_model=s.EnrollResponse, tags=["enrollment"])
@@ -522,98 +520,93 @@ async def delete_connector(name: str, admin: Admin, state: State) -> None:
 
 async def build_snapshot(
     session: AsyncSession, device: Device, revision: int, policies: PolicyCache
-) -> dict[str, Any]:
+) -> Snapshot:
     """Exactly what this device needs, nothing about anyone else's secrets."""
     pool_row = await session.scalar(select(AddressPoolRow).where(AddressPoolRow.name == "default"))
-    blocks = pool_row.blocks if pool_row else []
-    tunnel = [str(gateway_address(ip_network(b))) for b in blocks]  # type: ignore[arg-type]
-    gateways = [
-        {
-            "name": g.name,
-            "endpoint": g.public_endpoint,
-            "port": g.port_first,
-            "port_first": g.port_first,
-            "port_last": g.port_last,
-            "wg_public_key": g.device.wg_public_key,
-            "tunnel_address": tunnel[0] if tunnel else None,
-        }
+    blocks = tuple(pool_row.blocks) if pool_row else ()
+    tunnel = tuple(str(gateway_address(ip_network(b))) for b in blocks)  # type: ignore[arg-type]
+    gateways = tuple(
+        GatewayEntry(
+            name=g.name,
+            endpoint=g.public_endpoint,
+            port=g.port_first,
+            port_first=g.port_first,
+            port_last=g.port_last,
+            wg_public_key=g.device.wg_public_key,
+            tunnel_address=tunnel[0] if tunnel else None,
+        )
         for g in await session.scalars(select(Gateway).order_by(Gateway.name))
         if g.device is not None and g.device.status == "active"
-    ]
+    )
     groups = {g.id: g for g in await session.scalars(select(ConnectorGroup))}
-    base: dict[str, Any] = {
-        "revision": revision,
-        "role": device.role,
-        "device_id": device.id,
-        "name": device.name,
-    }
+    base: dict[str, Any] = {"revision": revision, "device_id": device.id, "name": device.name}
     if device.role == "gateway":
         view = await policies.get(session, revision)
-        connectors = [
-            {
-                "name": c.name,
-                "device_id": c.device_id,
-                "wg_public_key": c.device.wg_public_key,
-                "address": c.device.address,
-                "connector_group": groups[c.connector_group_id].name,
-                "subnets": groups[c.connector_group_id].subnets,
-            }
+        connectors = tuple(
+            ConnectorEntry(
+                name=c.name,
+                device_id=c.device_id,
+                wg_public_key=c.device.wg_public_key,
+                address=c.device.address,
+                connector_group=groups[c.connector_group_id].name,
+                subnets=tuple(groups[c.connector_group_id].subnets),
+            )
             for c in await session.scalars(select(Connector).order_by(Connector.name))
             if c.device.status == "active"
-        ]
+        )
         client_devices = {d.device_id: d for d in view.inputs.devices}
-        clients = [
-            {
-                "device_id": d.id,
-                "wg_public_key": d.wg_public_key,
-                "address": d.address,
-                "session_expires_at": d.session_expires_at.isoformat() if d.session_expires_at else None,
-            }
+        clients = tuple(
+            ClientPeer(
+                device_id=d.id,
+                wg_public_key=d.wg_public_key,
+                address=d.address,
+                session_expires_at=d.session_expires_at,
+            )
             for d in await session.scalars(select(Device).where(Device.role == "client").order_by(Device.id))
             if d.id in client_devices
-        ]
+        )
         gw = await session.scalar(select(Gateway).where(Gateway.device_id == device.id))
-        return base | {
-            "gateway": {
-                "name": gw.name,
-                "public_endpoint": gw.public_endpoint,
-                "port_first": gw.port_first,
-                "port_last": gw.port_last,
-            }
+        return GatewaySnapshot(
+            **base,
+            gateway=GatewayConfig(
+                name=gw.name,
+                public_endpoint=gw.public_endpoint,
+                port_first=gw.port_first,
+                port_last=gw.port_last,
+            )
             if gw
             else None,
-            "tunnel_addresses": tunnel,
-            "client_blocks": blocks,
-            "connectors": connectors,
-            "clients": clients,
-            "policy": view.grants_json(),
-        }
+            tunnel_addresses=tunnel,
+            client_blocks=blocks,
+            connectors=connectors,
+            clients=clients,
+            policy=view.gateway_policy(),
+        )
     if device.role == "connector":
         c = await session.scalar(select(Connector).where(Connector.device_id == device.id))
         if c is None:
             raise NotFound("this connector was removed")
         g = groups[c.connector_group_id]
-        return base | {
-            "address": device.address,
-            "connector_group": {
-                "name": g.name,
-                "subnets": g.subnets,
-                "snat": g.snat,
-                "vrrp_virtual_ip": g.vrrp_virtual_ip,
-            },
-            "client_blocks": blocks,
-            "gateways": gateways,
-        }
+        return ConnectorSnapshot(
+            **base,
+            address=device.address,
+            connector_group=ConnectorGroupConfig(
+                name=g.name, subnets=tuple(g.subnets), snat=g.snat, vrrp_virtual_ip=g.vrrp_virtual_ip
+            ),
+            client_blocks=blocks,
+            gateways=gateways,
+        )
     # client: its address and the destinations its user's policies allow
     view = await policies.get(session, revision)
     rules = view.compiled.rules_for_source(IPv4Address(device.address)) if device.address else ()
-    return base | {
-        "address": device.address,
-        "session_expires_at": device.session_expires_at.isoformat() if device.session_expires_at else None,
-        "gateways": gateways,
-        "routes": sorted({str(r.destination) for r in rules}),
-        "applications": sorted({n for r in rules for n in view.apps_by_policy.get(r.policy_id, [])}),
-    }
+    return ClientSnapshot(
+        **base,
+        address=device.address,
+        session_expires_at=device.session_expires_at,
+        gateways=gateways,
+        routes=tuple(sorted({str(r.destination) for r in rules})),
+        applications=tuple(sorted({n for r in rules for n in view.apps_by_policy.get(r.policy_id, [])})),
+    )
 
 
 # A long-poll is a sign of life, but recording each one would turn every watch
@@ -657,7 +650,7 @@ async def snapshot(
         await state.watch.wait_past(after, min(wait, state.settings.watch_max_seconds))
     if state.watch.going_away:
         return going_away_response()
-    snap: dict[str, Any] | None = None
+    snap: Snapshot | None = None
     async with state.db.read() as session:
         # The revision first, in the same session: whatever is read after it is at
         # least that new, so a device never holds an older snapshot under a newer number.
@@ -672,7 +665,7 @@ async def snapshot(
         await _mark_seen(state, who.id)
     if snap is None:
         return Response(status_code=204)
-    body = json.dumps(snap, sort_keys=True)
+    body = json.dumps(snap.model_dump(mode="json"), sort_keys=True)
     return Response(
         content=body,
         media_type="application/json",

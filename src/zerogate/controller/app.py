@@ -12,7 +12,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from zerogate import __version__
-from zerogate.controller import api_devices, api_objects, api_preflight, auth, errors, tokens
+from zerogate.controller import api_devices, auth, errors, tokens
+from zerogate.controller.api import (
+    accounts,
+    applications,
+    audit,
+    connector_groups,
+    gateways,
+    groups,
+    policies,
+    pool,
+    preflight,
+)
 from zerogate.controller.limits import BodyLimit
 from zerogate.controller.openapi_doc import build_openapi
 from zerogate.controller.state import ApiProblem, ControllerState
@@ -57,7 +68,8 @@ def create_app(state: ControllerState) -> FastAPI:
     # Outermost: a too-large body is refused before any of the app sees it.
     app.add_middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes, caller_kind=caller_kind)
 
-    for module in (auth, tokens, api_objects, api_devices, api_preflight):
+    objects = (accounts, groups, connector_groups, gateways, applications, policies, pool, audit)
+    for module in (auth, tokens, *objects, api_devices, preflight):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller.policy_inputs import load_policy_inputs
 from zerogate.model.policy import PolicyInputs
+from zerogate.model.snapshot import GatewayGrant, GatewayPolicy
 from zerogate.policy.compiler import CompiledPolicy, compile_policy
 from zerogate.store.db import read_revision, utcnow
 from zerogate.store.models import Device
@@ -35,29 +35,32 @@ class PolicyView:
     compiled: CompiledPolicy
     valid_until: datetime | None
     apps_by_policy: dict[int, list[str]]
-    _grants_json: dict[str, Any] | None = field(default=None, repr=False)
+    _gateway_policy: GatewayPolicy | None = field(default=None, repr=False)
 
     def fresh(self, revision: int, now: datetime) -> bool:
         return self.revision == revision and (self.valid_until is None or now < self.valid_until)
 
-    def grants_json(self) -> dict[str, Any]:
-        """The gateway snapshot's ``policy`` part, built once per entry."""
-        if self._grants_json is None:
-            self._grants_json = {
-                "grants": [
-                    {
-                        "policy_id": g.policy_id,
-                        "name": g.name,
-                        "sources": [str(a) for a in g.sources],
-                        "rules": [
-                            [str(r.destination), r.protocol, r.first_port, r.last_port] for r in g.rules
-                        ],
-                    }
-                    for g in self.compiled.policies.values()
-                ],
-                "valid_until": self.compiled.next_change.isoformat() if self.compiled.next_change else None,
-            }
-        return self._grants_json
+    def gateway_policy(self) -> GatewayPolicy:
+        """The gateway snapshot's ``policy`` part, built once per entry: the
+        grants' rules cut into disjoint nftables elements here, not on every gateway."""
+        if self._gateway_policy is None:
+            self._gateway_policy = GatewayPolicy(
+                grants=gateway_grants(self.compiled), valid_until=self.compiled.next_change
+            )
+        return self._gateway_policy
+
+
+def gateway_grants(compiled: CompiledPolicy) -> tuple[GatewayGrant, ...]:
+    """Every compiled policy as the gateway renders it (sources and disjoint elements)."""
+    return tuple(
+        GatewayGrant.from_rules(
+            g.policy_id,
+            g.name,
+            g.sources,
+            [(r.destination, r.protocol, r.first_port, r.last_port) for r in g.rules],
+        )
+        for g in compiled.policies.values()
+    )
 
 
 async def load_view(session: AsyncSession, revision: int, now: datetime) -> PolicyView:

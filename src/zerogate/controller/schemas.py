@@ -40,7 +40,6 @@ from zerogate.controller.fields import (
     plain_text,
     routable_v4,
 )
-from zerogate.controller.fields import overlapping as overlapping  # used by the API handlers
 from zerogate.controller.reports import DeviceReport as DeviceReport  # the body of POST /v1/report
 from zerogate.controller.reports import StoredReport
 from zerogate.model.policy import PortRange

@@ -23,12 +23,13 @@ from typing import Any
 
 from zerogate import __version__
 from zerogate.gateway.plan import GatewayPlan, choose_active, plan_gateway, render_gateway_table
+from zerogate.model.dataplane import TableBody
+from zerogate.model.snapshot import GatewayGrant, GatewaySnapshot, RevokedSnapshot
 from zerogate.netops import links
 from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, report_loop, write_private
 from zerogate.netops.command import CommandError
 from zerogate.netops.dataplane import Dataplane, guard_firewalld, serve
 from zerogate.netops.icmp import Prober
-from zerogate.netops.nftables import TableBody
 from zerogate.netops.wireguard import PeerStatus, valid_endpoint, valid_key
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,15 @@ class Gateway:
         self.identity = identity
         self.dp = Dataplane(interface, identity.wg_private_key)
         self.lock = threading.RLock()
-        self.snapshot: dict[str, Any] | None = None
+        self.snapshot: GatewaySnapshot | None = None
         self.plan: GatewayPlan | None = None
         self.active: dict[str, str] = {}
         self.up: set[str] = set()
-        self.follower = SnapshotFollower(identity, self.apply, self.next_deadline)
+        self.follower = SnapshotFollower(identity, GatewaySnapshot, self.apply, self.next_deadline)
         self.stop: threading.Event | None = None
         self.responder: threading.Thread | None = None
         self.rtt: dict[str, float] = {}
-        self._nft_grants: Sequence[Mapping[str, Any]] | None = None
+        self._nft_grants: Sequence[GatewayGrant] | None = None
         self._nft_live: tuple[str, ...] = ()
         self._nft_table: TableBody | None = None
         self.endpoints_path = identity.state_dir / ENDPOINTS_FILE
@@ -64,9 +65,9 @@ class Gateway:
 
     # -- reconcile
 
-    def apply(self, snapshot: dict[str, Any]) -> None:
+    def apply(self, snapshot: GatewaySnapshot | RevokedSnapshot) -> None:
         with self.lock:
-            if snapshot.get("revoked"):
+            if isinstance(snapshot, RevokedSnapshot):
                 log.error("this gateway was revoked: removing its tunnel and policy")
                 self.dp.teardown()
                 self.endpoints_path.unlink(missing_ok=True)
@@ -84,18 +85,17 @@ class Gateway:
                 guard_firewalld(self.dp.interface, (port, port + 1), self.stop)
             log.info(
                 "applied revision %s: %d live clients, %d connectors, %d policy grants (nft %s %.0f ms)",
-                snapshot.get("revision"),
+                snapshot.revision,
                 len(self.plan.live_clients),
-                len(snapshot.get("connectors", [])),
-                len(snapshot.get("policy", {}).get("grants", [])),
+                len(snapshot.connectors),
+                len(snapshot.policy.grants),
                 self.dp.last_nft_mode or "unchanged",
                 self.dp.last_nft_ms,
             )
 
     def _reconcile(self) -> None:
         assert self.snapshot is not None
-        connectors = self.snapshot.get("connectors", [])
-        self.active = choose_active(connectors, self.up, self.active)
+        self.active = choose_active(self.snapshot.connectors, self.up, self.active)
         plan = plan_gateway(
             self.snapshot,
             interface=self.dp.interface,
@@ -113,9 +113,7 @@ class Gateway:
         )
         self.plan = plan
 
-    def _render_nft(
-        self, interface: str, live: Sequence[str], grants: Sequence[Mapping[str, Any]]
-    ) -> TableBody:
+    def _render_nft(self, interface: str, live: Sequence[str], grants: Sequence[GatewayGrant]) -> TableBody:
         """The policy table depends on the snapshot's grants and the live clients
         only; a failover (probe thread) must not re-render 500k elements."""
         key = tuple(live)
@@ -195,11 +193,8 @@ class Gateway:
             while not stop.is_set():
                 started = time.monotonic()
                 with self.lock:
-                    targets = {
-                        str(c["name"]): str(c["address"])
-                        for c in (self.snapshot or {}).get("connectors", [])
-                        if c.get("address")
-                    }
+                    connectors = self.snapshot.connectors if self.snapshot else ()
+                    targets = {c.name: str(c.address) for c in connectors if c.address is not None}
                 prober.send(targets.values())
                 prober.receive(max(0.0, PROBE_INTERVAL - (time.monotonic() - started)))
                 up = {name for name, addr in targets.items() if prober.alive(addr, DOWN_AFTER)}
@@ -251,23 +246,24 @@ class Gateway:
 
     def report(self) -> dict[str, Any]:
         with self.lock:
-            snap = self.snapshot or {}
+            snap = self.snapshot
             listen, peers = self.dp.status()
             by_key: dict[str, dict[str, Any]] = {}
-            for c in snap.get("connectors", []):
-                by_key[c["wg_public_key"]] = {
+            for c in snap.connectors if snap else ():
+                address = str(c.address) if c.address is not None else None
+                by_key[c.wg_public_key] = {
                     "role": "connector",
-                    "name": c["name"],
-                    "address": c.get("address"),
-                    "up": c["name"] in self.up,
-                    "rtt_ms": self.rtt.get(str(c.get("address"))),
-                    "active": self.active.get(c["connector_group"]) == c["name"],
+                    "name": c.name,
+                    "address": address,
+                    "up": c.name in self.up,
+                    "rtt_ms": self.rtt.get(str(address)),
+                    "active": self.active.get(c.connector_group) == c.name,
                 }
-            for c in snap.get("clients", []):
-                by_key[c["wg_public_key"]] = {
+            for cl in snap.clients if snap else ():
+                by_key[cl.wg_public_key] = {
                     "role": "client",
-                    "device_id": c["device_id"],
-                    "address": c["address"],
+                    "device_id": cl.device_id,
+                    "address": str(cl.address) if cl.address is not None else None,
                 }
             out = []
             for p in peers:
@@ -278,7 +274,7 @@ class Gateway:
                 "interface": self.dp.interface,
                 "peers": out,
                 "details": {
-                    "revision": snap.get("revision"),
+                    "revision": snap.revision if snap else None,
                     "listen_port": listen,
                     "wireguard": self.dp.wg.implementation,
                     "controller_connected": self.follower.connected,
@@ -339,16 +335,16 @@ def endpoints_to_keep(
     return dict(sorted((kept | learned).items()))
 
 
-def tunnel_peers(snapshot: Mapping[str, Any]) -> dict[str, tuple[str, str, str]]:
+def tunnel_peers(snapshot: GatewaySnapshot) -> dict[str, tuple[str, str, str]]:
     """public key -> (role, name, tunnel address) for the snapshot's connectors and clients."""
     out = {
-        str(c["wg_public_key"]): ("client", f"device {c['device_id']}", str(c["address"]))
-        for c in snapshot.get("clients", [])
-        if c.get("address")
+        p.wg_public_key: ("client", f"device {p.device_id}", str(p.address))
+        for p in snapshot.clients
+        if p.address is not None
     }
-    for c in snapshot.get("connectors", []):
-        if c.get("address"):
-            out[str(c["wg_public_key"])] = ("connector", str(c["name"]), str(c["address"]))
+    for c in snapshot.connectors:
+        if c.address is not None:
+            out[c.wg_public_key] = ("connector", c.name, str(c.address))
     return out
 
 
@@ -370,10 +366,8 @@ def start_probe_responder(
     identity: DeviceIdentity, port: int, stop: threading.Event
 ) -> threading.Thread | None:
     """Answer authenticated UDP reachability probes (see :mod:`zerogate.netops.udp_probe`)."""
-    try:
-        from zerogate.netops import udp_probe
-    except ImportError:  # pragma: no cover - arrives with the deployment tooling
-        return None
+    from zerogate.netops import udp_probe  # only gateways answer probes: imported where needed
+
     key = (identity.state_dir / "device.key").read_bytes()
     cert = (identity.state_dir / "device.pem").read_bytes()
 

@@ -9,7 +9,9 @@ nftables (table ``inet zerogate``): forwarding from the tunnel is denied by
 default; a client may open a flow only if a policy grant lists its address as a
 source and the destination/protocol/port in its rules. WireGuard only accepts a
 packet from a peer whose allowed-IPs hold the source address, so a client
-cannot use another client's address.
+cannot use another client's address. The grants arrive as the sets' elements
+(the controller cut the policy rules into disjoint intervals): this module
+only renders them.
 """
 
 from __future__ import annotations
@@ -17,12 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import IPv4Network, ip_network
-from typing import Any
 
-from zerogate.netops.nftables import TableBody
-from zerogate.netops.wireguard import WgPeer
-from zerogate.policy.intervals import disjoint
+from zerogate.model.dataplane import TableBody, WgPeer
+from zerogate.model.snapshot import ClientPeer, ConnectorEntry, GatewayGrant, GatewaySnapshot
 
 
 @dataclass(frozen=True)
@@ -36,13 +35,12 @@ class GatewayPlan:
     next_expiry: datetime | None
 
 
-def _expired(client: Mapping[str, Any], now: datetime) -> bool:
-    raw = client.get("session_expires_at")
-    return raw is not None and datetime.fromisoformat(raw) <= now
+def _expired(client: ClientPeer, now: datetime) -> bool:
+    return client.session_expires_at is not None and client.session_expires_at <= now
 
 
 def choose_active(
-    connectors: Sequence[Mapping[str, Any]], up: set[str], current: Mapping[str, str]
+    connectors: Sequence[ConnectorEntry], up: set[str], current: Mapping[str, str]
 ) -> dict[str, str]:
     """Per connector group, the connector that carries its subnets.
 
@@ -51,8 +49,8 @@ def choose_active(
     traffic flows as soon as a tunnel comes up.
     """
     by_group: dict[str, list[str]] = {}
-    for c in sorted(connectors, key=lambda c: str(c["name"])):
-        by_group.setdefault(str(c["connector_group"]), []).append(str(c["name"]))
+    for c in sorted(connectors, key=lambda c: c.name):
+        by_group.setdefault(c.connector_group, []).append(c.name)
     active = {}
     for group, names in by_group.items():
         cur = current.get(group)
@@ -68,11 +66,11 @@ def choose_active(
     return active
 
 
-RenderNft = Callable[[str, Sequence[str], Sequence[Mapping[str, Any]]], TableBody]
+RenderNft = Callable[[str, Sequence[str], Sequence[GatewayGrant]], TableBody]
 
 
 def plan_gateway(
-    snapshot: Mapping[str, Any],
+    snapshot: GatewaySnapshot,
     *,
     interface: str,
     now: datetime,
@@ -81,36 +79,33 @@ def plan_gateway(
 ) -> GatewayPlan:
     """``render_nft`` (default :func:`render_gateway_table`) lets the daemon reuse the
     table text when only the active connectors changed (a failover)."""
-    gw = snapshot.get("gateway") or {}
-    blocks = [ip_network(b) for b in snapshot.get("client_blocks", [])]
-    tunnel = snapshot.get("tunnel_addresses", [])
+    tunnel, blocks = snapshot.tunnel_addresses, snapshot.client_blocks
     addresses = tuple(f"{a}/{b.prefixlen}" for a, b in zip(tunnel, blocks, strict=False))
 
     peers: list[WgPeer] = []
     live: list[str] = []
     expiries: list[datetime] = []
-    for c in snapshot.get("clients", []):
-        if not c.get("address") or _expired(c, now):
+    for c in snapshot.clients:
+        if c.address is None or _expired(c, now):
             continue
-        peers.append(WgPeer(c["wg_public_key"], (f"{c['address']}/32",)))
-        live.append(c["address"])
-        if c.get("session_expires_at"):
-            expiries.append(datetime.fromisoformat(c["session_expires_at"]))
+        peers.append(WgPeer(c.wg_public_key, (f"{c.address}/32",)))
+        live.append(str(c.address))
+        if c.session_expires_at is not None:
+            expiries.append(c.session_expires_at)
     routes: set[str] = set()
-    for c in snapshot.get("connectors", []):
-        allowed = [f"{c['address']}/32"] if c.get("address") else []
-        if active.get(c["connector_group"]) == c["name"]:
-            allowed += [str(ip_network(n)) for n in c.get("subnets", [])]
-            routes.update(str(ip_network(n)) for n in c.get("subnets", []))
-        peers.append(WgPeer(c["wg_public_key"], tuple(allowed)))
+    for cn in snapshot.connectors:
+        allowed = [f"{cn.address}/32"] if cn.address is not None else []
+        if active.get(cn.connector_group) == cn.name:
+            allowed += [str(n) for n in cn.subnets]
+            routes.update(str(n) for n in cn.subnets)
+        peers.append(WgPeer(cn.wg_public_key, tuple(allowed)))
 
-    grants = snapshot.get("policy", {}).get("grants", [])
     return GatewayPlan(
-        listen_port=int(gw.get("port_first", 51820)),
+        listen_port=snapshot.gateway.port_first if snapshot.gateway else 51820,
         addresses=addresses,
         routes=tuple(sorted(routes)),
         peers=tuple(peers),
-        nft_body=(render_nft or render_gateway_table)(interface, live, grants),
+        nft_body=(render_nft or render_gateway_table)(interface, live, snapshot.policy.grants),
         live_clients=tuple(live),
         next_expiry=min(expiries) if expiries else None,
     )
@@ -126,54 +121,38 @@ def _set(name: str, type_: str, elements: Sequence[str], interval: bool) -> str:
     return f"  set {name} {{ type {type_};{flags}{body} }}\n"
 
 
-def render_grant(grant: Mapping[str, Any]) -> tuple[str, list[str], frozenset[str]]:
-    """(interval set definitions, rules, source addresses) for one policy grant;
-    the source set ``p<id>_src`` itself is declared by the caller."""
-    pid = int(grant["policy_id"])
-    by_proto: dict[str, list[tuple[IPv4Network, int, int]]] = {}
-    for dest, proto, first, last in grant["rules"]:
-        net = ip_network(dest)
-        if not isinstance(net, IPv4Network):
-            continue  # the tunnel carries IPv4 only
-        by_proto.setdefault(proto, []).append((net, int(first), int(last)))
-    sources = frozenset(grant["sources"])
-    if not sources or not by_proto:
-        return "", [], frozenset()
+def render_grant(grant: GatewayGrant) -> tuple[str, list[str]]:
+    """(interval set definitions, rules) for one policy grant; nothing for a
+    grant without sources or destinations. The source set ``p<id>_src``
+    itself is declared by the caller."""
+    pid = grant.policy_id
+    if not grant.sources:
+        return "", []
     sets = ""
     rules: list[str] = []
-    svc = [
-        f"{e.address_text()} . {proto} . {lo if lo == hi else f'{lo}-{hi}'}"
-        for proto in ("tcp", "udp")
-        for e in disjoint(by_proto.get(proto, []))
-        for lo, hi in e.ports
-    ]
-    if svc:
-        sets += _set(f"p{pid}_svc", "ipv4_addr . inet_proto . inet_service", svc, True)
+    if grant.services:
+        sets += _set(f"p{pid}_svc", "ipv4_addr . inet_proto . inet_service", grant.services, True)
         rules.append(f"ip saddr @p{pid}_src ip daddr . meta l4proto . th dport @p{pid}_svc accept")
-    icmp = [e.address_text() for e in disjoint([(n, 0, 0) for n, _, _ in by_proto.get("icmp", [])])]
-    if icmp:
-        sets += _set(f"p{pid}_icmp", "ipv4_addr", icmp, True)
+    if grant.icmp:
+        sets += _set(f"p{pid}_icmp", "ipv4_addr", grant.icmp, True)
         rules.append(f"ip saddr @p{pid}_src ip daddr @p{pid}_icmp meta l4proto icmp accept")
-    anyp = [e.address_text() for e in disjoint([(n, 0, 0) for n, _, _ in by_proto.get("any", [])])]
-    if anyp:
-        sets += _set(f"p{pid}_any", "ipv4_addr", anyp, True)
+    if grant.any_protocol:
+        sets += _set(f"p{pid}_any", "ipv4_addr", grant.any_protocol, True)
         rules.append(f"ip saddr @p{pid}_src ip daddr @p{pid}_any accept")
-    return sets, rules, sources
+    return sets, rules
 
 
 def _by_address(addresses: Iterable[str]) -> list[str]:
     return sorted(addresses, key=lambda a: tuple(int(x) for x in a.split(".")))
 
 
-def render_gateway_nft(
-    interface: str, live_clients: Sequence[str], grants: Sequence[Mapping[str, Any]]
-) -> str:
+def render_gateway_nft(interface: str, live_clients: Sequence[str], grants: Sequence[GatewayGrant]) -> str:
     """The body of ``table inet zerogate`` for the gateway."""
     return render_gateway_table(interface, live_clients, grants).text
 
 
 def render_gateway_table(
-    interface: str, live_clients: Sequence[str], grants: Sequence[Mapping[str, Any]]
+    interface: str, live_clients: Sequence[str], grants: Sequence[GatewayGrant]
 ) -> TableBody:
     """The gateway's table, with the live clients and every grant's sources as
     plain sets, so that a change of who may connect is an element update."""
@@ -181,11 +160,12 @@ def render_gateway_table(
     skeleton = [_set("clients", "ipv4_addr", (), False)]
     text = [_set("clients", "ipv4_addr", sorted(plain["clients"]), False)]
     rules: list[str] = []
-    for g in sorted(grants, key=lambda g: int(g["policy_id"])):
-        sets, grant_rules, sources = render_grant(g)
+    for g in sorted(grants, key=lambda g: g.policy_id):
+        sets, grant_rules = render_grant(g)
         if not grant_rules:
             continue
-        name = f"p{int(g['policy_id'])}_src"
+        name = f"p{g.policy_id}_src"
+        sources = frozenset(g.sources)
         plain[name] = sources
         skeleton.append(_set(name, "ipv4_addr", (), False) + sets)
         text.append(_set(name, "ipv4_addr", _by_address(sources), False) + sets)

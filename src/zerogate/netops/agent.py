@@ -1,5 +1,6 @@
 """What the gateway and connector daemons share: their enrolled identity and a
-snapshot follower that keeps the last good snapshot on disk (fail-static)."""
+snapshot follower that parses each snapshot once and keeps the last good one
+on disk (fail-static)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from zerogate.model.snapshot import InvalidSnapshot, RevokedSnapshot, Snapshot, SnapshotError, parse_snapshot
 from zerogate.netops.controller_api import ApiError, ControllerClient, ControllerError, ControllerUnreachable
 
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 25.0
+
+S = TypeVar("S", bound=Snapshot)
+_NOTHING_REFUSED = object()  # no answer refused since the last good one
+REFUSED_RETRY_CAP = 30.0  # seconds between asks while the controller's snapshots are refused
 
 
 class NotEnrolled(RuntimeError):
@@ -162,55 +168,89 @@ def save_identity(
     write_private(state_dir / "device.json", json.dumps(info, indent=2) + "\n", 0o644)
 
 
-class SnapshotFollower:
+class SnapshotFollower(Generic[S]):
     """Long-polls the device's snapshot and hands each new one to ``apply``.
 
-    The last snapshot that applied cleanly is kept in ``snapshot.json``; at
-    start, and whenever the controller is unreachable, the data plane keeps
-    running on it. ``deadline`` (a callable returning when the plan changes by
-    itself: a session ending, a time window opening) bounds each wait.
+    Each answer is parsed once into ``schema`` (the device role's snapshot
+    type); one that does not parse is refused like one that fails to apply:
+    the previous state stays, and the error is logged. The last snapshot
+    that applied cleanly is kept in ``snapshot.json``; at start, and whenever
+    the controller is unreachable, the data plane keeps running on it.
+    ``deadline`` (a callable returning when the plan changes by itself: a
+    session ending, a time window opening) bounds each wait.
     """
 
     def __init__(
         self,
         identity: DeviceIdentity,
-        apply: Callable[[dict[str, Any]], None],
+        schema: type[S],
+        apply: Callable[[S | RevokedSnapshot], None],
         deadline: Callable[[], datetime | None] = lambda: None,
     ) -> None:
         self.identity = identity
+        self.schema = schema
         self.apply = apply
         self.deadline = deadline
         self.path = identity.state_dir / "snapshot.json"
-        self.snapshot: dict[str, Any] | None = None
+        self.snapshot: S | None = None
         self.connected = False
         self.revoked = False
+        self._refused_revision: object = _NOTHING_REFUSED
 
-    def load_cached(self) -> dict[str, Any] | None:
+    def parse(self, data: object) -> S:
+        """``data`` (the controller's JSON, parsed) as this device's snapshot type."""
+        snap = parse_snapshot(self.identity.role, data)
+        if not isinstance(snap, self.schema):
+            raise InvalidSnapshot(f"a {snap.role} snapshot, but this follower runs a {self.identity.role}")
+        return snap
+
+    def load_cached(self) -> S | None:
         try:
-            return dict(json.loads(self.path.read_text()))
+            data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
         except ValueError:
             log.warning("ignoring a damaged %s", self.path)
             return None
+        try:
+            return self.parse(data)
+        except SnapshotError as exc:
+            log.warning("ignoring %s: %s", self.path, exc)
+            return None
 
-    def _accept(self, snap: dict[str, Any]) -> None:
+    def _accept(self, snap: S) -> None:
         self.apply(snap)
         self.snapshot = snap
-        write_private(self.path, json.dumps(snap, sort_keys=True))
+        write_private(self.path, json.dumps(snap.model_dump(mode="json"), sort_keys=True))
+
+    def _parse_answer(self, data: object) -> S | None:
+        """The parsed answer, or None (logged: once per revision at error level) when it is refused."""
+        try:
+            snap = self.parse(data)
+        except SnapshotError as exc:
+            revision = data.get("revision") if isinstance(data, dict) else None
+            level = logging.DEBUG if revision == self._refused_revision else logging.ERROR
+            self._refused_revision = revision
+            log.log(level, "refused the controller's snapshot (keeping the previous state): %s", exc)
+            return None
+        self._refused_revision = _NOTHING_REFUSED
+        return snap
 
     def run(self, stop: threading.Event) -> None:
         cached = self.load_cached()
         if cached is not None:
             log.info(
                 "applying the last good snapshot (revision %s) while contacting the controller",
-                cached.get("revision"),
+                cached.revision,
             )
             try:
                 self._accept(cached)
             except Exception as exc:
                 log.error("could not apply the cached snapshot: %s", exc)
         backoff = Backoff()
+        # A refused snapshot (another schema major, a controller bug) stays refused until
+        # someone upgrades: ask again, but slower and slower, not four times a second.
+        refused = Backoff(first=1.0, cap=REFUSED_RETRY_CAP)
         with self.identity.client() as api:
             while not stop.is_set():
                 now = datetime.now(UTC)
@@ -218,12 +258,12 @@ class SnapshotFollower:
                 wait = WATCH_SECONDS
                 if due is not None:
                     wait = max(0.0, min(wait, (due - now).total_seconds()))
-                after = int(self.snapshot["revision"]) if self.snapshot else -1
-                valid_until = (self.snapshot or {}).get("policy", {}).get("valid_until")
-                if valid_until and datetime.fromisoformat(valid_until) <= now:
+                after = self.snapshot.revision if self.snapshot else -1
+                valid_until = self.snapshot.policy_valid_until if self.snapshot else None
+                if valid_until is not None and valid_until <= now:
                     after = -1  # a time window opened or closed: the policy must be compiled anew
                 try:
-                    snap = api.get(
+                    answer = api.get(
                         "/v1/snapshot", {"after": after, "wait": round(wait, 3)}, timeout=wait + 10
                     )
                 except ApiError as exc:
@@ -243,7 +283,7 @@ class SnapshotFollower:
                     log.info("connected to the controller at %s", self.identity.controller_url)
                 self.connected, self.revoked = True, False
                 backoff.reset()
-                if snap is None:
+                if answer is None:
                     if due is not None and due <= datetime.now(UTC) and self.snapshot is not None:
                         try:
                             self._accept(self.snapshot)  # re-plan for the passing deadline
@@ -251,13 +291,16 @@ class SnapshotFollower:
                             log.error("could not re-plan at a deadline (keeping the current state): %s", exc)
                             stop.wait(backoff.next())
                     continue
+                snap = self._parse_answer(answer)
+                if snap is None:
+                    stop.wait(refused.next())
+                    continue
+                refused.reset()
                 try:
                     self._accept(snap)
                 except Exception as exc:
                     log.error(
-                        "could not apply revision %s (keeping the previous state): %s",
-                        snap.get("revision"),
-                        exc,
+                        "could not apply revision %s (keeping the previous state): %s", snap.revision, exc
                     )
                     stop.wait(backoff.next())
 
@@ -284,12 +327,10 @@ class SnapshotFollower:
         return backoff.next(pushback, busy=exc.status >= 500)
 
     def _on_revoked(self) -> None:
-        """A revoked device keeps nothing: apply an empty snapshot."""
+        """A revoked device keeps nothing: hand the daemon the revoked marker."""
         if self.snapshot is not None:
-            empty = {k: v for k, v in self.snapshot.items() if k in ("role", "device_id", "name")}
-            empty["revision"] = -1
             try:
-                self.apply(empty | {"revoked": True})
+                self.apply(RevokedSnapshot.of(self.snapshot))
             finally:
                 self.snapshot = None
                 self.path.unlink(missing_ok=True)

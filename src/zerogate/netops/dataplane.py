@@ -9,9 +9,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from zerogate.model.dataplane import TableBody, WgPeer
 from zerogate.netops import links, nftables
 from zerogate.netops.command import CommandError
-from zerogate.netops.wireguard import PeerStatus, WgInterface, WgPeer
+from zerogate.netops.wireguard import PeerStatus, WgInterface
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class Dataplane:
     wg: WgInterface = field(init=False)
     _peers: tuple[WgPeer, ...] | None = None
     _listen: int | None = None
-    _nft: nftables.TableBody | None = None
+    _nft: TableBody | None = None
     _addresses: tuple[str, ...] | None = None
     _routes: tuple[str, ...] | None = None
     last_nft_ms: float = 0.0
@@ -47,15 +48,13 @@ class Dataplane:
         peers: Sequence[WgPeer],
         addresses: Sequence[str],
         routes: Sequence[str],
-        nft_body: str | nftables.TableBody | None,
+        nft_body: str | TableBody | None,
     ) -> None:
         """Policy first (atomic; a failure changes nothing), then peers, addresses, routes."""
         self.ensure_interface()
         self.last_nft_mode, self.last_nft_ms = "", 0.0
         if nft_body is not None:
-            table = (
-                nft_body if isinstance(nft_body, nftables.TableBody) else nftables.TableBody.fixed(nft_body)
-            )
+            table = nft_body if isinstance(nft_body, TableBody) else TableBody.fixed(nft_body)
             if self._nft is None or table.text != self._nft.text:
                 self._apply_table(table)
         peers_t = tuple(peers)
@@ -69,7 +68,7 @@ class Dataplane:
             links.ensure_routes(self.interface, routes)
             self._routes = tuple(routes)
 
-    def _apply_table(self, table: nftables.TableBody) -> None:
+    def _apply_table(self, table: TableBody) -> None:
         """Only the changed set elements when nothing else changed, else the whole
         table; both are one transaction. A refused diff (someone edited our table)
         falls back to the whole table, which puts everything back as planned."""

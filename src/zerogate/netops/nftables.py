@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
+from zerogate.model.dataplane import TableBody
 from zerogate.netops.command import CommandError, require, run
 
 TABLE = "zerogate"
@@ -17,21 +15,6 @@ def replace_table_script(family: str, name: str, body: str) -> str:
     nft applies the whole file or nothing.
     """
     return f"table {family} {name} {{}}\ndelete table {family} {name}\ntable {family} {name} {{\n{body}}}\n"
-
-
-@dataclass(frozen=True, eq=False)
-class TableBody:
-    """A table body whose plain (non-interval) ``elements`` sets may change
-    without a reload: ``skeleton`` is the body with those sets declared empty,
-    ``text`` the whole body with their elements."""
-
-    text: str
-    skeleton: str = ""
-    elements: Mapping[str, frozenset[str]] = field(default_factory=dict)
-
-    @classmethod
-    def fixed(cls, text: str) -> TableBody:
-        return cls(text, text, {})
 
 
 def update_script(family: str, name: str, old: TableBody | None, new: TableBody) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from zerogate.model.dataplane import WgPeer
 from zerogate.netops.command import CommandError, require, run
 
 MAX_IFNAME = 15
@@ -27,14 +28,6 @@ DEFAULT_INTERFACES = {"gateway": "zg-gw", "connector": "zg-cn", "client": "zg-cl
 REJECT_AFTER = 180.0
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WgPeer:
-    public_key: str
-    allowed_ips: tuple[str, ...] = ()
-    endpoint: str | None = None
-    keepalive: int | None = None
 
 
 @dataclass(frozen=True)

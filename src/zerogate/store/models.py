@@ -119,7 +119,7 @@ class Group(Base):
     # Never loaded: a group may have thousands of members, and loading them
     # (eagerly, as "selectin" did, with their groups and those groups'
     # members in turn) made every change O(group size). Membership is read and
-    # written as group_members rows (controller/membership.py); deleting a
+    # written as group_members rows (controller/services/membership.py); deleting a
     # group leaves its rows to the foreign key's ON DELETE CASCADE.
     members: Mapped[list[Account]] = relationship(
         secondary=group_members, back_populates="groups", lazy="raise", passive_deletes=True

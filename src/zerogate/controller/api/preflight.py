@@ -16,15 +16,14 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from zerogate.controller import schemas as s
-from zerogate.controller.api_devices import check_key_usable
 from zerogate.controller.auth import State, client_source
-from zerogate.controller.state import ApiProblem, ControllerState, NotFound, Principal
+from zerogate.controller.services.enrollment import preview_key
+from zerogate.controller.state import ApiProblem, ControllerState, Principal
 from zerogate.netops.udp_probe import probe_port_for
-from zerogate.pki.credentials import token_digest, token_hint
-from zerogate.store.models import ConnectorGroup, Gateway, ProvisioningKey
+from zerogate.pki.credentials import token_hint
+from zerogate.store.models import Gateway
 
 router = APIRouter(prefix="/v1", tags=["enrollment"])
 
@@ -79,23 +78,12 @@ async def enroll_preflight(body: PreflightRequest, request: Request, state: Stat
 
 async def _preflight(state: ControllerState, secret: str) -> PreflightResponse:
     async with state.db.read() as session:
-        key = check_key_usable(
-            await session.scalar(
-                select(ProvisioningKey).where(ProvisioningKey.digest == token_digest(secret))
-            )
+        preview = await preview_key(session, secret)
+        return PreflightResponse(
+            role=preview.role,
+            connector_group=preview.connector_group.name if preview.connector_group else None,
+            gateway=_endpoint(preview.gateway) if preview.gateway else None,
+            gateways=[_endpoint(g) for g in preview.gateways],
+            expires_at=preview.key.expires_at,
+            uses_left=preview.key.max_uses - preview.key.uses,
         )
-        gateways = [
-            _endpoint(g)
-            for g in await session.scalars(select(Gateway).order_by(Gateway.name))
-            if g.device is not None and g.device.status == "active"
-        ]
-        answer = PreflightResponse(
-            role="connector", gateways=gateways, expires_at=key.expires_at, uses_left=key.max_uses - key.uses
-        )
-        if key.connector_group_id is not None:
-            group = await session.get(ConnectorGroup, key.connector_group_id)
-            return answer.model_copy(update={"connector_group": group.name if group else None})
-        own = await session.get(Gateway, key.gateway_id)
-        if own is None:
-            raise NotFound("the gateway this key was made for no longer exists")
-        return answer.model_copy(update={"role": "gateway", "gateway": _endpoint(own)})

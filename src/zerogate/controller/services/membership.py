@@ -1,5 +1,7 @@
 """Group membership as rows of ``group_members``, changed in O(change).
 
+Also the chunking every ``IN`` query of the services uses (:func:`chunks`).
+
 A group can have thousands of members. Loading its ``members`` relationship
 into the ORM to add one user made every change cost O(group size) (and a
 5,000-member group took seconds in one request), so nothing here touches that

@@ -1,0 +1,428 @@
+"""The config snapshot: the contract between the controller and every device.
+
+``GET /v1/snapshot`` answers each device with exactly what its role needs,
+one frozen type per role: :class:`GatewaySnapshot`, :class:`ConnectorSnapshot`,
+:class:`ClientSnapshot`. The controller builds the typed object and sends
+``model_dump(mode="json")``; a device calls :func:`parse_snapshot` once, where
+the JSON comes in (the follower, and the CLI reading ``snapshot.json``), and
+from there on planners and daemons use attributes only.
+
+Why pydantic (v2) and not frozen dataclasses plus a hand-written parser: the
+devices parse untrusted JSON, and pydantic gives strict checking of every
+field (``extra="forbid"``, strict scalars: ``"1"`` is no port and ``0`` no
+``false``), nested types, errors naming the failing field, and the
+serialisation back to the same JSON, from one declaration. The models are
+frozen, so a snapshot is a value that can be shared between threads.
+Addresses, prefixes and times are parsed from text only (a number is no
+address). Everything a planner writes into a WireGuard config or an
+nftables script (keys, endpoints, set elements) is held to a pattern here,
+so no text from the wire can add a line or a statement there.
+
+Versions. ``schema_version`` is "MAJOR.MINOR" (:data:`SCHEMA_VERSION`). The
+controller adds only optional fields in a new minor and changes the major
+for anything else. A device refuses another major (:class:`UnsupportedSchema`,
+whose message says what to upgrade) and accepts a higher minor: then, and
+only then, it ignores fields it does not know; for its own minor or a lower
+one an unknown field is an error. A document without ``schema_version``
+(a ``snapshot.json`` cached before versioning) is read as 1.0, with one
+upgrade: its gateway grants still carry the policy rules (``rules``: lists
+of destination, protocol, first and last port), which are cut into
+elements here as the controller now does (:meth:`GatewayGrant.from_rules`).
+
+Gateway grants come in the shape the gateway's nftables renderer uses: the
+sources (the plain set ``p<id>_src``) and the disjoint interval elements of
+the sets ``p<id>_svc`` (``address-range . tcp|udp . port[-port]``),
+``p<id>_icmp`` and ``p<id>_any``. The controller computes them once per
+policy revision (:func:`zerogate.policy.intervals.disjoint`, pure); the
+gateway only renders.
+
+Revocation is not a snapshot the controller sends: when it refuses the
+device's credential the follower hands the daemon a :class:`RevokedSnapshot`,
+and the daemon removes what a revoked device must not keep.
+
+Errors: :class:`SnapshotError` (a ``ValueError``) and its two kinds,
+:class:`UnsupportedSchema` and :class:`InvalidSnapshot`; a device that gets
+one keeps its previous state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
+from typing import Annotated, Any, Literal, overload
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from zerogate.policy.intervals import disjoint
+
+SCHEMA_MAJOR = 1
+SCHEMA_MINOR = 0
+SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
+
+
+class SnapshotError(ValueError):
+    """A snapshot this device cannot use; it keeps its previous state."""
+
+
+class UnsupportedSchema(SnapshotError):
+    """The snapshot's major schema version is not the one this device understands."""
+
+    def __init__(self, role: str, sent: str) -> None:
+        major = int(sent.split(".", 1)[0])
+        upgrade = "zerogate on this host" if major > SCHEMA_MAJOR else "the controller"
+        super().__init__(
+            f"this {role} understands snapshot schema {SCHEMA_MAJOR}.x; the controller sent {sent}: "
+            f"upgrade {upgrade}"
+        )
+        self.sent = sent
+
+
+class InvalidSnapshot(SnapshotError):
+    """The snapshot is not valid JSON of the expected shape and types."""
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _text(value: object) -> object:
+    """Addresses, prefixes and times come as text (or, from the controller, as
+    the typed value); ipaddress and pydantic would also take a number."""
+    if isinstance(value, str | IPv4Address | IPv4Network | IPv6Network | datetime):
+        return value
+    raise ValueError("expected text")
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+Address = Annotated[IPv4Address, BeforeValidator(_text)]
+Prefix = Annotated[IPv4Network, BeforeValidator(_text)]
+AnyPrefix = Annotated[IPv4Network | IPv6Network, BeforeValidator(_text)]
+# isoformat() as the controller wrote it before ("+00:00", not pydantic's "Z")
+Timestamp = Annotated[
+    AwareDatetime, BeforeValidator(_text), PlainSerializer(_iso, return_type=str, when_used="json")
+]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+# Rendered into the WireGuard config: 44 base64 characters, the length of a key
+# (the controller checked the key itself at enrollment).
+WgKeyText = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}[A-Za-z0-9+/=]$")]
+# A hostname or IP address, as the controller accepted it; rendered as "Endpoint = host:port".
+EndpointHost = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,253}$")]
+SchemaVersion = Annotated[StrictStr, StringConstraints(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")]
+
+# nftables element text, checked by pattern (fast for the half million elements of a large site).
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_RANGE = rf"{_IPV4}(?:-{_IPV4})?"
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)"
+SourceText = Annotated[StrictStr, StringConstraints(pattern=rf"^{_IPV4}$")]
+AddressRange = Annotated[StrictStr, StringConstraints(pattern=rf"^{_RANGE}$")]
+ServiceElement = Annotated[
+    StrictStr, StringConstraints(pattern=rf"^{_RANGE} \. (?:tcp|udp) \. {_PORT}(?:-{_PORT})?$")
+]
+
+
+class Wire(BaseModel):
+    """Base of every snapshot part: frozen, unknown fields refused unless the
+    document is of a newer minor version (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _newer_minor(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, Mapping) and isinstance(info.context, Mapping) and info.context.get("newer"):
+            return {k: v for k, v in data.items() if k in cls.model_fields}
+        return data
+
+
+# --------------------------------------------------------------------------- shared parts
+
+
+class GatewayEntry(Wire):
+    """A gateway as connectors and clients dial it."""
+
+    name: StrictStr
+    endpoint: EndpointHost
+    port: Port
+    # absent from controllers before gateways had a port range
+    port_first: Port | None = None
+    port_last: Port | None = None
+    wg_public_key: WgKeyText
+    tunnel_address: Address | None
+
+
+class ConnectorEntry(Wire):
+    """A connector as the gateway sees it: a peer that carries its group's subnets when active."""
+
+    name: StrictStr
+    device_id: StrictInt
+    wg_public_key: WgKeyText
+    address: Address | None
+    connector_group: StrictStr
+    subnets: tuple[Prefix, ...]
+
+
+class ClientPeer(Wire):
+    """A client device as the gateway sees it: a peer while its session lasts."""
+
+    device_id: StrictInt
+    wg_public_key: WgKeyText
+    address: Address | None
+    session_expires_at: Timestamp | None
+
+
+RuleTuple = tuple[str | IPv4Network | IPv6Network, str, int, int]
+
+
+class GatewayGrant(Wire):
+    """One policy as the gateway enforces it: who (``sources``) may reach what
+    (the disjoint elements of the ``p<id>_svc``, ``p<id>_icmp`` and ``p<id>_any`` sets)."""
+
+    policy_id: StrictInt
+    name: StrictStr
+    sources: tuple[SourceText, ...]
+    services: tuple[ServiceElement, ...]
+    icmp: tuple[AddressRange, ...]
+    any_protocol: tuple[AddressRange, ...]
+
+    @classmethod
+    def from_rules(
+        cls,
+        policy_id: int,
+        name: str,
+        sources: Iterable[str | IPv4Address],
+        rules: Iterable[RuleTuple],
+    ) -> GatewayGrant:
+        """Cut a policy's rules (destination, protocol, first and last port),
+        which overlap freely, into the disjoint elements nftables interval sets
+        accept; IPv6 destinations are left out (the tunnel carries IPv4 only)."""
+        by_proto: dict[str, list[tuple[IPv4Network, int, int]]] = {}
+        for dest, proto, first, last in rules:
+            net = ip_network(dest) if isinstance(dest, str) else dest
+            if isinstance(net, IPv4Network):
+                by_proto.setdefault(proto, []).append((net, first, last))
+        services = tuple(
+            f"{e.address_text()} . {proto} . {lo if lo == hi else f'{lo}-{hi}'}"
+            for proto in ("tcp", "udp")
+            for e in disjoint(by_proto.get(proto, []))
+            for lo, hi in e.ports
+        )
+
+        def addresses(proto: str) -> tuple[str, ...]:
+            return tuple(
+                e.address_text() for e in disjoint([(n, 0, 0) for n, _, _ in by_proto.get(proto, [])])
+            )
+
+        return cls(
+            policy_id=policy_id,
+            name=name,
+            sources=tuple(str(s) for s in sources),
+            services=services,
+            icmp=addresses("icmp"),
+            any_protocol=addresses("any"),
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_rules(cls, data: Any, info: ValidationInfo) -> Any:
+        """A grant cached before versioning: its ``rules`` become elements."""
+        legacy = isinstance(info.context, Mapping) and info.context.get("legacy")
+        if not (legacy and isinstance(data, Mapping) and "rules" in data):
+            return data
+        rules = data["rules"]
+        if not isinstance(rules, list) or not all(_is_rule(r) for r in rules):
+            raise ValueError("rules: each rule is [destination, protocol, first port, last port]")
+        sources = data.get("sources")
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise ValueError("sources: a list of addresses")
+        policy_id, name = data.get("policy_id"), data.get("name", "")
+        if type(policy_id) is not int or not isinstance(name, str):
+            raise ValueError("policy_id and name: a number and a text")
+        grant = cls.from_rules(policy_id, name, sources, [(r[0], r[1], r[2], r[3]) for r in rules])
+        return grant.model_dump()  # the fields, validated once more like any other grant
+
+
+def _is_rule(rule: object) -> bool:
+    return (
+        isinstance(rule, list)
+        and len(rule) == 4
+        and isinstance(rule[0], str)
+        and isinstance(rule[1], str)
+        and all(type(p) is int and 0 <= p <= 65535 for p in rule[2:])
+    )
+
+
+class GatewayPolicy(Wire):
+    """The compiled policy of one revision, good until ``valid_until`` (a time window's edge)."""
+
+    grants: tuple[GatewayGrant, ...]
+    valid_until: Timestamp | None
+
+
+class GatewayConfig(Wire):
+    """The gateway's own listener."""
+
+    name: StrictStr
+    public_endpoint: EndpointHost
+    port_first: Port
+    port_last: Port
+
+
+class ConnectorGroupConfig(Wire):
+    """The connector's group: the subnets it fronts and how it forwards into them."""
+
+    name: StrictStr
+    subnets: tuple[Prefix, ...]
+    snat: StrictBool
+    vrrp_virtual_ip: Address | None
+
+
+# --------------------------------------------------------------------------- one type per role
+
+
+class SnapshotBase(Wire):
+    schema_version: SchemaVersion = SCHEMA_VERSION
+    revision: StrictInt
+    device_id: StrictInt
+    name: StrictStr
+
+    @property
+    def policy_valid_until(self) -> datetime | None:
+        """When the snapshot goes stale without a new revision (a time window opening)."""
+        return None
+
+
+class GatewaySnapshot(SnapshotBase):
+    role: Literal["gateway"] = "gateway"
+    gateway: GatewayConfig | None
+    tunnel_addresses: tuple[Address, ...]
+    client_blocks: tuple[Prefix, ...]
+    connectors: tuple[ConnectorEntry, ...]
+    clients: tuple[ClientPeer, ...]
+    policy: GatewayPolicy
+
+    @property
+    def policy_valid_until(self) -> datetime | None:
+        return self.policy.valid_until
+
+
+class ConnectorSnapshot(SnapshotBase):
+    role: Literal["connector"] = "connector"
+    address: Address | None
+    connector_group: ConnectorGroupConfig
+    client_blocks: tuple[Prefix, ...]
+    gateways: tuple[GatewayEntry, ...]
+
+
+class ClientSnapshot(SnapshotBase):
+    role: Literal["client"] = "client"
+    address: Address | None
+    session_expires_at: Timestamp | None
+    gateways: tuple[GatewayEntry, ...]
+    routes: tuple[AnyPrefix, ...]
+    applications: tuple[StrictStr, ...]
+
+
+Snapshot = GatewaySnapshot | ConnectorSnapshot | ClientSnapshot
+
+
+class RevokedSnapshot(Wire):
+    """What the follower hands the daemon when the controller refuses the device:
+    remove the tunnel and policy, forget the cached snapshot."""
+
+    role: StrictStr
+    device_id: StrictInt
+    name: StrictStr
+    revision: Literal[-1] = -1
+    revoked: Literal[True] = True
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> RevokedSnapshot:
+        return cls(role=snapshot.role, device_id=snapshot.device_id, name=snapshot.name)
+
+
+_TYPES: dict[str, type[Snapshot]] = {
+    "gateway": GatewaySnapshot,
+    "connector": ConnectorSnapshot,
+    "client": ClientSnapshot,
+}
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@overload
+def parse_snapshot(role: Literal["gateway"], data: object) -> GatewaySnapshot: ...
+@overload
+def parse_snapshot(role: Literal["connector"], data: object) -> ConnectorSnapshot: ...
+@overload
+def parse_snapshot(role: Literal["client"], data: object) -> ClientSnapshot: ...
+@overload
+def parse_snapshot(role: str, data: object) -> Snapshot: ...
+
+
+def parse_snapshot(role: str, data: object) -> Snapshot:
+    """The typed snapshot of a ``role`` device from the controller's JSON (parsed).
+
+    Raises :class:`UnsupportedSchema` for another major version and
+    :class:`InvalidSnapshot` for anything else that does not fit.
+    """
+    kind = _TYPES.get(role)
+    if kind is None:
+        raise ValueError(f"no snapshot type for role {role!r}")
+    if not isinstance(data, Mapping):
+        raise InvalidSnapshot(f"the {role} snapshot is not a JSON object")
+    sent = data.get("role")
+    if sent != role:
+        shown = repr(sent) if isinstance(sent, str) and len(sent) < 20 else "no valid role"
+        raise InvalidSnapshot(f"the snapshot is for {shown}, but this device is a {role}")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    numbers = _version(version) if isinstance(version, str) else None
+    if numbers is None:
+        raise InvalidSnapshot("schema_version is not MAJOR.MINOR")
+    major, minor = numbers
+    if major != SCHEMA_MAJOR:
+        raise UnsupportedSchema(role, str(version))
+    context = {"newer": minor > SCHEMA_MINOR, "legacy": "schema_version" not in data}
+    try:
+        return kind.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise InvalidSnapshot(f"the {role} snapshot is not valid: {_summary(exc)}") from None
+
+
+def _version(text: str) -> tuple[int, int] | None:
+    major, dot, minor = text.partition(".")
+    if not (dot and major.isascii() and minor.isascii() and major.isdigit() and minor.isdigit()):
+        return None
+    if len(major) > 4 or len(minor) > 4:
+        return None
+    return int(major), int(minor)
+
+
+def _summary(exc: ValidationError, shown: int = 3) -> str:
+    """The first few errors as ``field.path: message``; never the (untrusted) values."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '(document)'}: "
+        + ("not in the expected form" if e["type"] == "string_pattern_mismatch" else e["msg"])
+        for e in errors[:shown]
+    ]
+    more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
+    return "; ".join(parts) + more
