@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,7 @@ from zerogate.deploy.firewall.scope import (
 )
 from zerogate.deploy.firewall.state import StateStore
 from zerogate.deploy.firewall.targets import TIMER_MODULE, is_timer_cmdline
+from zerogate.testbed.lab import wait_for
 
 ZEROGATE = str(Path(sys.executable).with_name("zerogate"))
 SSHD = "/usr/sbin/sshd"
@@ -279,15 +280,6 @@ def kill_timer(pending: dict[str, object] | None) -> None:
             os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -46,6 +46,7 @@ from zerogate.deploy.firewall.ssh import DEFAULT_TARGET_DIR, SshAddress, parse_s
 from zerogate.deploy.firewall.state import stale_files
 from zerogate.deploy.firewall.targets import open_target
 from zerogate.testbed.apps import SSHD_PRIVSEP_DIR, render_sshd_config
+from zerogate.testbed.lab import wait_for
 
 ZEROGATE = str(Path(sys.executable).with_name("zerogate"))
 SSHD = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin") or "/usr/sbin/sshd"
@@ -188,15 +189,6 @@ def run(*argv: str, stdin: str | None = None, timeout: float = 90) -> subprocess
     return subprocess.run(
         list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def cmdline(pid: int) -> list[str]:

@@ -29,6 +29,7 @@ from zerogate.netops.wireguard import (
     render_config,
 )
 from zerogate.pki.wireguard import generate_keypair
+from zerogate.testbed.lab import wait_for
 
 # Captured from `wg show IFACE dump` (wireguard-tools v1.0.20210914, wireguard-go):
 # the interface line, then one line per peer; fields are tab-separated.
@@ -150,14 +151,6 @@ def link(ns: Netns, dev: str) -> dict[str, Any]:
     return dict(info)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @needs_wireguard_go
 @pytest.mark.usefixtures("userspace")
 def test_create_sync_status_delete_with_wireguard_go(make_netns: Callable[[str], Netns]) -> None:
@@ -213,7 +206,7 @@ def test_create_sync_status_delete_with_wireguard_go(make_netns: Callable[[str],
 
     ns.call(wg.delete)
     assert not ns.call(wg.exists)
-    wait_until(lambda: ns.pids() == [], "wireguard-go to exit once its interface is gone")
+    wait_for(lambda: ns.pids() == [], 10, "wireguard-go to exit once its interface is gone")
     assert not Path(f"/var/run/wireguard/{wg.name}.sock").exists()
     ns.call(wg.delete)  # deleting twice is fine
 
