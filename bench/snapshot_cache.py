@@ -34,8 +34,8 @@ from pathlib import Path
 
 from _common import percentile, unwind_on_sigterm
 
-from zerogate.controller.api_devices import build_snapshot
 from zerogate.controller.policy_cache import PolicyCache
+from zerogate.controller.services.snapshots import build_snapshot
 from zerogate.store.db import Database, read_revision, utcnow
 from zerogate.store.models import Account, Application, ConnectorGroup, Device, Gateway, Group, Policy
 from zerogate.testbed.localrun import LocalController

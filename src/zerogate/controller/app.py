@@ -12,17 +12,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from zerogate import __version__
-from zerogate.controller import api_devices, auth, errors, tokens
+from zerogate.controller import auth, errors, tokens
 from zerogate.controller.api import (
     accounts,
     applications,
     audit,
+    client_sessions,
+    config,
     connector_groups,
+    connectors,
+    devices,
+    enrollment,
     gateways,
     groups,
+    meta,
     policies,
     pool,
     preflight,
+    provisioning_keys,
 )
 from zerogate.controller.limits import BodyLimit
 from zerogate.controller.openapi_doc import build_openapi
@@ -69,7 +76,8 @@ def create_app(state: ControllerState) -> FastAPI:
     app.add_middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes, caller_kind=caller_kind)
 
     objects = (accounts, groups, connector_groups, gateways, applications, policies, pool, audit)
-    for module in (auth, tokens, *objects, api_devices, preflight):
+    device_side = (meta, provisioning_keys, enrollment, devices, connectors, config, client_sessions)
+    for module in (auth, tokens, *objects, *device_side, preflight):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -45,7 +45,7 @@ def throttle_limits(settings: ControllerSettings) -> ThrottleLimits:
     )
 
 
-# Longer than any device's report interval (netops.agent.REPORT_INTERVAL, 5 s)
+# Longer than any device's report interval (agent.reporting.REPORT_INTERVAL, 5 s)
 # and than the client's own keep-alive expiry (60 s, controller_api), so one
 # connection (and one CONNECT tunnel through a proxy) carries every report.
 KEEP_ALIVE_SECONDS = 75

@@ -1,6 +1,6 @@
 """``/v1/connector-groups``: the sites and the subnets their connectors front.
 
-(A group's provisioning keys are enrollment's: ``api_devices``.)
+(A group's provisioning keys: ``provisioning_keys``.)
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ The same for every kind:
   :meth:`Change.note`; for a delete, ``{key: name}``. Updates and deletes
   fill both in as soon as the object is found, so a refusal names it too.
 
+A kind created elsewhere (connectors: by enrollment) leaves ``create`` out
+and gets the other four. A kind whose names may hold ``/`` (connectors) sets
+``key_spans_slashes``.
+
 Each kind's router module adds its own extra routes next to this.
 """
 
@@ -45,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller.auth import Admin, State
 from zerogate.controller.state import ControllerState, Mutation, Principal
-from zerogate.store.models import Account, Application, ConnectorGroup, Gateway, Group, Policy
+from zerogate.store.models import Account, Application, Connector, ConnectorGroup, Gateway, Group, Policy
 
 
 class HasId(Protocol):
@@ -55,7 +59,7 @@ class HasId(Protocol):
 
 # The object kinds. Constrained, not bound to HasId: mypy refuses ORM classes as
 # type arguments bounded by a protocol (though it accepts them as arguments).
-RowT = TypeVar("RowT", Account, Group, ConnectorGroup, Gateway, Application, Policy)
+RowT = TypeVar("RowT", Account, Group, ConnectorGroup, Gateway, Application, Policy, Connector)
 OutT = TypeVar("OutT", bound=BaseModel)
 CreatedT = TypeVar("CreatedT", bound=HasId)  # a response model with the new row's id
 CreateT = TypeVar("CreateT", bound=BaseModel)
@@ -98,18 +102,21 @@ class Resource(Generic[RowT, OutT, CreatedT, CreateT, UpdateT]):
     nouns: str  # list_connector_groups
     key: str  # the path parameter naming one object: "name" or "username"
     out: type[OutT]
-    created: type[CreatedT]
-    create_body: type[CreateT]
     update_body: type[UpdateT]
     find: Callable[[AsyncSession, str], Awaitable[RowT]]
     list_all: Callable[[AsyncSession], Awaitable[Sequence[OutT]]]
     show: Callable[[AsyncSession, RowT], Awaitable[OutT]]
-    create: Callable[[Change, CreateT], Awaitable[CreatedT]]
     update: Callable[[Change, RowT, UpdateT], Awaitable[OutT]]
     delete: Callable[[Change, RowT], Awaitable[None]]
+    # Creating: all three, or none for a kind created elsewhere (no create route).
+    created: type[CreatedT] | None = None
+    create_body: type[CreateT] | None = None
+    create: Callable[[Change, CreateT], Awaitable[CreatedT]] | None = None
     create_details: Callable[[CreateT], dict[str, Any]] = body_as_json
     unaudited: frozenset[str] = frozenset()  # update fields left out of the audit record
     create_changes_config: bool = True  # False: a create reaches nothing yet (no new revision)
+    update_changes_config: bool = True  # False: an update changes nothing a device is told
+    key_spans_slashes: bool = False  # True: the path key may hold "/" (a {key:path} parameter)
     descriptions: Mapping[str, str] = field(default_factory=dict)  # operation name -> text
 
 
@@ -134,6 +141,7 @@ def crud_routes(router: APIRouter, r: Resource[RowT, OutT, CreatedT, CreateT, Up
             return await r.list_all(session)
 
     async def create(body: CreateT, admin: Principal, state: ControllerState) -> CreatedT:
+        assert r.create is not None
         async with state.mutation(admin, f"create-{r.kind}", r.kind) as m:
             answer = await r.create(Change(state, admin, m), body)
             m.object_id, m.details = answer.id, r.create_details(body)
@@ -149,6 +157,7 @@ def crud_routes(router: APIRouter, r: Resource[RowT, OutT, CreatedT, CreateT, Up
             row = await r.find(m.tx.session, name)
             m.object_id = row.id
             m.details = body.model_dump(mode="json", exclude_none=True, exclude=set(r.unaudited))
+            m.config_change = r.update_changes_config
             return await r.update(Change(state, admin, m), row, body)
 
     async def delete(name: str, admin: Principal, state: ControllerState) -> None:
@@ -187,17 +196,18 @@ def crud_routes(router: APIRouter, r: Resource[RowT, OutT, CreatedT, CreateT, Up
             path, endpoint, methods=[method], name=name, tags=[r.tag], description=description, **options
         )
 
-    one = f"{r.path}/{{{key}}}"
+    one = f"{r.path}/{{{key}:path}}" if r.key_spans_slashes else f"{r.path}/{{{key}}}"
     add("GET", r.path, f"list_{r.nouns}", list_endpoint, [], response_model=_list_of(r.out))
-    add(
-        "POST",
-        r.path,
-        f"create_{r.noun}",
-        create_endpoint,
-        [("body", r.create_body)],
-        response_model=r.created,
-        status_code=201,
-    )
+    if r.create is not None:
+        add(
+            "POST",
+            r.path,
+            f"create_{r.noun}",
+            create_endpoint,
+            [("body", r.create_body)],
+            response_model=r.created,
+            status_code=201,
+        )
     add("GET", one, f"show_{r.noun}", show_endpoint, [(key, str)], response_model=r.out)
     add(
         "PATCH",

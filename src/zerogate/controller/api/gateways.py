@@ -1,6 +1,6 @@
 """``/v1/gateways``: the public edges.
 
-(A gateway's provisioning key is enrollment's: ``api_devices``.)
+(A gateway's provisioning keys: ``provisioning_keys``.)
 """
 
 from __future__ import annotations

@@ -3,18 +3,20 @@ their virtual addresses from.
 
 New blocks must not overlap any connector group's subnets (clients would get
 addresses of a site), and every address already handed out must stay inside
-them (revoke those devices first).
+them (revoke those devices first). A new device gets the first free address
+outside the networks it must avoid (its own local networks).
 """
 
 from __future__ import annotations
 
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller.fields import overlapping
 from zerogate.controller.state import Conflict, NotFound
+from zerogate.policy.pool import AddressPool, PoolError
 from zerogate.store.models import AddressPoolRow, ConnectorGroup, Device
 
 
@@ -23,6 +25,25 @@ async def default_pool(session: AsyncSession) -> AddressPoolRow:
     if pool is None:
         raise NotFound("the default client address pool is missing; run 'zerogate controller init'")
     return pool
+
+
+async def allocate_address(
+    session: AsyncSession, avoid: list[IPv4Network | IPv6Network]
+) -> tuple[AddressPool, IPv4Address]:
+    """A free tunnel address from the default pool, outside the ``avoid`` networks.
+
+    Conflict when the pool has none left (or none outside ``avoid``).
+    """
+    pool_row = await default_pool(session)
+    pool = AddressPool(blocks=tuple(ip_network(b) for b in pool_row.blocks))  # type: ignore[misc]
+    taken = {
+        IPv4Address(a)
+        for a in await session.scalars(select(Device.address).where(Device.address.is_not(None)))
+    }
+    try:
+        return pool, pool.allocate(taken, avoid=avoid)
+    except PoolError as exc:
+        raise Conflict(str(exc)) from None
 
 
 async def allocated(session: AsyncSession) -> int:

@@ -1,20 +1,25 @@
-"""Connectors' tunnel state, as their latest stored reports tell it.
+"""Connectors: the enrolled hosts that front a connector group's subnets.
 
-Used by the connector list and ``connector status``: the tunnel is "up",
-"down" or "unknown" (no report, an unreadable one, or none recent), with the
-last handshake and, when it is not up, a hint of what to check.
+A connector is created by enrollment (see :mod:`.enrollment`); here it is
+listed, described (location, bandwidth class, owner) and deleted, which
+revokes its device. Its tunnel state comes from its latest stored report:
+"up", "down" or "unknown" (no report, an unreadable one, or none recent),
+with the last handshake and, when it is not up, a hint of what to check.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypedDict
 
 from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from zerogate.controller import schemas as s
 from zerogate.controller.reports import StoredReport, read_stored
-from zerogate.store.models import Device
+from zerogate.store.db import utcnow
+from zerogate.store.models import Connector, ConnectorGroup, Device
 
 # Connectors report every 5 s: a report older than this says nothing about the tunnel now.
 REPORT_FRESH_FOR = timedelta(seconds=30)
@@ -65,6 +70,27 @@ async def connector_reports(session: AsyncSession, device_id: int | None = None)
     if device_id is not None:
         query = query.where(Device.id == device_id)
     return {i: raw for i, raw in (await session.execute(query)).tuples()}
+
+
+async def list_connectors(session: AsyncSession) -> Sequence[Connector]:
+    return (await session.scalars(select(Connector).order_by(Connector.name))).all()
+
+
+async def group_names(session: AsyncSession) -> dict[int, str]:
+    """Connector group id -> name."""
+    return {g.id: g.name for g in await session.scalars(select(ConnectorGroup))}
+
+
+def update(connector: Connector, body: s.ConnectorUpdate) -> None:
+    """Apply the fields given (descriptive only: no device is told)."""
+    for field, value in body.model_dump(exclude_none=True).items():
+        setattr(connector, field, value)
+
+
+async def delete(session: AsyncSession, connector: Connector) -> None:
+    """Revoke the connector's device and remove the connector."""
+    connector.device.status, connector.device.revoked_at = "revoked", utcnow()
+    await session.delete(connector)
 
 
 def _last_handshake(report: StoredReport) -> datetime | None:
