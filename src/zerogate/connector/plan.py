@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zerogate.model import nft
 from zerogate.model.dataplane import WgPeer
 from zerogate.model.snapshot import ConnectorSnapshot
 
@@ -74,8 +75,7 @@ def plan_connector(
 
 
 def _set(name: str, elements: list[str]) -> str:
-    body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
-    return f"  set {name} {{ type ipv4_addr; flags interval; auto-merge;{body} }}\n"
+    return f"  {nft.set_definition(name, 'ipv4_addr', elements, interval=True, auto_merge=True)}\n"
 
 
 def render_connector_nft(
@@ -88,46 +88,75 @@ def render_connector_nft(
     *,
     strict: bool,
 ) -> str:
-    dev = f'"{interface}"'
-    nat = (
-        "  chain postrouting {\n"
-        "    type nat hook postrouting priority srcnat; policy accept;\n"
-        f"    oifname != {dev} ip saddr @clients ip daddr @fronted masquerade\n"
-        "  }\n"
-        if snat
-        else ""
-    )
-    probe = (
-        f"    iifname {dev} ip saddr {{ {', '.join(probers)} }} icmp type echo-request accept\n"
-        if probers
-        else ""
-    )
+    into, out_of = nft.iifname(interface), nft.oifname(interface)
+    clients, fronted = nft.set_ref("clients"), nft.set_ref("fronted")
+    from_probers = nft.address("ip", "saddr", nft.anonymous_set(probers))
+    echo = nft.icmp_type("icmp", ["echo-request"])
+    probe = [nft.statement(into, from_probers, echo, "accept")] if probers else []
+    input_ = [
+        nft.base_chain("filter", "input", "filter", "accept"),
+        nft.statement(into, nft.ct_state("established", "related"), "accept"),
+        *probe,
+        nft.statement(into, "drop", nft.comment("the tunnel reaches the fronted subnets, not this host")),
+        nft.statement(
+            nft.port("udp", "dport", listen_port),
+            nft.ct_state("new"),
+            "drop",
+            nft.comment("WireGuard only answers the gateway it dialled"),
+        ),
+    ]
+    forward = [
+        nft.base_chain("filter", "forward", "filter", "drop" if strict else "accept"),
+        nft.statement(
+            into,
+            nft.address("ip", "saddr", clients, negate=True),
+            "drop",
+            nft.comment("anti-spoofing: only client addresses"),
+        ),
+        nft.statement(
+            into,
+            nft.address("ip", "daddr", fronted, negate=True),
+            "drop",
+            nft.comment("only the subnets this group fronts"),
+        ),
+        nft.statement(into, "accept"),
+        nft.statement(out_of, nft.ct_state("established", "related"), "accept"),
+        *([] if strict else _shared_tail(out_of, fronted)),
+    ]
+    nat = [
+        nft.base_chain("nat", "postrouting", "srcnat", "accept"),
+        nft.statement(
+            nft.oifname(interface, negate=True),
+            nft.address("ip", "saddr", clients),
+            nft.address("ip", "daddr", fronted),
+            "masquerade",
+        ),
+    ]
     return (
-        _set("clients", client_blocks) + _set("fronted", subnets) + "  chain input {\n"
-        "    type filter hook input priority filter; policy accept;\n"
-        f"    iifname {dev} ct state established,related accept\n"
-        f"{probe}"
-        f'    iifname {dev} drop comment "the tunnel reaches the fronted subnets, not this host"\n'
-        f'    udp dport {listen_port} ct state new drop comment "WireGuard only answers the gateway it dialled"\n'
-        "  }\n"
-        "  chain forward {\n"
-        f"    type filter hook forward priority filter; policy {'drop' if strict else 'accept'};\n"
-        f'    iifname {dev} ip saddr != @clients drop comment "anti-spoofing: only client addresses"\n'
-        f'    iifname {dev} ip daddr != @fronted drop comment "only the subnets this group fronts"\n'
-        f"    iifname {dev} accept\n"
-        f"    oifname {dev} ct state established,related accept\n"
-        f"{'' if strict else _SHARED_TAIL.format(dev=dev)}"
-        "  }\n" + nat
+        _set("clients", client_blocks)
+        + _set("fronted", subnets)
+        + nft.chain("input", input_)
+        + nft.chain("forward", forward)
+        + (nft.chain("postrouting", nat) if snat else "")
     )
 
 
-# Without a drop policy (a host that forwards for others): what touches the
-# tunnel or the fronted subnets and was not accepted above goes no further.
-_SHARED_TAIL = (
-    "    oifname {dev} drop\n"
-    '    ip daddr @fronted drop comment "the fronted subnets are reached through the tunnel only"\n'
-    '    ip saddr @fronted drop comment "the fronted subnets send only replies through this host"\n'
-)
+def _shared_tail(out_of: str, fronted: str) -> list[str]:
+    """Without a drop policy (a host that forwards for others): what touches the
+    tunnel or the fronted subnets and was not accepted above goes no further."""
+    return [
+        nft.statement(out_of, "drop"),
+        nft.statement(
+            nft.address("ip", "daddr", fronted),
+            "drop",
+            nft.comment("the fronted subnets are reached through the tunnel only"),
+        ),
+        nft.statement(
+            nft.address("ip", "saddr", fronted),
+            "drop",
+            nft.comment("the fronted subnets send only replies through this host"),
+        ),
+    ]
 
 
 def forwarding_notice(*, forwarded_before: bool, docker: bool, subnets: list[str]) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from zerogate.model import nft
 from zerogate.model.dataplane import TableBody, WgPeer
 from zerogate.model.snapshot import ClientPeer, ConnectorEntry, GatewayGrant, GatewaySnapshot
 
@@ -111,14 +112,12 @@ def plan_gateway(
     )
 
 
-def _elements(items: Sequence[str]) -> str:
-    return ", ".join(items)
-
-
 def _set(name: str, type_: str, elements: Sequence[str], interval: bool) -> str:
-    flags = " flags interval;" if interval else ""
-    body = f" elements = {{ {_elements(elements)} }};" if elements else ""
-    return f"  set {name} {{ type {type_};{flags}{body} }}\n"
+    return f"  {nft.set_definition(name, type_, elements, interval=interval)}\n"
+
+
+_SERVICE_TYPE = nft.concat("ipv4_addr", "inet_proto", "inet_service")
+_SERVICE_KEY = nft.concat("ip daddr", nft.META_L4PROTO, "th dport")
 
 
 def render_grant(grant: GatewayGrant) -> tuple[str, list[str]]:
@@ -128,17 +127,19 @@ def render_grant(grant: GatewayGrant) -> tuple[str, list[str]]:
     pid = grant.policy_id
     if not grant.sources:
         return "", []
+    src = nft.address("ip", "saddr", nft.set_ref(f"p{pid}_src"))
     sets = ""
     rules: list[str] = []
     if grant.services:
-        sets += _set(f"p{pid}_svc", "ipv4_addr . inet_proto . inet_service", grant.services, True)
-        rules.append(f"ip saddr @p{pid}_src ip daddr . meta l4proto . th dport @p{pid}_svc accept")
+        sets += _set(f"p{pid}_svc", _SERVICE_TYPE, grant.services, True)
+        rules.append(nft.statement(src, _SERVICE_KEY, nft.set_ref(f"p{pid}_svc"), "accept"))
     if grant.icmp:
         sets += _set(f"p{pid}_icmp", "ipv4_addr", grant.icmp, True)
-        rules.append(f"ip saddr @p{pid}_src ip daddr @p{pid}_icmp meta l4proto icmp accept")
+        icmp_to = nft.address("ip", "daddr", nft.set_ref(f"p{pid}_icmp"))
+        rules.append(nft.statement(src, icmp_to, nft.l4proto("icmp"), "accept"))
     if grant.any_protocol:
         sets += _set(f"p{pid}_any", "ipv4_addr", grant.any_protocol, True)
-        rules.append(f"ip saddr @p{pid}_src ip daddr @p{pid}_any accept")
+        rules.append(nft.statement(src, nft.address("ip", "daddr", nft.set_ref(f"p{pid}_any")), "accept"))
     return sets, rules
 
 
@@ -170,27 +171,38 @@ def render_gateway_table(
         skeleton.append(_set(name, "ipv4_addr", (), False) + sets)
         text.append(_set(name, "ipv4_addr", _by_address(sources), False) + sets)
         rules += grant_rules
-    dev = f'"{interface}"'
-    grant_lines = "".join(f"    {r}\n" for r in rules)
-    chains = (
-        "  chain forward {\n"
-        "    type filter hook forward priority filter; policy accept;\n"
-        f"    iifname {dev} jump from_tunnel\n"
-        f'    oifname {dev} drop comment "nothing enters the tunnel from outside it"\n'
-        "  }\n"
-        "  chain from_tunnel {\n"
-        "    ct state established,related accept\n"
-        "    ct state invalid drop\n"
-        '    ip saddr != @clients drop comment "only live client peers open flows"\n'
-        f"{grant_lines}"
-        "    counter meta l4proto tcp reject with tcp reset\n"
-        "    counter reject with icmpx admin-prohibited\n"
-        "  }\n"
-        "  chain input {\n"
-        "    type filter hook input priority filter; policy accept;\n"
-        f"    iifname {dev} ct state established,related accept\n"
-        f"    iifname {dev} icmp type echo-request limit rate 20/second accept\n"
-        f"    iifname {dev} drop\n"
-        "  }\n"
-    )
+    chains = _gateway_chains(interface, rules)
     return TableBody("".join(text) + chains, "".join(skeleton) + chains, plain)
+
+
+def _gateway_chains(interface: str, grant_rules: Sequence[str]) -> str:
+    into, out_of = nft.iifname(interface), nft.oifname(interface)
+    forward = nft.chain(
+        "forward",
+        [
+            nft.base_chain("filter", "forward", "filter", "accept"),
+            nft.statement(into, "jump from_tunnel"),
+            nft.statement(out_of, "drop", nft.comment("nothing enters the tunnel from outside it")),
+        ],
+    )
+    not_live = nft.address("ip", "saddr", nft.set_ref("clients"), negate=True)
+    from_tunnel = nft.chain(
+        "from_tunnel",
+        [
+            *nft.conntrack_preamble(),
+            nft.statement(not_live, "drop", nft.comment("only live client peers open flows")),
+            *grant_rules,
+            nft.statement("counter", nft.l4proto("tcp"), "reject with tcp reset"),
+            nft.statement("counter", "reject with icmpx admin-prohibited"),
+        ],
+    )
+    input_ = nft.chain(
+        "input",
+        [
+            nft.base_chain("filter", "input", "filter", "accept"),
+            nft.statement(into, nft.ct_state("established", "related"), "accept"),
+            nft.statement(into, nft.icmp_type("icmp", ["echo-request"]), "limit rate 20/second accept"),
+            nft.statement(into, "drop"),
+        ],
+    )
+    return forward + from_tunnel + input_

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from zerogate.model import nft
 from zerogate.model.dataplane import TableBody
 from zerogate.netops.command import CommandError, require, run
 
@@ -9,12 +10,9 @@ TABLE = "zerogate"
 
 
 def replace_table_script(family: str, name: str, body: str) -> str:
-    """A script that swaps table ``family name`` for ``body`` in one transaction.
-
-    Declaring the table first makes the delete valid when it does not exist yet;
-    nft applies the whole file or nothing.
-    """
-    return f"table {family} {name} {{}}\ndelete table {family} {name}\ntable {family} {name} {{\n{body}}}\n"
+    """A script that swaps table ``family name`` for ``body`` in one transaction
+    (see :func:`zerogate.model.nft.replace_table`)."""
+    return nft.replace_table(family, name, body)
 
 
 def update_script(family: str, name: str, old: TableBody | None, new: TableBody) -> str | None:
@@ -27,7 +25,7 @@ def update_script(family: str, name: str, old: TableBody | None, new: TableBody)
         before, after = old.elements[set_name], new.elements[set_name]
         for verb, items in (("delete", before - after), ("add", after - before)):
             if items:
-                lines.append(f"{verb} element {family} {name} {set_name} {{ {', '.join(sorted(items))} }}\n")
+                lines.append(nft.element_update(verb, family, name, set_name, sorted(items)) + "\n")
     return "".join(lines)
 
 
