@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from zerogate.gateway.daemon import endpoints_to_keep, load_endpoints, tunnel_peers
+from zerogate.gateway.endpoints import endpoints_to_keep, load_endpoints, tunnel_peers
 from zerogate.model.snapshot import parse_snapshot
 from zerogate.netops.wireguard import PeerStatus, valid_endpoint, valid_key
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from zerogate.agent import reporting
+from zerogate.agent.reporting import report_loop
+from zerogate.agent.state import DeviceIdentity
 from zerogate.cli.device import enroll_device
-from zerogate.netops import agent
-from zerogate.netops.agent import DeviceIdentity, report_loop
 from zerogate.testbed.lab import wait_for
 from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.testbed.proxy import ProxyError, Squid, squid_binary
@@ -86,7 +87,7 @@ def test_reports_through_a_proxy_share_one_connect_tunnel(
     loop = threading.Thread(target=report_loop, args=(identity, build, stop), daemon=True)
     loop.start()
     try:
-        bound = REPORTS * agent.REPORT_INTERVAL + 15
+        bound = REPORTS * reporting.REPORT_INTERVAL + 15
         wait_for(
             lambda: delivered() >= REPORTS, bound, f"{REPORTS} reports through squid:\n{squid.log_tail()}"
         )

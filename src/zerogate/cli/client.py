@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,34 +18,48 @@ from typing import Any
 
 import typer
 
+from zerogate.agent.enrollment import DeviceRefused, register_client, resume_client
+from zerogate.agent.settings import ClientSettings, ConfigError, load_settings
+from zerogate.agent.state import DeviceIdentity, StateDir
 from zerogate.cli.common import JsonOpt, ask, emit, err, errors_to_exit, fail, read_secret, say
-from zerogate.client.plan import ClientPlan, plan_client
-from zerogate.model.snapshot import ClientSnapshot, RevokedSnapshot, parse_snapshot
-from zerogate.netops import links
-from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, save_identity, write_private
+from zerogate.client import daemon
+from zerogate.model.snapshot import parse_snapshot
 from zerogate.netops.command import CommandError
-from zerogate.netops.controller_api import ApiError, ControllerClient, ControllerError, fetch_ca
+from zerogate.netops.controller_api import ControllerClient, fetch_ca
 from zerogate.netops.dataplane import Dataplane
-from zerogate.netops.wireguard import DEFAULT_INTERFACES, REJECT_AFTER, WgInterface, check_ifname
-from zerogate.pki.ca import create_csr, generate_private_key
-from zerogate.pki.wireguard import generate_keypair
+from zerogate.netops.wireguard import DEFAULT_INTERFACES, WgInterface, check_ifname
 
 app = typer.Typer(
     help="Client: sign in and reach the applications your policies allow.", no_args_is_help=True
 )
 
 StateOpt = typer.Option(
-    Path("/var/lib/zerogate/client"), "--state-dir", help="Where the session and keys are kept."
+    None, "--state-dir", help="Where the session and keys are kept (default /var/lib/zerogate/client)."
 )
 # One default name per role: wireguard-go's control socket /var/run/wireguard/NAME.sock
 # is shared by every network namespace of the host, so two roles must not share a name.
 InterfaceOpt = typer.Option(
-    DEFAULT_INTERFACES["client"],
+    None,
     "--interface",
-    help="WireGuard interface name (at most 15 characters, unique on the host).",
+    help=f"WireGuard interface name (at most 15 characters, unique on the host; default {DEFAULT_INTERFACES['client']}).",
 )
-STATUS_TIMEOUT = 3.0  # 'client status' asks the controller once, briefly
+ConfigOpt = typer.Option(
+    None, "--config", help="Settings file (default /etc/zerogate/client.toml when it exists).", dir_okay=False
+)
 FORCE_ADVICE = "to register this device again: zerogate client up --force"
+
+
+def _settings(config: Path | None, state_dir: Path | None, interface: str | None = None) -> ClientSettings:
+    """Flags > ZEROGATE_CLIENT_* > the settings file > defaults."""
+    with errors_to_exit():
+        if interface is not None:
+            check_ifname(interface)  # the flag's own message
+        try:
+            return load_settings(
+                ClientSettings, config=config, flags={"state_dir": state_dir, "interface": interface}
+            )[0]
+        except ConfigError as exc:
+            fail(str(exc))
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -57,9 +70,9 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _session(state_dir: Path) -> tuple[dict[str, Any], str]:
-    info = _load(state_dir / "client.json")
+    info = _load(StateDir(state_dir) / StateDir.CLIENT)
     try:
-        token = (state_dir / "session").read_text().strip()
+        token = StateDir(state_dir).read(StateDir.SESSION).strip()
     except FileNotFoundError:
         fail("not signed in: run 'zerogate client login'")
     expires = datetime.fromisoformat(info["expires_at"])
@@ -76,12 +89,15 @@ def login(
     totp: str = typer.Option(None, "--totp", help="Current code from your authenticator."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin."),
     state_dir: Path = StateOpt,
+    config: Path = ConfigOpt,
 ) -> None:
     """Sign in with password + TOTP. The session lasts as the controller allows (default 12 h)."""
+    state_dir = _settings(config, state_dir).state_dir
     with errors_to_exit():
         prior: dict[str, Any] = {}
+        state = StateDir(state_dir)
         try:
-            prior = json.loads((state_dir / "client.json").read_text())
+            prior = state.read_json(StateDir.CLIENT)
         except (OSError, ValueError):
             pass
         if url:
@@ -100,119 +116,34 @@ def login(
         if r["kind"] != "user":
             fail("admin accounts cannot use the client: sign in with a user account")
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(state_dir / "session", r["token"] + "\n")
+        state.write(StateDir.SESSION, r["token"] + "\n")
         info = {"url": url.rstrip("/"), "ca_pem": ca_pem, "username": username, "expires_at": r["expires_at"]}
-        write_private(state_dir / "client.json", json.dumps(info, indent=2))
+        state.write(StateDir.CLIENT, json.dumps(info, indent=2))
         say("Signed in as {} until {}. Next: zerogate client up", username, r["expires_at"])
 
 
-def _register(state_dir: Path, info: dict[str, Any], token: str, name: str, interface: str) -> dict[str, Any]:
-    key_pem = generate_private_key()
-    wg_private, wg_public = generate_keypair()
-    local = [str(n) for n in links.local_networks(exclude=[interface]) if n.version == 4]
-    with ControllerClient(info["url"], info["ca_pem"].encode(), token=token) as c:
-        r = c.post(
-            "/v1/clients",
-            {
-                "name": name,
-                "csr": create_csr(key_pem, name).decode(),
-                "wg_public_key": wg_public,
-                "local_networks": local,
-            },
-        )
-    device = {
-        "role": "client",
-        "name": r["name"],
-        "device_id": r["device_id"],
-        "controller_url": info["url"],
-        "address": r["address"],
-        "address_block": r["address_block"],
-        "wg_public_key": wg_public,
-    }
-    save_identity(
-        state_dir,
-        key_pem=key_pem,
-        wg_private=wg_private,
-        credential=r["credential"],
-        certificate=r["certificate"],
-        ca_pem=info["ca_pem"].encode(),
-        info=device,
-    )
-    (state_dir / "revoked").unlink(missing_ok=True)
-    if r["moved_from_default_block"]:
+def _register(state_dir: Path, info: dict[str, Any], token: str, name: str, interface: str) -> None:
+    registration = register_client(state_dir, info, token, name, interface)
+    if registration.moved_from_default_block:
         say(
             "[yellow]The default address block collides with a network this device is on; using {} instead.[/]",
-            r["address_block"],
+            registration.device["address_block"],
             console=err,
         )
-    return device
 
 
-def _bring_up(
-    identity: DeviceIdentity, interface: str, snapshot: ClientSnapshot, dp: Dataplane
-) -> ClientPlan:
-    plan = plan_client(snapshot)
-    dp.apply(listen_port=None, peers=plan.peers, addresses=(plan.address,), routes=plan.routes, nft_body=None)
-    text = json.dumps(snapshot.model_dump(mode="json"), sort_keys=True)
-    write_private(identity.state_dir / "snapshot.json", text)
-    return plan
-
-
-def _await_handshake(dp: Dataplane, plan: ClientPlan, timeout: float = 15.0) -> bool:
-    """Wait until the gateway answers our handshake (it learns new devices within about a second)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _, peers = dp.status()
-        if any(p.latest_handshake for p in peers):
-            return True
-        time.sleep(0.2)
+def _await_handshake(dp: Dataplane, gateway: str | None, endpoint: str | None, timeout: float = 15.0) -> bool:
+    if daemon.await_handshake(dp, timeout):
+        return True
     say(
         "[yellow]No handshake with gateway {} at {} after {} s: UDP to it may be blocked; "
         "the tunnel keeps trying.[/]",
-        plan.gateway,
-        plan.endpoint,
+        gateway,
+        endpoint,
         f"{timeout:.0f}",
         console=err,
     )
     return False
-
-
-def _follow(identity: DeviceIdentity, interface: str, snapshot: ClientSnapshot, dp: Dataplane) -> None:
-    """Apply policy changes until Ctrl-C; exit 1 with one message when the controller
-    refuses the device (revoked), after removing the tunnel and the cached snapshot."""
-    stop = threading.Event()
-    refused: list[str] = []
-
-    def apply(snap: ClientSnapshot | RevokedSnapshot) -> None:
-        if isinstance(snap, RevokedSnapshot):
-            stop.set()
-            refused.append(_tear_down_refused(identity.state_dir, dp))
-            return
-        _bring_up(identity, interface, snap, dp)
-
-    follower = SnapshotFollower(identity, ClientSnapshot, apply)
-    follower.snapshot = snapshot
-    err.print("Following policy changes; Ctrl-C to stop (the tunnel stays up).")
-    try:
-        follower.run(stop)
-    except KeyboardInterrupt:
-        stop.set()
-    if refused:
-        fail(
-            f"the controller no longer accepts this device (revoked by an admin, or its account disabled); "
-            f"{refused[0]}; {FORCE_ADVICE}"
-        )
-
-
-def _tear_down_refused(state_dir: Path, dp: Dataplane) -> str:
-    """Remove what a refused device must not keep; say what was done."""
-    write_private(state_dir / "revoked", datetime.now(UTC).isoformat() + "\n")
-    (state_dir / "snapshot.json").unlink(missing_ok=True)
-    try:
-        dp.wg.delete()  # its routes go with it
-    except CommandError as exc:
-        return f"could not remove the tunnel interface {dp.interface} ({exc}): remove it with 'ip link delete {dp.interface}'"
-    return f"removed the tunnel interface {dp.interface} and its routes"
 
 
 @app.command()
@@ -225,36 +156,38 @@ def up(
     ),
     force: bool = typer.Option(False, "--force", help="Register this device again with new keys."),
     as_json: bool = JsonOpt,
+    config: Path = ConfigOpt,
 ) -> None:
     """Register this device (first time), then bring the split tunnel up.
 
     Only the destinations your policies allow are routed into the tunnel.
     Needs root (it creates a WireGuard interface).
     """
+    settings = _settings(config, state_dir, interface)
+    state_dir, interface = settings.state_dir, settings.interface
     with errors_to_exit():
-        check_ifname(interface)
         info, token = _session(state_dir)
-        if force or not (state_dir / "device.json").exists():
+        if force or not StateDir(state_dir).enrolled():
             _register(state_dir, info, token, name, interface)
         else:
-            device = json.loads((state_dir / "device.json").read_text())
-            with ControllerClient(info["url"], info["ca_pem"].encode(), token=token) as c:
-                try:
-                    c.post(f"/v1/clients/{device['device_id']}/session")
-                except ApiError as exc:
-                    if exc.status in (403, 404):
-                        # The controller's message may give the same advice already: say it once.
-                        fail(exc.message if "--force" in exc.message else f"{exc.message}; {FORCE_ADVICE}")
-                    raise
+            try:
+                resume_client(state_dir, info, token)
+            except DeviceRefused as exc:
+                # The controller's message may give the same advice already: say it once.
+                fail(exc.message if "--force" in exc.message else f"{exc.message}; {FORCE_ADVICE}")
         identity = DeviceIdentity.load(state_dir, "client")
         with identity.client(timeout=15) as c:
             snapshot = parse_snapshot("client", c.get("/v1/snapshot"))
         dp = Dataplane(interface, identity.wg_private_key)
         try:
-            plan = _bring_up(identity, interface, snapshot, dp)
+            plan = daemon.bring_up(identity, snapshot, dp)
         except CommandError as exc:
             fail(str(exc))
-        handshake = _await_handshake(dp, plan) if plan.peers else False
+        handshake = (
+            _await_handshake(dp, plan.gateway, plan.endpoint, settings.handshake_timeout)
+            if plan.peers
+            else False
+        )
         summary = {
             "interface": interface,
             "tunnel": "up" if handshake else "waiting for the gateway",
@@ -269,14 +202,21 @@ def up(
         if not plan.peers:
             err.print("[yellow]No gateway is enrolled yet: the tunnel has nowhere to go.[/]")
         if follow:
-            _follow(identity, interface, snapshot, dp)
+            err.print("Following policy changes; Ctrl-C to stop (the tunnel stays up).")
+            refused = daemon.follow(identity, snapshot, dp, settings.watch_seconds)
+            if refused:
+                fail(
+                    "the controller no longer accepts this device (revoked by an admin, or its account "
+                    f"disabled); {refused}; {FORCE_ADVICE}"
+                )
 
 
 @app.command()
-def down(state_dir: Path = StateOpt, interface: str = InterfaceOpt) -> None:
+def down(state_dir: Path = StateOpt, interface: str = InterfaceOpt, config: Path = ConfigOpt) -> None:
     """Take the tunnel down. The device stays registered; 'up' brings it back."""
+    interface = _settings(config, state_dir, interface).interface
     with errors_to_exit():
-        wg = WgInterface(check_ifname(interface))
+        wg = WgInterface(interface)
         if not wg.exists():
             say("{} is not up.", interface)
             return
@@ -285,21 +225,29 @@ def down(state_dir: Path = StateOpt, interface: str = InterfaceOpt) -> None:
 
 
 @app.command()
-def status(state_dir: Path = StateOpt, interface: str = InterfaceOpt, as_json: bool = JsonOpt) -> None:
+def status(
+    state_dir: Path = StateOpt,
+    interface: str = InterfaceOpt,
+    as_json: bool = JsonOpt,
+    config: Path = ConfigOpt,
+) -> None:
     """Address, gateway, last handshake, session and the applications you can reach."""
+    settings = _settings(config, state_dir, interface)
+    state_dir, interface = settings.state_dir, settings.interface
     with errors_to_exit():
-        info = _load(state_dir / "client.json")
+        state = StateDir(state_dir)
+        info = _load(state / StateDir.CLIENT)
         device: dict[str, Any] = {}
-        if (state_dir / "device.json").exists():
-            device = json.loads((state_dir / "device.json").read_text())
-        snapshot = _cached_snapshot(state_dir)
-        wg = WgInterface(check_ifname(interface))
+        if state.enrolled():
+            device = state.read_json(StateDir.DEVICE)
+        snapshot = daemon.cached_snapshot(state_dir)
+        wg = WgInterface(interface)
         peers = wg.status()[1] if wg.exists() else []
         latest = max((p.latest_handshake for p in peers), default=0)
         handshake = (f"{int(time.time() - latest)} s ago" if latest else "never") if peers else None
         transfer = f"rx {sum(p.rx_bytes for p in peers)} B, tx {sum(p.tx_bytes for p in peers)} B"
-        controller = _ask_controller(state_dir, snapshot) if device else "not registered"
-        tunnel = _tunnel_state(state_dir, wg.exists(), latest)
+        controller = daemon.ask_controller(state_dir, snapshot) if device else "not registered"
+        tunnel = daemon.tunnel_state(state_dir, wg.exists(), latest)
         expires = datetime.fromisoformat(info["expires_at"])
         gateway = snapshot.gateways[0] if snapshot and snapshot.gateways else None
         emit(
@@ -325,48 +273,5 @@ def status(state_dir: Path = StateOpt, interface: str = InterfaceOpt, as_json: b
                 say("The tunnel carries nothing any more; remove it: sudo zerogate client down", console=err)
 
 
-def _ask_controller(state_dir: Path, snapshot: ClientSnapshot | None) -> str:
-    """Whether the controller still accepts this device ("accepts", "refuses" or
-    "unreachable: ..."), in one quick request. A refusal is remembered (the
-    ``revoked`` marker), so that the status never shows a revoked device as up:
-    the gateway has dropped it, only the handshake timers have not run out yet."""
-    if (state_dir / "revoked").exists():
-        return "refuses"
-    try:
-        identity = DeviceIdentity.load(state_dir, "client")
-        with identity.client(timeout=STATUS_TIMEOUT) as c:
-            c.get("/v1/snapshot", {"after": snapshot.revision if snapshot else -1, "wait": 0})
-    except ApiError as exc:
-        if exc.status in (401, 403):
-            write_private(state_dir / "revoked", datetime.now(UTC).isoformat() + "\n")
-            return "refuses"
-        return f"unreachable: {exc.message}"
-    except (ControllerError, OSError, ValueError) as exc:
-        return f"unreachable: {exc}"
-    return "accepts"
-
-
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at else None
-
-
-def _cached_snapshot(state_dir: Path) -> ClientSnapshot | None:
-    """The snapshot the tunnel was last brought up with (snapshot.json), if any."""
-    path = state_dir / "snapshot.json"
-    if not path.exists():
-        return None
-    try:
-        return parse_snapshot("client", json.loads(path.read_text()))
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-
-
-def _tunnel_state(state_dir: Path, exists: bool, latest_handshake: int) -> str:
-    """revoked, down (no interface), up (a handshake within 180 s) or waiting for the gateway."""
-    if (state_dir / "revoked").exists():
-        return "revoked"
-    if not exists:
-        return "down"
-    if latest_handshake and time.time() - latest_handshake < REJECT_AFTER:
-        return "up"
-    return "waiting for the gateway"

@@ -1,4 +1,8 @@
-"""``zerogate connector run``: dial out to the gateway and forward into the site."""
+"""``zerogate connector run``: dial out to the gateway and forward into the site.
+
+The data plane is injected (:class:`~zerogate.agent.backend.DataplaneBackend`):
+the real adapter in production, an in-memory fake in tests/connector/test_daemon.py.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,20 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from zerogate import __version__
-from zerogate.connector.plan import ConnectorPlan, forwarding_notice, plan_connector
+from zerogate.agent.backend import DataplaneBackend
+from zerogate.agent.backoff import Backoff
+from zerogate.agent.follower import SnapshotFollower
+from zerogate.agent.reporting import report_loop
+from zerogate.agent.runtime import guard_firewalld, serve
+from zerogate.agent.state import DeviceIdentity
+from zerogate.connector.plan import KEEPALIVE_SECONDS, ConnectorPlan, forwarding_notice, plan_connector
 from zerogate.model.snapshot import ConnectorSnapshot, GatewayEntry, RevokedSnapshot
 from zerogate.netops import links
-from zerogate.netops.agent import Backoff, DeviceIdentity, SnapshotFollower, report_loop
-from zerogate.netops.dataplane import Dataplane, guard_firewalld, serve
 from zerogate.netops.wireguard import REJECT_AFTER
 
 log = logging.getLogger(__name__)
@@ -43,14 +51,25 @@ class TunnelWatch:
 class ConnectorDaemon:
     strict: bool | None = None  # forward only tunnel -> subnets (policy drop); None: not decided yet
 
-    def __init__(self, identity: DeviceIdentity, interface: str, listen_port: int) -> None:
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        dp: DataplaneBackend,
+        listen_port: int,
+        *,
+        keepalive: int = KEEPALIVE_SECONDS,
+        watch_seconds: float | None = None,
+        report_interval: float | None = None,
+    ) -> None:
         self.identity = identity
         self.listen_port = listen_port
-        self.dp = Dataplane(interface, identity.wg_private_key)
+        self.keepalive = keepalive
+        self.dp = dp
+        self.report_interval = report_interval
         self.lock = threading.RLock()
         self.plan: ConnectorPlan | None = None
         self.snapshot: ConnectorSnapshot | None = None
-        self.follower = SnapshotFollower(identity, ConnectorSnapshot, self.apply)
+        self.follower = SnapshotFollower(identity, ConnectorSnapshot, self.apply, watch_seconds=watch_seconds)
         self.tunnel_up = False
         self.tunnel_hint: str | None = None  # what to check while the tunnel is not up
 
@@ -72,6 +91,8 @@ class ConnectorDaemon:
             plan = plan_connector(
                 snapshot, interface=self.dp.interface, listen_port=self.listen_port, strict=self.strict
             )
+            if self.keepalive != KEEPALIVE_SECONDS:  # the settings' keepalive for the gateway peer
+                plan = replace(plan, peers=tuple(replace(p, keepalive=self.keepalive) for p in plan.peers))
             self.dp.apply(
                 listen_port=self.listen_port,
                 peers=plan.peers,
@@ -95,30 +116,33 @@ class ConnectorDaemon:
         while it is down, re-dial with a fresh peer every few seconds."""
         w = TunnelWatch()
         while not stop.wait(1.0):
-            with self.lock:
-                plan = self.plan
-                if plan is None or not plan.peers:
-                    w.down_since = None
-                    continue
-                try:
-                    _, peers = self.dp.status()
-                except Exception as exc:
-                    log.warning("cannot read the tunnel state: %s", exc)
-                    continue
-            hs = max((p.latest_handshake for p in peers), default=0)
-            rx = sum(p.rx_bytes for p in peers)
-            now = time.monotonic()
-            if rx != w.last_rx:
-                w.last_rx, w.last_rx_at = rx, now
-            # The gateway probes us several times a second, so a live tunnel always
-            # receives; a handshake older than WireGuard's reject-after time is dead.
-            age = time.time() - hs if hs else None
-            up = age is not None and age < REJECT_AFTER and now - w.last_rx_at < SILENT_AFTER
-            if up:
-                self._tunnel_is_up(plan, w, now, hs)
-            else:
-                self._tunnel_is_down(plan, w, now, age)
-            self.tunnel_up = up
+            self.watch_tunnel(w, time.monotonic())
+
+    def watch_tunnel(self, w: TunnelWatch, now: float) -> None:
+        """One round of :meth:`tunnel_loop` at monotonic time ``now``."""
+        with self.lock:
+            plan = self.plan
+            if plan is None or not plan.peers:
+                w.down_since = None
+                return
+            try:
+                _, peers = self.dp.status()
+            except Exception as exc:
+                log.warning("cannot read the tunnel state: %s", exc)
+                return
+        hs = max((p.latest_handshake for p in peers), default=0)
+        rx = sum(p.rx_bytes for p in peers)
+        if rx != w.last_rx:
+            w.last_rx, w.last_rx_at = rx, now
+        # The gateway probes us several times a second, so a live tunnel always
+        # receives; a handshake older than WireGuard's reject-after time is dead.
+        age = time.time() - hs if hs else None
+        up = age is not None and age < REJECT_AFTER and now - w.last_rx_at < SILENT_AFTER
+        if up:
+            self._tunnel_is_up(plan, w, now, hs)
+        else:
+            self._tunnel_is_down(plan, w, now, age)
+        self.tunnel_up = up
 
     def _tunnel_is_up(self, plan: ConnectorPlan, w: TunnelWatch, now: float, hs: int) -> None:
         if not self.tunnel_up:
@@ -176,9 +200,7 @@ class ConnectorDaemon:
             if plan is None or not plan.peers:
                 return
             try:
-                for peer in plan.peers:
-                    self.dp.wg.remove_peer(peer.public_key)
-                self.dp.wg.sync(self.identity.wg_private_key, self.listen_port, plan.peers)
+                self.dp.redial(self.listen_port, plan.peers)
             except Exception as exc:
                 log.warning("re-dial failed: %s", exc)
             else:
@@ -197,7 +219,7 @@ class ConnectorDaemon:
                 "tunnel_up": self.tunnel_up,
                 "last_handshake_at": handshake_time(hs, iso=True),
                 "tunnel_hint": None if self.tunnel_up else self.tunnel_hint,
-                "wireguard": self.dp.wg.implementation,
+                "wireguard": self.dp.implementation,
             },
         }
 
@@ -210,6 +232,9 @@ class ConnectorDaemon:
                     log.info("IPv4 forwarding turned off again, as it was before zerogate")
             except OSError as exc:
                 log.error("could not put net.ipv4.ip_forward back as it was before zerogate: %s", exc)
+
+    def report_loop(self, stop: threading.Event) -> None:
+        report_loop(self.identity, self.report, stop, self.report_interval)
 
     def run(self, stop: threading.Event, keep_on_exit: bool = False) -> None:
         # replies to our own dialling need no open port; firewalld must only let the tunnel forward
@@ -227,7 +252,7 @@ class ConnectorDaemon:
             self.dp,
             self.lock,
             follow,
-            [self.tunnel_loop, lambda ev: report_loop(self.identity, self.report, ev)],
+            [self.tunnel_loop, self.report_loop],
             stop,
             keep_on_exit,
         )

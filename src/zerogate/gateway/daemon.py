@@ -1,13 +1,9 @@
 """``zerogate gateway run``: follow the snapshot, keep WireGuard, routes and the
 nftables policy in line with it, probe connectors and fail over between them.
 
-Restarts: connectors and clients dial the gateway (they sit behind NAT and
-firewalls), so a fresh interface knows none of their endpoints and they keep
-sending on sessions it no longer has, which it drops in silence; WireGuard
-alone needs 15 s or more to notice. So the gateway keeps the endpoints its
-peers last handshook from in ``endpoints.json`` and, on start, points the
-peers back at them and sends each one packet: that starts a new handshake at
-once.
+The data plane is injected (:class:`~zerogate.agent.backend.DataplaneBackend`):
+the real adapter in production, an in-memory fake in tests/gateway/test_daemon.py.
+Peers' endpoints across restarts: see :mod:`zerogate.gateway.endpoints`.
 """
 
 from __future__ import annotations
@@ -18,19 +14,21 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from zerogate import __version__
+from zerogate.agent.backend import DataplaneBackend
+from zerogate.agent.follower import SnapshotFollower
+from zerogate.agent.reporting import report_loop
+from zerogate.agent.runtime import guard_firewalld, serve
+from zerogate.agent.state import DeviceIdentity, StateDir
+from zerogate.gateway.endpoints import endpoints_to_keep, load_endpoints, nudge, tunnel_peers
 from zerogate.gateway.plan import GatewayPlan, choose_active, plan_gateway, render_gateway_table
 from zerogate.model.dataplane import TableBody
 from zerogate.model.snapshot import GatewayGrant, GatewaySnapshot, RevokedSnapshot
 from zerogate.netops import links
-from zerogate.netops.agent import DeviceIdentity, SnapshotFollower, report_loop, write_private
 from zerogate.netops.command import CommandError
-from zerogate.netops.dataplane import Dataplane, guard_firewalld, serve
 from zerogate.netops.icmp import Prober
-from zerogate.netops.wireguard import PeerStatus, valid_endpoint, valid_key
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +36,42 @@ PROBE_INTERVAL = 0.2  # seconds between probe rounds (the issue asks for <= 0.3)
 DOWN_AFTER = 0.9  # a connector that has not answered for this long is down
 MISSING_AFTER = 10.0  # a connector silent this long (since start, appearing or going down) is reported
 SAVE_ENDPOINTS_EVERY = 2.0  # seconds between checks whether the peers' endpoints changed
-ENDPOINTS_FILE = "endpoints.json"
 
 
 class Gateway:
-    def __init__(self, identity: DeviceIdentity, interface: str) -> None:
+    """The gateway's reconcile loops over ``dp``, its data plane backend (the real
+    :class:`~zerogate.netops.dataplane.Dataplane`, or a fake in tests)."""
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        dp: DataplaneBackend,
+        *,
+        probe_interval: float = PROBE_INTERVAL,
+        down_after: float = DOWN_AFTER,
+        watch_seconds: float | None = None,
+        report_interval: float | None = None,
+    ) -> None:
         self.identity = identity
-        self.dp = Dataplane(interface, identity.wg_private_key)
+        self.dp = dp
+        self.probe_interval = probe_interval
+        self.down_after = down_after
+        self.report_interval = report_interval
         self.lock = threading.RLock()
         self.snapshot: GatewaySnapshot | None = None
         self.plan: GatewayPlan | None = None
         self.active: dict[str, str] = {}
         self.up: set[str] = set()
-        self.follower = SnapshotFollower(identity, GatewaySnapshot, self.apply, self.next_deadline)
+        self.follower = SnapshotFollower(
+            identity, GatewaySnapshot, self.apply, self.next_deadline, watch_seconds=watch_seconds
+        )
         self.stop: threading.Event | None = None
         self.responder: threading.Thread | None = None
         self.rtt: dict[str, float] = {}
         self._nft_grants: Sequence[GatewayGrant] | None = None
         self._nft_live: tuple[str, ...] = ()
         self._nft_table: TableBody | None = None
-        self.endpoints_path = identity.state_dir / ENDPOINTS_FILE
+        self.endpoints_path = identity.state / StateDir.ENDPOINTS
         self._saved_endpoints: dict[str, str] | None = None  # what endpoints.json holds
         self._restored = False
         self._silent_since: dict[str, float] = {}  # connector -> monotonic time it was last seen down
@@ -140,7 +154,7 @@ class Gateway:
             if key not in planned or key not in peers:
                 continue
             try:
-                self.dp.wg.set_endpoint(key, endpoint)
+                self.dp.set_endpoint(key, endpoint)
             except (CommandError, ValueError) as exc:
                 log.warning("could not restore the endpoint of %s %s: %s", *peers[key][:2], exc)
                 continue
@@ -172,7 +186,9 @@ class Gateway:
             if current == self._saved_endpoints:
                 return
             try:
-                write_private(self.endpoints_path, json.dumps(current, indent=1, sort_keys=True) + "\n")
+                self.identity.state.write(
+                    StateDir.ENDPOINTS, json.dumps(current, indent=1, sort_keys=True) + "\n"
+                )
             except OSError as exc:
                 log.warning("could not save the peers' endpoints to %s: %s", self.endpoints_path, exc)
                 return
@@ -196,28 +212,34 @@ class Gateway:
                     connectors = self.snapshot.connectors if self.snapshot else ()
                     targets = {c.name: str(c.address) for c in connectors if c.address is not None}
                 prober.send(targets.values())
-                prober.receive(max(0.0, PROBE_INTERVAL - (time.monotonic() - started)))
-                up = {name for name, addr in targets.items() if prober.alive(addr, DOWN_AFTER)}
+                prober.receive(max(0.0, self.probe_interval - (time.monotonic() - started)))
+                up = {name for name, addr in targets.items() if prober.alive(addr, self.down_after)}
                 self._report_missing(targets, up, time.monotonic())
-                if up != self.up:
-                    for name in sorted(up - self.up):
-                        log.info("connector %s is up", name)
-                    for name in sorted(self.up - up):
-                        log.warning("connector %s is down: no probe answer for %.1f s", name, DOWN_AFTER)
-                    with self.lock:
-                        self.up = up
-                        if self.snapshot is not None:
-                            before = dict(self.active)
-                            try:
-                                self._reconcile()
-                            except Exception as exc:
-                                log.error("failover reconcile failed: %s", exc)
-                            for group, name in self.active.items():
-                                if before.get(group) != name:
-                                    log.warning("connector group %s now served by %s", group, name)
+                self.set_live_connectors(up)
                 self.rtt = dict(prober.rtt_ms)
         finally:
             prober.close()
+
+    def set_live_connectors(self, up: set[str]) -> None:
+        """The connectors answering probes now; on a change, fail over (re-plan the
+        peers' allowed IPs so each group's subnets go to a live connector)."""
+        if up == self.up:
+            return
+        for name in sorted(up - self.up):
+            log.info("connector %s is up", name)
+        for name in sorted(self.up - up):
+            log.warning("connector %s is down: no probe answer for %.1f s", name, self.down_after)
+        with self.lock:
+            self.up = up
+            if self.snapshot is not None:
+                before = dict(self.active)
+                try:
+                    self._reconcile()
+                except Exception as exc:
+                    log.error("failover reconcile failed: %s", exc)
+                for group, name in self.active.items():
+                    if before.get(group) != name:
+                        log.warning("connector group %s now served by %s", group, name)
 
     def _report_missing(self, targets: Mapping[str, str], up: set[str], now: float) -> None:
         """Warn once about a connector that stays silent since the start, since it
@@ -276,13 +298,16 @@ class Gateway:
                 "details": {
                     "revision": snap.revision if snap else None,
                     "listen_port": listen,
-                    "wireguard": self.dp.wg.implementation,
+                    "wireguard": self.dp.implementation,
                     "controller_connected": self.follower.connected,
                     "active_connectors": dict(self.active),
                 },
             }
 
     # -- lifecycle
+
+    def report_loop(self, stop: threading.Event) -> None:
+        report_loop(self.identity, self.report, stop, self.report_interval)
 
     def run(self, stop: threading.Event, keep_on_exit: bool = False) -> None:
         self.stop = stop
@@ -298,68 +323,10 @@ class Gateway:
             self.dp,
             self.lock,
             follow,
-            [self.probe_loop, self.endpoint_loop, lambda ev: report_loop(self.identity, self.report, ev)],
+            [self.probe_loop, self.endpoint_loop, self.report_loop],
             stop,
             keep_on_exit,
         )
-
-
-def load_endpoints(path: Path) -> dict[str, str]:
-    """The saved public key -> endpoint map; a damaged file or entry is skipped with a warning."""
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring %s (%s): peers re-dial this gateway by themselves", path, exc)
-        return {}
-    if not isinstance(raw, dict):
-        log.warning("ignoring %s: not a JSON object of public key -> endpoint", path)
-        return {}
-    good = {k: v for k, v in raw.items() if isinstance(v, str) and valid_key(k) and valid_endpoint(v)}
-    if len(good) < len(raw):
-        log.warning("ignoring %d malformed entries in %s", len(raw) - len(good), path)
-    return good
-
-
-def endpoints_to_keep(
-    peers: Sequence[PeerStatus], planned: set[str], previous: Mapping[str, str]
-) -> dict[str, str]:
-    """Endpoints learned from a handshake in this run, else the saved one, for planned peers only."""
-    learned = {
-        p.public_key: p.endpoint
-        for p in peers
-        if p.public_key in planned and p.latest_handshake and p.endpoint and valid_endpoint(p.endpoint)
-    }
-    kept = {k: v for k, v in previous.items() if k in planned and k not in learned}
-    return dict(sorted((kept | learned).items()))
-
-
-def tunnel_peers(snapshot: GatewaySnapshot) -> dict[str, tuple[str, str, str]]:
-    """public key -> (role, name, tunnel address) for the snapshot's connectors and clients."""
-    out = {
-        p.wg_public_key: ("client", f"device {p.device_id}", str(p.address))
-        for p in snapshot.clients
-        if p.address is not None
-    }
-    for c in snapshot.connectors:
-        if c.address is not None:
-            out[c.wg_public_key] = ("connector", c.name, str(c.address))
-    return out
-
-
-def nudge(addresses: Sequence[str]) -> None:
-    """One ICMP echo into the tunnel to each address: a peer without a session
-    handshakes before the packet leaves."""
-    try:
-        prober = Prober()
-    except OSError as exc:
-        log.warning("could not open an ICMP socket to wake the peers (they re-dial by themselves): %s", exc)
-        return
-    try:
-        prober.send(addresses)
-    finally:
-        prober.close()
 
 
 def start_probe_responder(
@@ -368,8 +335,8 @@ def start_probe_responder(
     """Answer authenticated UDP reachability probes (see :mod:`zerogate.netops.udp_probe`)."""
     from zerogate.netops import udp_probe  # only gateways answer probes: imported where needed
 
-    key = (identity.state_dir / "device.key").read_bytes()
-    cert = (identity.state_dir / "device.pem").read_bytes()
+    key = (identity.state / StateDir.DEVICE_KEY).read_bytes()
+    cert = (identity.state / StateDir.DEVICE_CERT).read_bytes()
 
     def serve() -> None:
         import asyncio

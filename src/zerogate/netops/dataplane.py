@@ -1,12 +1,12 @@
-"""Apply a planned interface state (WireGuard peers, addresses, routes, nft table)
-with as little churn as possible; shared by gateway and connector."""
+"""The real data plane backend (see :class:`zerogate.agent.backend.DataplaneBackend`):
+apply a planned interface state (WireGuard peers, addresses, routes, nft table)
+with as little churn as possible; shared by gateway, connector and client."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from zerogate.model.dataplane import TableBody, WgPeer
@@ -86,6 +86,24 @@ class Dataplane:
         self.last_nft_mode = "full" if script is None else "elements"
         self._nft = table
 
+    @property
+    def implementation(self) -> str:
+        return self.wg.implementation
+
+    def set_endpoint(self, public_key: str, endpoint: str) -> None:
+        self.wg.set_endpoint(public_key, endpoint)
+
+    def redial(self, listen_port: int | None, peers: Sequence[WgPeer]) -> None:
+        """Drop ``peers`` and add them back: a fresh peer has no session, so WireGuard
+        handshakes at once instead of sending on one the other side may have lost."""
+        for peer in peers:
+            self.wg.remove_peer(peer.public_key)
+        self.wg.sync(self.private_key, listen_port, tuple(peers))
+
+    def remove_interface(self) -> None:
+        self.wg.delete()
+        self._peers = self._addresses = self._routes = None
+
     def status(self) -> tuple[int, list[PeerStatus]]:
         if not self.wg.exists():
             return 0, []
@@ -98,46 +116,3 @@ class Dataplane:
             self.wg.delete()
         self._peers = self._addresses = self._routes = None
         self._nft = None
-
-
-def guard_firewalld(
-    interface: str, udp_ports: tuple[int, int] | None, stop: threading.Event
-) -> threading.Thread | None:
-    """On a host running firewalld, keep it letting our tunnel (and ports) through,
-    also across ``firewall-cmd --reload`` and firewalld restarts; None without firewalld."""
-    from zerogate.netops.firewalld import FirewalldIntegration
-
-    fw = FirewalldIntegration(interface, udp_ports)
-    if not fw.available():
-        return None
-    log.info("firewalld is running: keeping %s (and UDP %s) open through its D-Bus API", interface, udp_ports)
-    thread = threading.Thread(target=fw.run_watch, args=(stop,), name="firewalld", daemon=True)
-    thread.start()
-    return thread
-
-
-def serve(
-    role: str,
-    dp: Dataplane,
-    lock: threading.RLock,
-    follow: Callable[[threading.Event], None],
-    loops: Sequence[Callable[[threading.Event], None]],
-    stop: threading.Event,
-    keep_on_exit: bool,
-) -> None:
-    """Run ``follow`` (the snapshot follower) with ``loops`` beside it in threads;
-    on the way out stop them and, unless ``keep_on_exit``, remove tunnel and table."""
-    dp.ensure_interface()
-    threads = [threading.Thread(target=f, args=(stop,), name=f.__name__, daemon=True) for f in loops]
-    for t in threads:
-        t.start()
-    try:
-        follow(stop)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=5)
-        if not keep_on_exit:
-            with lock:
-                dp.teardown()
-            log.info("%s stopped; tunnel %s and table inet zerogate removed", role, dp.interface)

@@ -16,8 +16,8 @@ from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 from pathlib import Path
 
 from zerogate.netops import netns
-from zerogate.netops.agent import write_private
 from zerogate.netops.command import run
+from zerogate.netops.files import write_private
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,4 @@
-"""The daemons' shared agent: enrolled identity and the fail-static snapshot
-follower, against a real controller (``controller``/``admin`` fixtures) and a
+"""The fail-static snapshot follower against a real controller (``controller``/``admin`` fixtures) and a
 gateway enrolled with the real CLI code path.
 
 Every wait is bounded; the long-poll is shortened to 1 s so a follower stops
@@ -22,18 +21,11 @@ from typing import Any
 
 import pytest
 
+from zerogate.agent import follower as agent
+from zerogate.agent.follower import SnapshotFollower
+from zerogate.agent.state import DeviceIdentity
 from zerogate.cli.device import enroll_device
 from zerogate.model.snapshot import GatewaySnapshot, InvalidSnapshot, RevokedSnapshot
-from zerogate.netops import agent
-from zerogate.netops.agent import (
-    MAX_PUSHBACK,
-    Backoff,
-    DeviceIdentity,
-    NotEnrolled,
-    SnapshotFollower,
-    write_private,
-)
-from zerogate.netops.controller_api import ApiError, ControllerUnreachable
 from zerogate.testbed.localrun import AccountSession
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -46,94 +38,6 @@ def _short_watch_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _PROXY_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(agent, "WATCH_SECONDS", WATCH)
-
-
-# --------------------------------------------------------------------------- small pure parts
-
-
-def test_backoff_starts_at_a_quarter_second_and_caps_at_one_second_with_jitter() -> None:
-    b = Backoff()
-    waits = [b.next() for _ in range(6)]
-    for wait, base in zip(waits, [0.25, 0.5, 1, 1, 1, 1], strict=True):
-        assert 0.75 * base <= wait <= 1.25 * base
-    # a long outage: the wait stays at the cap (worst-case reconnect 1.25 s), and never overflows
-    assert all(0.75 <= b.next() <= 1.25 for _ in range(2000))
-    b.reset()
-    assert b.next() <= 0.3125
-
-
-def test_backoff_honours_retry_after_bounded_and_spread() -> None:
-    b = Backoff()
-    assert all(5.0 <= b.next(retry_after=5) <= 6.25 for _ in range(200))
-    assert all(MAX_PUSHBACK <= b.next(retry_after=86400) <= MAX_PUSHBACK * 1.25 for _ in range(50))
-    assert b.next(retry_after=-3) == 0.0
-    assert len({round(b.next(retry_after=10), 6) for _ in range(50)}) > 1  # a herd does not return in step
-
-
-def test_backoff_rises_to_eight_seconds_only_when_the_controller_shows_load() -> None:
-    b = Backoff()
-    waits = [b.next(busy=True) for _ in range(7)]
-    for wait, base in zip(waits, [0.25, 0.5, 1, 2, 4, 8, 8], strict=True):
-        assert 0.75 * base <= wait <= 1.25 * base
-    # a refused connection in between (the controller restarting) goes back to the 1 s cap
-    assert 0.75 <= b.next() <= 1.25
-
-
-def test_a_5xx_or_a_cut_tls_handshake_counts_as_load_a_refused_connection_does_not(tmp_path: Path) -> None:
-    identity = DeviceIdentity(tmp_path, "gateway", "edge", 7, "https://127.0.0.1:1", b"", "zgd_x", "k")
-    follower = SnapshotFollower(identity, GatewaySnapshot, lambda snap: None)
-    b = Backoff()
-    b.attempt = 10
-    assert 6.0 <= follower._refused(ApiError(502, "HTTP 502 Bad Gateway", None), b, 3) <= 10.0
-    assert 0.75 <= follower._refused(ApiError(404, "gone", None), b, 3) <= 1.25
-    assert ControllerUnreachable("https://x", "closed during the TLS handshake", busy=True).busy
-    assert not ControllerUnreachable("https://x", "connection refused").busy
-
-
-def going_away() -> ApiError:
-    detail = "controller going away: it is shutting down; reconnect in a moment"
-    return ApiError(503, detail, {"detail": detail}, retry_after=1.0)
-
-
-def test_going_away_is_logged_once_at_info_and_retried_after_about_a_second(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    identity = DeviceIdentity(tmp_path, "gateway", "edge", 7, "https://127.0.0.1:1", b"", "zgd_x", "k")
-    follower = SnapshotFollower(identity, GatewaySnapshot, lambda snap: None)
-    follower.connected = True
-    caplog.set_level(logging.DEBUG, logger=agent.__name__)
-    waits = [follower._refused(going_away(), Backoff(), 12) for _ in range(3)]
-    assert all(1.0 <= w <= 1.25 for w in waits), waits
-    assert not follower.connected and not follower.revoked  # "connected" is logged again on return
-    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
-    assert len(messages) == 1, messages
-    level, text = messages[0]
-    assert level == logging.INFO and text.startswith("controller going away") and "revision 12" in text
-
-    caplog.clear()
-    busy = ApiError(429, "too many snapshot requests", None, retry_after=3.0)
-    assert 3.0 <= follower._refused(busy, Backoff(), 12) <= 3.75
-    broken = ApiError(500, "HTTP 500 Internal Server Error", None, retry_after=3.0)
-    assert follower._refused(broken, Backoff(), 12) <= 0.3125  # Retry-After counts only on 429/503
-    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
-
-
-def test_write_private_replaces_the_file_with_mode_0600(tmp_path: Path) -> None:
-    path = tmp_path / "snapshot.json"
-    path.write_text("old")
-    path.chmod(0o644)
-    write_private(path, '{"revision": 1}')
-    assert path.read_text() == '{"revision": 1}'
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == ["snapshot.json"]  # no temporary file left
-
-
-def test_identity_load_explains_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(NotEnrolled, match="holds no enrolled gateway: run 'zerogate gateway enroll"):
-        DeviceIdentity.load(tmp_path, "gateway")
-    (tmp_path / "device.json").write_text(json.dumps({"role": "connector"}))
-    with pytest.raises(NotEnrolled, match="holds a connector, not a gateway"):
-        DeviceIdentity.load(tmp_path, "gateway")
 
 
 # --------------------------------------------------------------------------- against a controller
@@ -302,60 +206,6 @@ def test_a_damaged_cache_is_ignored(enrolled: Path, follow: Callable[..., Runnin
     assert run.quiet_for(1.0)
     assert run.follower.snapshot is None
     run.close()
-
-
-def offline_identity(state_dir: Path) -> DeviceIdentity:
-    return DeviceIdentity(state_dir, "gateway", "edge", 7, "https://127.0.0.1:1", b"", "zgd_x", "k")
-
-
-LEGACY_GATEWAY_CACHE = {  # snapshot.json as a gateway wrote it before schema versions
-    "revision": 12,
-    "role": "gateway",
-    "device_id": 7,
-    "name": "edge",
-    "gateway": {
-        "name": "edge",
-        "public_endpoint": "gw.example.test",
-        "port_first": 51820,
-        "port_last": 51830,
-    },
-    "tunnel_addresses": ["100.64.0.1"],
-    "client_blocks": ["100.64.0.0/16"],
-    "connectors": [],
-    "clients": [],
-    "policy": {
-        "grants": [
-            {
-                "policy_id": 4,
-                "name": "web",
-                "sources": ["100.64.0.2"],
-                "rules": [["10.1.0.0/24", "tcp", 443, 443]],
-            }
-        ],
-        "valid_until": None,
-    },
-}
-
-
-def test_a_snapshot_cached_before_schema_versions_is_read_as_1_0(tmp_path: Path) -> None:
-    (tmp_path / "snapshot.json").write_text(json.dumps(LEGACY_GATEWAY_CACHE))
-    cached = SnapshotFollower(offline_identity(tmp_path), GatewaySnapshot, lambda snap: None).load_cached()
-    assert cached is not None and (cached.schema_version, cached.revision) == ("1.0", 12)
-    assert cached.policy.grants[0].services == ("10.1.0.0-10.1.0.255 . tcp . 443",)
-
-
-def test_a_cached_snapshot_of_another_major_version_is_ignored_and_the_log_says_why(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    (tmp_path / "snapshot.json").write_text(json.dumps(LEGACY_GATEWAY_CACHE | {"schema_version": "2.0"}))
-    caplog.set_level(logging.WARNING, logger=agent.__name__)
-    assert (
-        SnapshotFollower(offline_identity(tmp_path), GatewaySnapshot, lambda snap: None).load_cached() is None
-    )
-    assert (
-        "this gateway understands snapshot schema 1.x; the controller sent 2.0: upgrade zerogate on this host"
-        in caplog.text
-    )
 
 
 def test_a_snapshot_that_does_not_parse_is_refused_and_the_previous_state_kept(
