@@ -21,30 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.deploy.captured_firewall import NFT_DOCKER
 
 from dbaccess import run_sql
 from zerogate.cli.device import enroll_device
-from zerogate.deploy.connectivity import (
-    Check,
-    GatewayTarget,
-    KeyOutcome,
-    Resolution,
-    TcpOutcome,
-    TlsOutcome,
-    bypasses_proxy,
-    check_install_string,
-    dns_check,
-    key_check,
-    proxy_for_https,
-    read_proxy_env,
-    tcp_check,
-    tls_check,
-    udp_check,
-)
+from zerogate.deploy.checks import Check, GatewayTarget
+from zerogate.deploy.connectivity import check_install_string
+from zerogate.deploy.hostfacts import Chain, FirewallFacts, HostFacts, parse_cpu_flags, parse_nft_chains
 from zerogate.deploy.preflight import (
-    Chain,
-    FirewallFacts,
-    HostFacts,
     check_aesni,
     check_arch,
     check_cores,
@@ -55,23 +39,13 @@ from zerogate.deploy.preflight import (
     check_proxy,
     check_root,
     check_systemd,
-    default_route_interface,
     firewall_checks,
-    parse_cpu_flags,
-    parse_iptables_save,
-    parse_mem_total,
-    parse_nft_chains,
     run_preflight,
 )
+from zerogate.deploy.proxyenv import read_proxy_env
 from zerogate.deploy.sizing import host_minimum
-from zerogate.netops.controller_api import (
-    ApiError,
-    ControllerClient,
-    ControllerUnreachable,
-    ServerNameMismatch,
-    TLSInterceptionSuspected,
-)
-from zerogate.netops.udp_probe import ProbeResult, serve_probes
+from zerogate.netops.controller_api import ApiError, ControllerClient
+from zerogate.netops.udp_probe import serve_probes
 from zerogate.pki.ca import ca_pin, create_ca, create_csr, generate_private_key
 from zerogate.pki.credentials import new_token
 from zerogate.pki.install_string import InstallString
@@ -137,24 +111,6 @@ def test_aes_ni_from_cpu_flags() -> None:
     assert check_aesni(parse_cpu_flags("processor: 0\n")).status == "warn"
 
 
-def test_memory_and_route_parsers_on_captured_text() -> None:
-    assert parse_mem_total("MemTotal:       24684084 kB\nMemFree: 1 kB\n") == 24684084 * 1024
-    assert parse_mem_total("nothing") is None
-    route = (
-        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
-        "wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n"
-        "eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
-        "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
-    )
-    assert default_route_interface(route) == "eth0"  # lowest metric wins
-    v6 = (
-        "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
-        "fe800000000000000000000000000001 00000400 00000001 00000000 00000003     ens3\n"
-    )
-    assert default_route_interface(route.splitlines()[0] + "\n", v6) == "ens3"
-    assert default_route_interface("Iface\tDestination\n") is None
-
-
 def test_static_mac() -> None:
     assert check_mac("eth0", "00:16:3e:12:34:56").status == "pass"
     local = check_mac("eth0", "02:fc:00:00:00:01")
@@ -170,7 +126,6 @@ def test_proxy_environment() -> None:
     env = read_proxy_env(
         {"HTTPS_PROXY": "http://user:secret@proxy.corp:3128", "NO_PROXY": ".internal,10.0.0.0/8"}
     )
-    assert proxy_for_https("ctl.example.test", env) == "http://user:secret@proxy.corp:3128"
     through = check_proxy(env, "ctl.example.test")
     assert through.status == "warn" and "goes through the proxy http://***@proxy.corp:3128" in through.detail
     assert "secret" not in through.detail + through.fix
@@ -180,94 +135,10 @@ def test_proxy_environment() -> None:
     assert "in NO_PROXY" in check_proxy(env, "10.1.2.3").detail
     # Lower-case spelling wins (as in Python and httpx), and disagreement is flagged.
     both = read_proxy_env({"https_proxy": "http://a:1", "HTTPS_PROXY": "http://b:2"})
-    assert both.get("HTTPS_PROXY") == "http://a:1" and both.conflicts == ("HTTPS_PROXY",)
     conflict = check_proxy(both, None)
     assert conflict.status == "warn" and "HTTPS_PROXY/https_proxy" in conflict.detail
-    assert bypasses_proxy("anything", "*") and not bypasses_proxy("evilinternal", ".internal")
     only_http = read_proxy_env({"http_proxy": "http://p:3128"})
-    assert proxy_for_https("ctl", only_http) is None and check_proxy(only_http, "ctl").status == "pass"
-
-
-def test_network_checks_turn_outcomes_into_fixes() -> None:
-    assert dns_check(Resolution("10.0.0.1", ("10.0.0.1",), literal=True)).status == "pass"
-    ok = dns_check(Resolution("ctl.example.test", ("192.0.2.7",), latency_ms=3.0))
-    assert ok.status == "pass" and "192.0.2.7" in ok.detail and ok.latency_ms == 3.0
-    bad = Resolution("ctl.example.test", error="Name or service not known")
-    fail = dns_check(bad)
-    assert fail.status == "fail" and "/etc/resolv.conf" in fail.fix
-    assert dns_check(bad, proxy="http://proxy:3128").status == "warn"
-
-    assert tcp_check("ctl", 443, bad, None, None).detail.startswith("not attempted")
-    refused = tcp_check(
-        "ctl",
-        443,
-        ok_res := Resolution("ctl", ("192.0.2.7",)),
-        TcpOutcome("192.0.2.7", 443, kind="refused"),
-        None,
-    )
-    assert refused.status == "fail" and "nothing listens" in refused.detail
-    timeout = tcp_check("ctl", 443, ok_res, TcpOutcome("192.0.2.7", 443, kind="timeout"), None)
-    assert "allow outbound TCP 443 from this host to ctl" in timeout.fix
-    unreachable = tcp_check(
-        "ctl", 443, ok_res, TcpOutcome("192.0.2.7", 443, kind="unreachable", error="x"), None
-    )
-    assert "no route to 192.0.2.7:443" in unreachable.detail and "default gateway" in unreachable.fix
-    via = tcp_check("ctl", 443, ok_res, TcpOutcome("10.9.9.9", 3128, latency_ms=1.5), "http://proxy:3128")
-    assert via.status == "pass" and "via the proxy" in via.title
-    secret = tcp_check(
-        "ctl", 443, ok_res, TcpOutcome("10.9.9.9", 3128, kind="refused"), "http://u:pw@proxy:3128"
-    )
-    assert "pw" not in secret.title + secret.detail + secret.fix and "http://***@proxy:3128" in secret.fix
-
-    pin = ca_pin(create_ca("x")[1])
-    url = "https://ctl.example.test:8443"
-    assert tls_check(url, pin, TlsOutcome(b"pem", 12.0)).status == "pass"
-    mitm = tls_check(url, pin, TlsOutcome(error=TLSInterceptionSuspected(url, pin, "sha256/" + "B" * 43)))
-    assert mitm.status == "fail" and mitm.detail.startswith("TLS interception suspected")
-    assert "ctl.example.test must bypass TLS inspection" in mitm.fix
-    name = tls_check(url, pin, TlsOutcome(error=ServerNameMismatch(url, "hostname mismatch")))
-    assert name.status == "fail" and "new install string" in name.fix
-    down = tls_check(url, pin, TlsOutcome(error=ControllerUnreachable(url, "refused")))
-    assert down.status == "fail"
-
-
-def test_key_check_names_the_problem() -> None:
-    info = {
-        "role": "connector",
-        "connector_group": "dc1",
-        "uses_left": 2,
-        "expires_at": "2030-01-01T10:00:00",
-    }
-    good = key_check("connector", KeyOutcome(info=info))
-    assert good.status == "pass" and "connector group dc1" in good.detail and "2 use(s) left" in good.detail
-    wrong = key_check("gateway", KeyOutcome(info=info))
-    assert wrong.status == "fail" and wrong.detail == "this install string enrolls a connector, not a gateway"
-    assert "--role connector" in wrong.fix
-    revoked = key_check(
-        "connector", KeyOutcome(error=ApiError(403, "provisioning key was revoked: ...", None))
-    )
-    assert revoked.status == "fail" and "revoked" in revoked.detail and "new install string" in revoked.fix
-    old = key_check("connector", KeyOutcome(error=ApiError(404, "Not Found", None)))
-    assert old.status == "warn" and "older version" in old.detail
-    gone = ApiError(404, "the gateway this key was made for no longer exists", None)
-    assert key_check("gateway", KeyOutcome(error=gone)).status == "fail"
-
-
-def test_udp_check_fixes_by_failure_kind() -> None:
-    gw = GatewayTarget("gw1", "203.0.113.5", 51821, 51820, 53000)
-    ok = udp_check(gw, ProbeResult(True, 4.2, "gw1", None))
-    assert ok.status == "pass" and ok.latency_ms == 4.2 and ok.endpoint == "203.0.113.5:51821/udp"
-    lost = udp_check(gw, ProbeResult(False, None, None, "no answer", "timeout"))
-    assert (
-        lost.status == "fail" and "allow outbound UDP 51820-53000 (WireGuard) and 51821 (probe)" in lost.fix
-    )
-    assert (
-        "start the gateway daemon on gw1" in udp_check(gw, ProbeResult(False, None, None, "x", "refused")).fix
-    )
-    foreign = udp_check(
-        gw, ProbeResult(False, 1.0, "other", "not signed by this deployment's CA", "untrusted")
-    )
-    assert "NAT and port forwarding" in foreign.fix
+    assert check_proxy(only_http, "ctl").status == "pass"
 
 
 def test_gateway_ports() -> None:
@@ -275,49 +146,6 @@ def test_gateway_ports() -> None:
     assert check_gateway_ports(frozenset({22}), gw).status == "pass"
     busy = check_gateway_ports(frozenset({51820}), gw)
     assert busy.status == "warn" and "51820 (WireGuard)" in busy.detail
-
-
-NFT_DOCKER = json.dumps(
-    {
-        "nftables": [
-            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
-            {"table": {"family": "ip", "name": "filter", "handle": 1}},
-            {"chain": {"family": "ip", "table": "filter", "name": "INPUT", "handle": 1, "type": "filter",
-                       "hook": "input", "prio": 0, "policy": "drop"}},
-            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "handle": 2, "type": "filter",
-                       "hook": "forward", "prio": 0, "policy": "drop"}},
-            {"chain": {"family": "ip", "table": "filter", "name": "DOCKER", "handle": 3}},
-            {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER", "handle": 4}},
-        ]
-    }
-)  # fmt: skip
-
-LEGACY_SAVE = """# Generated by iptables-save v1.8.9 on Sat Nov 21 10:07:47 2026
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD ACCEPT [0:0]
-:OUTPUT DROP [0:0]
--A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
-COMMIT
-# Completed on Sat Nov 21 10:07:47 2026
-"""
-
-
-def test_firewall_parsers_on_captured_output() -> None:
-    chains = parse_nft_chains(NFT_DOCKER)
-    assert [(c.name, c.hook, c.policy) for c in chains] == [
-        ("INPUT", "input", "drop"),
-        ("FORWARD", "forward", "drop"),
-        ("DOCKER", None, None),
-        ("DOCKER-USER", None, None),
-    ]
-    dump = parse_iptables_save(LEGACY_SAVE)
-    assert dump.rules == 1
-    assert [(c.table, c.name, c.hook, c.policy) for c in dump.chains] == [
-        ("filter", "INPUT", "input", "accept"),
-        ("filter", "FORWARD", "forward", "accept"),
-        ("filter", "OUTPUT", "output", "drop"),
-    ]
 
 
 def test_firewall_checks_say_what_would_be_blocked() -> None:

@@ -25,16 +25,8 @@ from pathlib import Path
 import pytest
 
 from nstools import call_in_netns
-from zerogate.netops.firewalld import (
-    POLICY,
-    ZONE,
-    FirewalldIntegration,
-    FirewalldUnavailable,
-    classify_signal,
-    plan_policy,
-    plan_zone,
-    port_spec,
-)
+from zerogate.netops.firewalld import FirewalldIntegration, FirewalldUnavailable, classify_signal
+from zerogate.netops.firewalld_plan import POLICY, ZONE
 from zerogate.testbed.lab import wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -54,42 +46,8 @@ ZEROGATE_TABLE = f"""table inet zerogate {{
 """
 
 # ---------------------------------------------------------------------------
-# pure parts
+# pure parts (the settings computations: test_firewalld_plan.py)
 # ---------------------------------------------------------------------------
-
-
-def test_port_spec_writes_ranges_and_single_ports_as_firewalld_does() -> None:
-    assert port_spec((51820, 53000)) == ("51820-53000", "udp")
-    assert port_spec((51820, 51820)) == ("51820", "udp")
-
-
-def test_plan_zone_creates_an_accepting_forwarding_zone_and_keeps_what_others_put_there() -> None:
-    created = plan_zone(None, "zg0")
-    assert created is not None
-    assert (created["target"], created["forward"], created["interfaces"]) == (
-        ("s", "ACCEPT"),
-        ("b", True),
-        ("as", ["zg0"]),
-    )
-    existing = {"target": ("s", "ACCEPT"), "forward": ("b", True), "interfaces": ("as", ["zg1"])}
-    grown = plan_zone(existing, "zg0")
-    assert grown is not None and grown["interfaces"] == ("as", ["zg1", "zg0"])
-    assert plan_zone(grown, "zg0") is None  # already fits: nothing to send
-    tampered = {**grown, "target": ("s", "%%REJECT%%"), "forward": ("b", False)}
-    fixed = plan_zone(tampered, "zg1")
-    assert fixed is not None and fixed["target"] == ("s", "ACCEPT") and fixed["forward"] == ("b", True)
-
-
-def test_plan_policy_opens_our_ports_from_any_zone_before_the_zones_rules() -> None:
-    created = plan_policy(None, WG_PORTS)
-    assert created is not None
-    assert created["ports"] == ("a(ss)", [("51820-53000", "udp")])
-    assert (created["ingress_zones"], created["egress_zones"]) == (("as", ["ANY"]), ("as", ["HOST"]))
-    assert created["priority"][1] < 0 and created["target"] == ("s", "CONTINUE")
-    shared = plan_policy(created, (41641, 41641))
-    assert shared is not None and shared["ports"][1] == [("51820-53000", "udp"), ("41641", "udp")]
-    assert plan_policy(shared, WG_PORTS) is None
-    assert plan_policy({**shared, "priority": ("i", 10)}, WG_PORTS) is not None
 
 
 def test_classify_signal_tells_reload_start_and_stop_apart() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from collections import defaultdict
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -18,9 +18,6 @@ from zerogate.testbed.topology import (
     Layout,
     TestbedError,
     Topology,
-    _foreign_subnet_users,
-    parse_lock_record,
-    parse_root_addresses,
     plan_topology,
 )
 
@@ -196,19 +193,6 @@ def test_batch_rendering_refuses_words_ip_would_split() -> None:
 def test_parsers_read_real_output_shapes() -> None:
     assert netns.parse_namespace_list("zg7-gw (id: 3)\nzg7-app\n\n") == ["zg7-gw", "zg7-app"]
     assert netns.parse_pids("12\n345\n") == [12, 345]
-    ip_addr = (
-        "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
-        "7: zgs-h@if17    inet 198.18.250.254/24 scope global zgs-h\\       valid_lft forever\n"
-        "9: zg3host@if2    inet 198.18.3.254/24 scope global zg3host\\       valid_lft forever\n"
-    )
-    addresses = parse_root_addresses(ip_addr)
-    assert addresses[1] == ("zgs-h", IPv4Interface("198.18.250.254/24"))
-    assert _foreign_subnet_users(250, addresses) == ["zgs-h"]
-    assert _foreign_subnet_users(3, addresses) == []  # our own veth from a crashed run: not foreign
-    assert parse_lock_record("pid=12\ntmp=/tmp/zerogate-testbed-3-x\n") == {
-        "pid": "12",
-        "tmp": "/tmp/zerogate-testbed-3-x",
-    }
 
 
 def test_rendered_nginx_config_keeps_everything_private(tmp_path: Path) -> None:

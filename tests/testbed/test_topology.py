@@ -1,4 +1,4 @@
-"""The testbed for real: namespaces, veths, bridges, nginx/sshd/PostgreSQL, cleanup, crash recovery.
+"""The testbed for real: namespaces, veths, bridges, nginx/sshd/PostgreSQL, cleanup.
 
 Runs as root (CI does): every test builds its own topology through the code
 under test and the topology removes itself, also when a test fails.
@@ -9,13 +9,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,9 +21,7 @@ from zerogate.netops.command import CommandError
 from zerogate.testbed import Apps, Topology, start_apps
 from zerogate.testbed.apps import OTHER_PORT_BODY
 from zerogate.testbed.lab import wait_for
-from zerogate.testbed.topology import LOCK_DIR, WIREGUARD_SOCKET_DIR, _alive
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+from zerogate.testbed.slots import LOCK_DIR, WIREGUARD_SOCKET_DIR, _alive
 
 
 def slot_namespaces(k: int) -> list[str]:
@@ -287,54 +282,3 @@ def test_two_topologies_at_once_get_different_slots() -> None:
         for t in (a, b):
             done = subprocess.run(["ping", "-c", "1", "-W", "1", str(t.gateway_address)], capture_output=True)
             assert done.returncode == 0
-
-
-# -- crashes ----------------------------------------------------------------------------
-
-CRASHING_OWNER = textwrap.dedent(
-    """
-    import sys, time
-    sys.path.insert(0, sys.argv[1])
-    from zerogate.testbed import Topology
-    t = Topology(clients=0, connectors=1).build()
-    p = t.popen("app", ["sleep", "300"], log=t.tmp / "sleep.log")
-    print(t.index, t.tmp, p.pid, t._watchdog.pid, flush=True)
-    time.sleep(300)
-    """
-)
-
-
-def start_crashing_owner() -> tuple[subprocess.Popen[str], int, Path, int, int]:
-    owner = subprocess.Popen([sys.executable, "-c", CRASHING_OWNER, SRC], stdout=subprocess.PIPE, text=True)
-    assert owner.stdout is not None
-    k, tmp, sleeper, watchdog = owner.stdout.readline().split()
-    return owner, int(k), Path(tmp), int(sleeper), int(watchdog)
-
-
-def test_watchdog_cleans_up_when_the_owner_is_killed() -> None:
-    owner, k, tmp, sleeper, _ = start_crashing_owner()
-    assert slot_namespaces(k) and _alive(sleeper)
-    owner.kill()  # SIGKILL: no atexit, no finally
-    owner.wait()
-    wait_for(
-        lambda: not slot_namespaces(k) and not _alive(sleeper) and not tmp.exists(),
-        10.0,
-        "the watchdog's cleanup",
-    )
-    assert not netns.link_exists(None, f"zg{k}host")
-    wait_for(lambda: slot_is_free(k), 10.0, "the watchdog to release the slot")
-
-
-def test_leftovers_of_a_dead_owner_and_watchdog_are_removed_when_the_slot_is_reused() -> None:
-    owner, k, tmp, sleeper, watchdog = start_crashing_owner()
-    os.kill(watchdog, signal.SIGKILL)  # its watchdog is gone too: nothing cleans up
-    owner.kill()
-    owner.wait()
-    wait_for(lambda: slot_is_free(k), 10.0, "the slot lock to be released")
-    assert slot_namespaces(k) and _alive(sleeper) and tmp.exists()
-    with Topology(clients=0, connectors=0, attacker=False) as first:
-        if first.index != k:  # a lower slot was free (or another test run took k): take the next one
-            with Topology(clients=0, connectors=0, attacker=False) as second:
-                assert second.index == k or not slot_is_free(k)
-        assert not _alive(sleeper)
-        assert not tmp.exists()

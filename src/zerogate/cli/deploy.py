@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from zerogate.cli.common import JsonOpt, emit, fail, out
-from zerogate.deploy.connectivity import Check, any_failed, check_enrolled, check_install_string
+from zerogate.deploy.checks import Check, any_failed
+from zerogate.deploy.connectivity import check_enrolled, check_install_string
 from zerogate.deploy.preflight import run_preflight, summary
 from zerogate.deploy.sizing import BENCHMARKS, LIMITS, SizingError, size
 

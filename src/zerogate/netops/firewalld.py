@@ -6,22 +6,9 @@ On a host that also runs firewalld (nftables backend), firewalld's table
 packet only if *every* base chain on a hook accepts it: an accept in our table
 cannot overrule a reject in firewalld's. So firewalld itself has to let the
 traffic pass. We ask it to over its D-Bus API (never by touching its table),
-with two objects named after us:
-
-* zone ``zerogate``: target ACCEPT, forwarding on, holding the tunnel
-  interface. It is the ingress zone of everything that comes out of the
-  tunnel, so firewalld accepts that traffic for the host (probes over the
-  tunnel) and for forwarding (tunnel to the site LAN on a connector, tunnel to
-  tunnel on a gateway). Replies from the LAN are ``ct state established``,
-  which firewalld accepts before it looks at zones. firewalld deliberately does
-  no filtering on the tunnel: which subnets, which client addresses,
-  anti-spoofing are enforced by our own table, which still sees every packet
-  and can still drop it.
-* policy ``zerogate-wg``: ingress ANY, egress HOST, our WireGuard UDP port(s),
-  priority -1. A policy and not a port in the default zone, because WireGuard
-  arrives on whichever interface faces the internet, and that interface can be
-  in any zone (the default zone only covers interfaces no zone claims). A
-  negative priority runs it before every zone's own rules.
+with two objects named after us, zone ``zerogate`` and policy ``zerogate-wg``
+(what they hold and why: :mod:`zerogate.netops.firewalld_plan`, which computes
+their settings without I/O).
 
 Both objects go into the permanent configuration (so reloads and reboots keep
 them) and into the runtime. firewalld can create zones and policies only in the
@@ -40,6 +27,10 @@ management rewriting ``/etc/firewalld`` is the usual culprit). firewalld with
 the nftables backend only ever deletes and recreates its own table, so our
 table survives reloads and restarts (tests check this); the ``on_reapplied``
 callback is still there so a daemon can re-assert its table after the event.
+
+One module, a little over the house's 500 lines: the D-Bus wrapper, ensure,
+remove and the watch share the bus calls and the object names, and split apart
+they would be harder to follow; the pure settings computations live apart.
 
 Errors::
 
@@ -70,25 +61,29 @@ from jeepney import (  # type: ignore[import-untyped]
 from jeepney.bus_messages import message_bus  # type: ignore[import-untyped]
 from jeepney.io.blocking import DBusConnection, open_dbus_connection  # type: ignore[import-untyped]
 
+from zerogate.netops.firewalld_plan import (
+    POLICY,
+    ZONE,
+    Settings,
+    close_port,
+    plan_policy,
+    plan_zone,
+    plan_zone_removal,
+    port_spec,
+    reload_needed_for,
+    setting,
+)
+
 __all__ = [
-    "POLICY",
-    "ZONE",
     "FirewalldCallFailed",
     "FirewalldError",
     "FirewalldIntegration",
     "FirewalldUnavailable",
     "classify_signal",
-    "plan_policy",
-    "plan_zone",
-    "port_spec",
     "system_bus_address",
 ]
 
 log = logging.getLogger(__name__)
-
-ZONE = "zerogate"
-POLICY = "zerogate-wg"
-POLICY_PRIORITY = -1
 
 BUS_NAME = "org.fedoraproject.FirewallD1"
 _PATH = "/org/fedoraproject/FirewallD1"
@@ -109,9 +104,6 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # fullmatch only: match + '$' acc
 CALL_TIMEOUT = 30.0
 RELOAD_TIMEOUT = 90.0  # a reload rebuilds firewalld's whole table
 
-# a{sv} as jeepney passes it both ways: name -> (D-Bus signature, value)
-Settings = dict[str, tuple[str, Any]]
-
 
 class FirewalldError(Exception):
     """firewalld could not be configured; the message says what failed."""
@@ -131,63 +123,12 @@ class FirewalldCallFailed(FirewalldError):
         super().__init__(f"firewalld {method} failed: {detail or error_name}")
 
 
-# ---------------------------------------------------------------------------
-# pure: what the zone and the policy must look like, and what a signal means
-# ---------------------------------------------------------------------------
+# -- pure: where the bus is, what a signal means ---------------------------------
 
 
 def system_bus_address() -> str:
     """``DBUS_SYSTEM_BUS_ADDRESS`` if set, else the standard socket."""
     return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or _DEFAULT_SYSTEM_BUS
-
-
-def port_spec(ports: tuple[int, int]) -> tuple[str, str]:
-    """(port, protocol) as firewalld writes it: ``("51820-53000", "udp")`` or ``("51820", "udp")``."""
-    low, high = ports
-    return (str(low) if low == high else f"{low}-{high}", "udp")
-
-
-def _value(settings: Settings | None, key: str, default: Any) -> Any:
-    if settings is None or key not in settings:
-        return default
-    return settings[key][1]
-
-
-def plan_zone(current: Settings | None, interface: str) -> Settings | None:
-    """The settings zone ``zerogate`` needs (keeping whatever else it has), or None if it fits."""
-    interfaces = list(_value(current, "interfaces", []))
-    wanted: Settings = dict(current or {})
-    if current is None:
-        wanted["short"] = ("s", "zerogate")
-        wanted["description"] = (
-            "s",
-            "zerogate tunnel interfaces. Accepts input and forwarding from them; the zerogate "
-            "nftables table does the filtering. Managed by zerogate.",
-        )
-    wanted["target"] = ("s", "ACCEPT")
-    wanted["forward"] = ("b", True)
-    if interface not in interfaces:
-        interfaces.append(interface)
-    wanted["interfaces"] = ("as", interfaces)
-    return None if current is not None and wanted == current else wanted
-
-
-def plan_policy(current: Settings | None, ports: tuple[int, int]) -> Settings | None:
-    """The settings policy ``zerogate-wg`` needs to open ``ports``, or None if it fits."""
-    open_ports = [tuple(p) for p in _value(current, "ports", [])]  # jeepney gives structs as tuples
-    wanted: Settings = dict(current or {})
-    if current is None:
-        wanted["short"] = ("s", "zerogate WireGuard")
-        wanted["description"] = ("s", "WireGuard UDP ports of zerogate, from any zone. Managed by zerogate.")
-        wanted["target"] = ("s", "CONTINUE")
-    if _value(current, "priority", 0) >= 0:
-        wanted["priority"] = ("i", POLICY_PRIORITY)  # before the zones' own rules
-    wanted["ingress_zones"] = ("as", ["ANY"])
-    wanted["egress_zones"] = ("as", ["HOST"])
-    if port_spec(ports) not in open_ports:
-        open_ports.append(port_spec(ports))
-    wanted["ports"] = ("a(ss)", open_ports)
-    return None if current is not None and wanted == current else wanted
 
 
 def classify_signal(interface: str | None, member: str | None, body: Sequence[Any]) -> str | None:
@@ -199,9 +140,7 @@ def classify_signal(interface: str | None, member: str | None, body: Sequence[An
     return None
 
 
-# ---------------------------------------------------------------------------
-# D-Bus adapter
-# ---------------------------------------------------------------------------
+# -- D-Bus adapter ---------------------------------------------------------------
 
 
 class _Bus:
@@ -281,9 +220,7 @@ def _single(body: tuple[Any, ...]) -> Any:
     return body[0] if len(body) == 1 else body if body else None
 
 
-# ---------------------------------------------------------------------------
-# the integration
-# ---------------------------------------------------------------------------
+# -- the integration -------------------------------------------------------------
 
 
 class FirewalldIntegration:
@@ -392,17 +329,12 @@ class FirewalldIntegration:
 
     def _runtime_needs_reload(self, bus: _Bus) -> str:
         """What the runtime lacks that only a reload can bring (empty: nothing)."""
-        missing: list[str] = []
-        if ZONE not in bus.zone("getZones"):
-            missing.append(f"zone {ZONE}")
-        elif _value(dict(bus.zone("getZoneSettings2", "s", ZONE)), "target", "") != "ACCEPT":
-            missing.append(f"the ACCEPT target of zone {ZONE}")
-        if self.udp_ports is not None:
-            if POLICY not in bus.policy("getPolicies"):
-                missing.append(f"policy {POLICY}")
-            elif _value(dict(bus.policy("getPolicySettings", "s", POLICY)), "priority", 0) >= 0:
-                missing.append(f"the priority of policy {POLICY}")
-        return " and ".join(missing)
+        zone = dict(bus.zone("getZoneSettings2", "s", ZONE)) if ZONE in bus.zone("getZones") else None
+        if self.udp_ports is None:
+            return reload_needed_for(zone)
+        policies = bus.policy("getPolicies")
+        policy = dict(bus.policy("getPolicySettings", "s", POLICY)) if POLICY in policies else None
+        return reload_needed_for(zone, policy, policy_wanted=True)
 
     def _ensure_runtime(self, bus: _Bus) -> list[str]:
         changes: list[str] = []
@@ -415,7 +347,7 @@ class FirewalldIntegration:
                 bus.zone("addInterface", "ss", ZONE, self.interface)
                 changes.append(f"runtime: added interface {self.interface} to zone {ZONE}")
         zone = dict(bus.zone("getZoneSettings2", "s", ZONE))
-        if not _value(zone, "forward", False):
+        if not setting(zone, "forward", False):
             bus.zone("setZoneSettings2", "sa{sv}", ZONE, {"forward": ("b", True)})
             changes.append(f"runtime: enabled forwarding in zone {ZONE}")
         if self.udp_ports is not None:
@@ -444,11 +376,11 @@ class FirewalldIntegration:
             if ZONE in bus.config("getZoneNames"):
                 path = bus.config("getZoneByName", "s", ZONE)
                 settings = dict(bus.config_object(path, _IF_CONFIG_ZONE, "getSettings2"))
-                interfaces = [i for i in _value(settings, "interfaces", []) if i != self.interface]
-                if not interfaces and not _value(settings, "sources", []):
+                removal = plan_zone_removal(settings, self.interface)
+                if removal == "delete":
                     bus.config_object(path, _IF_CONFIG_ZONE, "remove")
                     changes.append(f"permanent: deleted zone {ZONE}")
-                elif interfaces != list(_value(settings, "interfaces", [])):
+                elif removal == "remove-interface":
                     bus.config_object(path, _IF_CONFIG_ZONE, "removeInterface", "s", self.interface)
                     changes.append(f"permanent: removed interface {self.interface} from zone {ZONE}")
             if bus.zone("getZoneOfInterface", "s", self.interface) == ZONE:
@@ -465,23 +397,18 @@ class FirewalldIntegration:
         if POLICY in bus.config("getPolicyNames"):
             path = bus.config("getPolicyByName", "s", POLICY)
             settings = dict(bus.config_object(path, _IF_CONFIG_POLICY, "getSettings"))
-            ports = [tuple(p) for p in _value(settings, "ports", [])]
-            if spec in ports:
-                ports.remove(spec)
-                if ports:
-                    settings["ports"] = ("a(ss)", ports)
-                    bus.config_object(path, _IF_CONFIG_POLICY, "update", "a{sv}", settings)
-                    changes.append(f"permanent: closed UDP {spec[0]} in policy {POLICY}")
-                else:
-                    bus.config_object(path, _IF_CONFIG_POLICY, "remove")
-                    changes.append(f"permanent: deleted policy {POLICY}")
+            left = close_port(settings, spec)
+            if left:
+                settings["ports"] = ("a(ss)", left)
+                bus.config_object(path, _IF_CONFIG_POLICY, "update", "a{sv}", settings)
+                changes.append(f"permanent: closed UDP {spec[0]} in policy {POLICY}")
+            elif left is not None:
+                bus.config_object(path, _IF_CONFIG_POLICY, "remove")
+                changes.append(f"permanent: deleted policy {POLICY}")
         if POLICY in bus.policy("getPolicies"):
-            ports = [
-                tuple(p) for p in _value(dict(bus.policy("getPolicySettings", "s", POLICY)), "ports", [])
-            ]
-            if spec in ports:
-                ports.remove(spec)
-                bus.policy("setPolicySettings", "sa{sv}", POLICY, {"ports": ("a(ss)", ports)})
+            left = close_port(dict(bus.policy("getPolicySettings", "s", POLICY)), spec)
+            if left is not None:
+                bus.policy("setPolicySettings", "sa{sv}", POLICY, {"ports": ("a(ss)", left)})
                 changes.append(f"runtime: closed UDP {spec[0]} in policy {POLICY}")
         return changes
 

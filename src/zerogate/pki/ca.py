@@ -14,6 +14,10 @@ Errors (all raised by this module)::
     ├── InvalidCSR           a device CSR that cannot be trusted (bad PEM, bad signature,
     │                        weak or unsupported key)
     └── InvalidPin           a pin that is not of the form sha256/<43 base64url chars>
+
+Size: about 500 lines, kept whole on purpose: issuing, checking and pinning share
+the key loading and name helpers, and one reading of this module is one review
+of the deployment's trust root.
 """
 
 from __future__ import annotations

@@ -17,17 +17,16 @@ and connector daemons turn forwarding on in their own namespace.
 :func:`plan_topology` renders the ``ip`` commands that build it; both are
 tested as text. :class:`Topology` applies the plan and owns everything it made:
 
-- slot k is held by ``flock`` on ``/run/zerogate-testbed/{k}.lock`` for the
-  topology's lifetime; the first free slot is taken, and left-overs of a crashed
-  earlier holder of k (namespaces ``zg{k}-*``, the root veth, its temp dir) are
+- it runs in slot k (:mod:`zerogate.testbed.slots`): the first free k is
+  locked for the topology's lifetime, and left-overs of a crashed earlier
+  holder of k (namespaces ``zg{k}-*``, the root veth, its temp dir) are
   removed first;
 - ``close()`` stops the processes started through ``popen`` (SIGTERM, then
   SIGKILL), kills whatever else still runs inside its namespaces, deletes the
   namespaces and the root veth and the temp dir, and releases the slot. It never
   raises, may be called again, and also runs at interpreter exit;
-- a small watchdog process shares the slot's lock and waits for this process
-  to end: if it ends without ``close()`` (SIGKILL, ``os._exit``, a crashed
-  xdist worker), the watchdog does the same cleanup before it lets the slot go.
+- the slot's watchdog process cleans up the same way if this process ends
+  without ``close()`` (SIGKILL, ``os._exit``, a crashed xdist worker).
 
 Set ``ZEROGATE_KEEP_TESTBED=1`` to keep the temp dir (logs, configs) after close.
 
@@ -40,51 +39,39 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import re
-import shutil
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from zerogate.netops import netns
 from zerogate.netops.command import spawn
+from zerogate.testbed import slots
 
 __all__ = [
     "CLIENT_NETWORK",
-    "KEEP_ENV",
-    "LOCK_DIR",
     "Layout",
     "Plan",
     "TestbedError",
     "Topology",
     "plan_topology",
-    "sweep_slot",
 ]
 
 log = logging.getLogger(__name__)
 
-LOCK_DIR = Path("/run/zerogate-testbed")
-WIREGUARD_SOCKET_DIR = Path("/var/run/wireguard")
-KEEP_ENV = "ZEROGATE_KEEP_TESTBED"
-MAX_INDEX = 250
 MAX_HOSTS = 9  # clients .10-.18, connectors .20-.28 (WAN) and .1-.9 (LAN)
 CLIENT_NETWORK = IPv4Network("100.64.0.0/10")
-TMP_PREFIX = "zerogate-testbed-"
 STOP_GRACE = 5.0  # seconds a tracked process gets between its stop signal and SIGKILL
 _ROLE = re.compile(r"[a-z][a-z0-9]*")
 
@@ -105,8 +92,8 @@ class Layout:
         for what, count in (("clients", clients), ("connectors", connectors)):
             if not 0 <= count <= MAX_HOSTS:
                 raise ValueError(f"{what}={count}: a topology has 0 to {MAX_HOSTS} {what}")
-        if index != 0 and not 1 <= index <= MAX_INDEX:
-            raise ValueError(f"topology index {index} is outside 1..{MAX_INDEX}")
+        if index != 0 and not 1 <= index <= slots.MAX_INDEX:
+            raise ValueError(f"topology index {index} is outside 1..{slots.MAX_INDEX}")
         self.index = index
         self.clients = clients
         self.connectors = connectors
@@ -294,205 +281,6 @@ def plan_topology(layout: Layout) -> Plan:
     return Plan(root=root, namespaces=per_ns, sysctls=sysctls)
 
 
-# -- slot locks ----------------------------------------------------------------
-
-
-def _lock_path(k: int) -> Path:
-    return LOCK_DIR / f"{k}.lock"
-
-
-def _try_lock(k: int) -> int | None:
-    fd = os.open(_lock_path(k), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return None
-        raise
-    return fd
-
-
-def parse_root_addresses(text: str) -> list[tuple[str, IPv4Interface]]:
-    """(interface, address) pairs from ``ip -4 -o address show`` output."""
-    found = []
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) >= 4 and words[2] == "inet":
-            found.append((words[1].split("@")[0], IPv4Interface(words[3])))
-    return found
-
-
-def _foreign_subnet_users(k: int, addresses: list[tuple[str, IPv4Interface]]) -> list[str]:
-    """Root-namespace interfaces, other than slot k's own veth, with an address in 198.18.k.0/24."""
-    internet = Layout(k).internet
-    return [name for name, address in addresses if address.ip in internet and name != f"zg{k}host"]
-
-
-def _allocate_slot() -> tuple[int, int]:
-    """Lock the first free slot whose internet subnet nothing else uses; return (k, lock fd)."""
-    LOCK_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-    addresses = parse_root_addresses(netns.run_ip(["-4", "-o", "address", "show"]))
-    for k in range(1, MAX_INDEX + 1):
-        if _foreign_subnet_users(k, addresses):
-            continue  # e.g. a hand-made test network on 198.18.k.0/24
-        fd = _try_lock(k)
-        if fd is not None:
-            return k, fd
-    raise TestbedError(
-        f"all {MAX_INDEX} testbed slots are in use (locks in {LOCK_DIR}); close some topologies first"
-    )
-
-
-def parse_lock_record(text: str) -> dict[str, str]:
-    """``key=value`` lines written into a slot's lock file (pid, tmp)."""
-    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-def _read_record(fd: int) -> dict[str, str]:
-    return parse_lock_record(os.pread(fd, 4096, 0).decode(errors="replace"))
-
-
-def _write_record(fd: int, record: Mapping[str, str]) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, "".join(f"{k}={v}\n" for k, v in record.items()).encode(), 0)
-
-
-def _recorded_tmp(k: int, record: Mapping[str, str]) -> Path | None:
-    """The temp dir a slot's lock file names, if it really is one of ours for slot k."""
-    path = Path(record.get("tmp", ""))
-    if path.is_absolute() and path.name.startswith(f"{TMP_PREFIX}{k}-") and path.is_dir():
-        return path
-    return None
-
-
-def _keep_tmp() -> bool:
-    return os.environ.get(KEEP_ENV, "") not in ("", "0")
-
-
-# -- cleanup of one slot ---------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _remove_stale_wg_sockets(k: int) -> list[str]:
-    """Remove wireguard-go control sockets named zg{k}<role>.sock that nobody listens on."""
-    warnings: list[str] = []
-    pattern = re.compile(rf"zg{k}[a-z][a-z0-9]*\.sock")
-    with contextlib.suppress(FileNotFoundError):
-        for path in WIREGUARD_SOCKET_DIR.iterdir():
-            if not pattern.fullmatch(path.name):
-                continue
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                try:
-                    s.connect(str(path))
-                except OSError:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                    continue
-            warnings.append(f"{path} is still in use by a process outside the testbed; left alone")
-    return warnings
-
-
-def sweep_slot(k: int, *, tmp: Path | None, keep_tmp: bool) -> list[str]:
-    """Remove everything slot ``k`` may have left: processes in its namespaces (SIGKILL),
-    the namespaces ``zg{k}-*``, the root veth, stale WireGuard sockets and ``tmp``.
-
-    Call only while holding the slot's lock. Returns warnings instead of raising.
-    """
-    warnings: list[str] = []
-    prefix = f"zg{k}-"
-    try:
-        names = [n for n in netns.list_namespaces() if n.startswith(prefix)]
-    except netns.NetnsError as e:
-        warnings.append(str(e))
-        names = []
-    killed: list[int] = []
-    for name in names:
-        try:
-            pids = netns.namespace_pids(name)
-        except netns.NetnsError as e:
-            warnings.append(str(e))
-            continue
-        for pid in pids:
-            if pid == os.getpid():
-                continue
-            # A process in a namespace of this slot was started by this slot's holder.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-    deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    host_if = f"zg{k}host"
-    try:
-        if netns.link_exists(None, host_if):
-            netns.delete_link(None, host_if)
-    except netns.NetnsError as e:
-        warnings.append(str(e))
-    if names:
-        try:
-            netns.run_batch([netns.cmd_delete_namespace(n) for n in names], force=True)
-        except netns.NetnsError as e:
-            warnings.append(str(e))
-    warnings += _remove_stale_wg_sockets(k)
-    if tmp is not None and not keep_tmp:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return warnings
-
-
-# -- watchdog: cleans up if this process dies without close() -------------------
-
-
-def _start_watchdog(k: int, lock_fd: int) -> subprocess.Popen[bytes]:
-    src = str(Path(__file__).resolve().parents[2])
-    code = (
-        f"import sys; sys.path.insert(0, {src!r}); "
-        "from zerogate.testbed.topology import _watchdog_main; "
-        "_watchdog_main(int(sys.argv[1]), int(sys.argv[2]))"
-    )
-    return spawn(
-        [sys.executable, "-I", "-c", code, str(k), str(lock_fd)],
-        stdin=subprocess.PIPE,
-        stderr=None,
-        pass_fds=(lock_fd,),  # it holds the slot until its cleanup is done
-        start_new_session=True,  # a Ctrl-C aimed at the tests must not stop it first
-    )
-
-
-def _dismiss_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        if watchdog.stdin is not None:
-            watchdog.stdin.write(b"closed\n")
-            watchdog.stdin.close()
-    try:
-        watchdog.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        watchdog.kill()  # our own child
-        watchdog.wait()
-
-
-def _watchdog_main(k: int, lock_fd: int) -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    message = sys.stdin.buffer.read()  # returns at EOF: the owner closed it or died
-    if message.strip() == b"closed":
-        return
-    logging.basicConfig(level=logging.WARNING, format="zerogate testbed watchdog: %(message)s")
-    tmp = _recorded_tmp(k, _read_record(lock_fd))
-    for warning in sweep_slot(k, tmp=tmp, keep_tmp=_keep_tmp()):
-        log.warning("slot %d: %s", k, warning)
-    _write_record(lock_fd, {})  # a kept temp dir is no left-over for the next holder to remove
-
-
 # -- the topology -----------------------------------------------------------------
 
 
@@ -557,15 +345,17 @@ class Topology(Layout):
         self._state = "building"
         _live.add(self)
         try:
-            k, self._lock_fd = _allocate_slot()
-            stale_tmp = _recorded_tmp(k, _read_record(self._lock_fd))
-            for warning in sweep_slot(k, tmp=stale_tmp, keep_tmp=_keep_tmp()):
-                log.warning("testbed slot %d, left-overs of an earlier run: %s", k, warning)
-            self._watchdog = _start_watchdog(k, self._lock_fd)
+            slot = slots.claim_slot(lambda k: Layout(k).internet)
+            if slot is None:
+                raise TestbedError(
+                    f"all {slots.MAX_INDEX} testbed slots are in use (locks in {slots.LOCK_DIR}); "
+                    "close some topologies first"
+                )
+            k, self._lock_fd, self._watchdog = slot
             self.index = k
-            self._tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{k}-", dir=_temp_parent()))
+            self._tmp = Path(tempfile.mkdtemp(prefix=f"{slots.TMP_PREFIX}{k}-", dir=_temp_parent()))
             self._tmp.chmod(0o711)  # traversable: the PostgreSQL app runs as 'postgres' inside
-            _write_record(self._lock_fd, {"pid": str(os.getpid()), "tmp": str(self._tmp)})
+            slots.write_record(self._lock_fd, {"pid": str(os.getpid()), "tmp": str(self._tmp)})
             self._apply(plan_topology(self))
         except BaseException:
             self.close()
@@ -599,25 +389,17 @@ class Topology(Layout):
             log.warning("testbed: stopping processes failed: %s", e)
         if self.index:
             try:
-                for warning in sweep_slot(self.index, tmp=self._tmp, keep_tmp=_keep_tmp()):
+                for warning in slots.sweep_slot(
+                    self.index, tmp=self._tmp, keep_tmp=slots.keep_tmp_requested()
+                ):
                     log.warning("testbed slot %d: %s", self.index, warning)
             except Exception as e:
                 log.warning("testbed slot %d: cleanup failed: %s", self.index, e)
-            if self._tmp is not None and _keep_tmp():
-                log.warning("testbed slot %d: kept %s (%s is set)", self.index, self._tmp, KEEP_ENV)
-            if self._lock_fd is not None:
-                with contextlib.suppress(OSError):
-                    _write_record(self._lock_fd, {})  # nothing of ours is left for the next holder
-        if self._watchdog is not None:
-            try:
-                _dismiss_watchdog(self._watchdog)
-            except Exception as e:
-                log.warning("testbed: stopping the watchdog failed: %s", e)
-            self._watchdog = None
+            if self._tmp is not None and slots.keep_tmp_requested():
+                log.warning("testbed slot %d: kept %s (%s is set)", self.index, self._tmp, slots.KEEP_ENV)
         if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._lock_fd)
-            self._lock_fd = None
+            slots.release_slot(self._lock_fd, self._watchdog)
+            self._lock_fd, self._watchdog = None, None
         _live.discard(self)
 
     # -- processes

@@ -41,6 +41,7 @@ from zerogate.deploy.firewall.remote_timer import (
     timer_name,
 )
 from zerogate.deploy.firewall.state import KEEP_APPLIES, PendingApply, stale_files
+from zerogate.netops.command import CommandError, run
 
 DEFAULT_TARGET_DIR = "/var/lib/zerogate/firewall"
 # The check-phase rollback fires this long after the check timeout: loading the rules
@@ -120,6 +121,27 @@ def ssh_argv(
     return [*argv, "--", address.host, shlex.join(command)]
 
 
+class _SshNotRun(Exception):
+    """ssh did not finish: it could not be started, or it timed out."""
+
+    def __init__(self, reason: str, timed_out: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.timed_out = reason, timed_out
+
+
+def _run_ssh(argv: Sequence[str], stdin: str | None, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the ``ssh`` client through the project's command runner, its stdin
+    ``stdin`` or else /dev/null (never this terminal). Raises :class:`_SshNotRun`."""
+    try:
+        if stdin is None:
+            return run(argv, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        return run(argv, input=stdin, timeout=timeout, check=False)
+    except CommandError as exc:
+        raise _SshNotRun(exc.stderr, timed_out=exc.returncode == -1) from exc  # -1: timed out
+    except OSError as exc:  # anything else the kernel refuses (e.g. not a valid executable)
+        raise _SshNotRun(str(exc), timed_out=False) from exc
+
+
 def _ssh_path(path: Path) -> str:
     text = str(path.absolute())
     return f'"{text}"' if any(c.isspace() for c in text) else text
@@ -148,16 +170,11 @@ class SshTarget:
     ) -> subprocess.CompletedProcess[str]:
         cmd = self.ssh_argv(["env", "LC_ALL=C", *argv])
         try:
-            if stdin is None:
-                r = subprocess.run(
-                    cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
-                )
-            else:
-                r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise TargetUnreachable(f"{self.name} did not answer within {timeout:g} s") from None
-        except OSError as exc:
-            raise BackendError(f"cannot run ssh: {exc}") from exc
+            r = _run_ssh(cmd, stdin, timeout)
+        except _SshNotRun as exc:
+            if exc.timed_out:
+                raise TargetUnreachable(f"{self.name} did not answer within {timeout:g} s") from None
+            raise BackendError(f"cannot run ssh: {exc.reason}") from exc
         if r.returncode == 255:
             reason = _last_line(r.stderr) or "ssh exited 255"
             raise TargetUnreachable(f"cannot reach {self.name}: {reason}")
@@ -262,13 +279,11 @@ class SshLoginCheck:
         start = time.monotonic()
         argv = self.target.ssh_argv(["true"], connect_timeout=max(1, math.ceil(self.timeout)))
         try:
-            r = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=self.timeout
-            )
-        except subprocess.TimeoutExpired:
-            return CheckResult(False, f"no SSH login to {self.target.name} within {self.timeout:g} s")
-        except OSError as exc:
-            return CheckResult(False, f"cannot run ssh: {exc}")
+            r = _run_ssh(argv, None, self.timeout)
+        except _SshNotRun as exc:
+            if exc.timed_out:
+                return CheckResult(False, f"no SSH login to {self.target.name} within {self.timeout:g} s")
+            return CheckResult(False, f"cannot run ssh: {exc.reason}")
         if r.returncode != 0:
             reason = _last_line(r.stderr) or f"ssh exited {r.returncode}"
             return CheckResult(False, f"no SSH login to {self.target.name} ({reason})")

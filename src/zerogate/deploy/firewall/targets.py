@@ -26,6 +26,8 @@ from zerogate.deploy.firewall.errors import BackendError
 from zerogate.deploy.firewall.remote_timer import TimerState
 from zerogate.deploy.firewall.ssh import SshTarget, parse_ssh_url
 from zerogate.deploy.firewall.state import KEEP_APPLIES, PendingApply, StateStore
+from zerogate.netops.command import CommandError, spawn
+from zerogate.netops.command import run as run_command
 
 TIMER_FLAG = "--rollback-timer"
 TIMER_MODULE = "zerogate.deploy.firewall.rollback_timer"  # not __name__: "__main__" inside the timer
@@ -88,14 +90,15 @@ def spawn_timer(store: StateStore, token: str) -> int:
     """Start the detached rollback timer (own session, no inherited fds); return its PID."""
     logf = os.open(store.root / "timer.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        proc = subprocess.Popen(
+        proc = spawn(
             timer_argv(sys.executable, store.root, token),
-            stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=logf,
             cwd="/",
             start_new_session=True,
         )
+    except CommandError as exc:
+        raise BackendError(f"cannot start the rollback timer: {exc.stderr}") from exc
     finally:
         os.close(logf)
     return proc.pid
@@ -155,15 +158,10 @@ class LocalTarget:
         self, argv: Sequence[str], stdin: str | None = None, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(
-                list(argv),
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env={**os.environ, "LC_ALL": "C"},
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            return run_command(argv, input=stdin, timeout=timeout, check=False)
+        except CommandError as exc:  # missing, not executable or timed out
+            raise BackendError(f"cannot run {argv[0]}: {exc.stderr}") from exc
+        except OSError as exc:  # anything else the kernel refuses (e.g. not a valid executable)
             raise BackendError(f"cannot run {argv[0]}: {exc}") from exc
 
     def write(self, name: str, text: str) -> str:
