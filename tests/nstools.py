@@ -8,13 +8,18 @@ with ``from nstools import Netns, sh`` (conftest puts ``tests/`` on sys.path).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import secrets
+import socket
 import subprocess
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from zerogate.netops import netns
+from zerogate.testbed.slots import LOCK_DIR
 
 T = TypeVar("T")
 
@@ -94,3 +99,45 @@ def call_in_netns(name: str, fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
+
+
+def tcp(src_ns: Netns, src: str, dst_ns: Netns, dst: str, port: int) -> str:
+    """One TCP connection from ``src`` in ``src_ns`` to ``dst:port`` in ``dst_ns``.
+
+    Returns the source address the server saw, or ``"refused"`` / ``"dropped"``.
+    """
+    server = dst_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    client = src_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    with server, client:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((dst, port))
+        server.listen(1)
+        server.settimeout(1)
+        client.bind((src, 0))
+        client.settimeout(0.5)
+        try:
+            client.connect((dst, port))
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "dropped"
+        conn, (peer, _) = server.accept()
+        conn.close()
+        return str(peer)
+
+
+def slot_namespaces(k: int) -> list[str]:
+    """The namespaces of testbed slot ``k`` that exist now."""
+    return [n for n in netns.list_namespaces() if n.startswith(f"zg{k}-")]
+
+
+def slot_is_free(k: int) -> bool:
+    """Whether nobody holds testbed slot ``k``'s lock (probed without keeping it)."""
+    fd = os.open(LOCK_DIR / f"{k}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing releases our probe lock too
+    return True

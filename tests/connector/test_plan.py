@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nstools import Netns
+from nstools import Netns, tcp
 from zerogate.connector.plan import KEEPALIVE_SECONDS, forwarding_notice, plan_connector
 from zerogate.model.dataplane import WgPeer
 from zerogate.model.snapshot import ConnectorSnapshot, parse_snapshot
@@ -238,28 +237,6 @@ def site(make_netns: Callable[[str], Netns]) -> dict[str, Netns]:
     oth.ip("route", "add", "default", "via", "198.51.100.1")
     cn.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
     return {"tun": tun, "cn": cn, "lan": lan, "oth": oth}
-
-
-def tcp(src_ns: Netns, src: str, dst_ns: Netns, dst: str, port: int) -> str:
-    """The source address the server saw, or 'refused' / 'dropped'."""
-    server = dst_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-    client = src_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-    with server, client:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((dst, port))
-        server.listen(1)
-        server.settimeout(1)
-        client.bind((src, 0))
-        client.settimeout(0.5)
-        try:
-            client.connect((dst, port))
-        except ConnectionRefusedError:
-            return "refused"
-        except TimeoutError:
-            return "dropped"
-        conn, (peer, _) = server.accept()
-        conn.close()
-        return str(peer)
 
 
 def ping(src_ns: Netns, src: str, dst: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from nstools import Netns
+from nstools import Netns, tcp
 from zerogate.gateway.plan import choose_active, plan_gateway, render_gateway_nft, render_gateway_table
 from zerogate.model.dataplane import WgPeer
 from zerogate.model.snapshot import ConnectorEntry, GatewayGrant, GatewaySnapshot, parse_snapshot
@@ -462,25 +462,6 @@ def site(make_netns: Callable[[str], Netns]) -> dict[str, Netns]:
     return {"gw": gw, "client": client, "lan": lan, "out": out}
 
 
-def tcp(src_ns: Netns, src: str, dst_ns: Netns, dst: str, port: int) -> str:
-    """'ok', 'refused' or 'dropped' for one TCP connection from src to dst:port."""
-    server = dst_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-    client = src_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-    with server, client:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((dst, port))
-        server.listen(1)
-        client.bind((src, 0))
-        client.settimeout(0.5)
-        try:
-            client.connect((dst, port))
-        except ConnectionRefusedError:
-            return "refused"
-        except TimeoutError:
-            return "dropped"
-        return "ok"
-
-
 def udp(src_ns: Netns, src: str, dst_ns: Netns, dst: str, port: int) -> bool:
     server = dst_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     client = src_ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
@@ -503,16 +484,16 @@ def ping(src_ns: Netns, src: str, dst: str) -> bool:
 def test_real_packets_follow_the_grants(site: dict[str, Netns]) -> None:
     gw, client, lan, out = site["gw"], site["client"], site["lan"], site["out"]
     # without our table everything is forwarded: the topology itself works
-    assert tcp(client, "100.64.0.99", lan, "10.2.0.10", 5432) == "ok"
+    assert tcp(client, "100.64.0.99", lan, "10.2.0.10", 5432) == "100.64.0.99"
     plan = plan_gateway(snapshot(), interface="zgt*", now=NOW, active={"site": "cn-a"})
     load(gw, plan.nft_body.text)
 
-    assert tcp(client, "100.64.0.2", lan, "10.1.0.5", 22) == "ok"  # the host rule
-    assert tcp(client, "100.64.0.2", lan, "10.1.0.200", 443) == "ok"  # the subnet rule
-    assert tcp(client, "100.64.0.12", lan, "10.1.0.5", 80) == "ok"
+    assert tcp(client, "100.64.0.2", lan, "10.1.0.5", 22) == "100.64.0.2"  # the host rule
+    assert tcp(client, "100.64.0.2", lan, "10.1.0.200", 443) == "100.64.0.2"  # the subnet rule
+    assert tcp(client, "100.64.0.12", lan, "10.1.0.5", 80) == "100.64.0.12"
     assert tcp(client, "100.64.0.2", lan, "10.1.0.200", 22) == "refused"  # ssh only to .5
     assert tcp(client, "100.64.0.2", lan, "10.2.0.10", 5432) == "refused"  # policy 3 is not for .2
-    assert tcp(client, "100.64.0.3", lan, "10.2.0.10", 5432) == "ok"  # policy 3: any protocol
+    assert tcp(client, "100.64.0.3", lan, "10.2.0.10", 5432) == "100.64.0.3"  # policy 3: any protocol
     assert tcp(client, "100.64.0.99", lan, "10.1.0.5", 22) == "dropped"  # not a live client
     assert udp(client, "100.64.0.2", lan, "10.1.0.5", 53)
     assert not udp(client, "100.64.0.2", lan, "10.1.0.5", 54)

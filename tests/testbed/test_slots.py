@@ -7,7 +7,6 @@ Runs as root (CI does), like test_topology.py.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -16,11 +15,11 @@ import textwrap
 from ipaddress import IPv4Interface
 from pathlib import Path
 
+from nstools import slot_is_free, slot_namespaces
 from zerogate.netops import netns
 from zerogate.testbed import Topology
 from zerogate.testbed.lab import wait_for
 from zerogate.testbed.slots import (
-    LOCK_DIR,
     _alive,
     _foreign_subnet_users,
     parse_lock_record,
@@ -29,21 +28,6 @@ from zerogate.testbed.slots import (
 from zerogate.testbed.topology import Layout
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def slot_namespaces(k: int) -> list[str]:
-    return [n for n in netns.list_namespaces() if n.startswith(f"zg{k}-")]
-
-
-def slot_is_free(k: int) -> bool:
-    fd = os.open(LOCK_DIR / f"{k}.lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # closing releases our probe lock too
-    return True
 
 
 # -- parsers ------------------------------------------------------------------------------

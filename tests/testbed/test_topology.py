@@ -6,7 +6,6 @@ under test and the topology removes itself, also when a test fails.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import socket
@@ -16,27 +15,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from nstools import slot_is_free, slot_namespaces
 from zerogate.netops import netns
 from zerogate.netops.command import CommandError
 from zerogate.testbed import Apps, Topology, start_apps
 from zerogate.testbed.apps import OTHER_PORT_BODY
 from zerogate.testbed.lab import wait_for
-from zerogate.testbed.slots import LOCK_DIR, WIREGUARD_SOCKET_DIR, _alive
-
-
-def slot_namespaces(k: int) -> list[str]:
-    return [n for n in netns.list_namespaces() if n.startswith(f"zg{k}-")]
-
-
-def slot_is_free(k: int) -> bool:
-    fd = os.open(LOCK_DIR / f"{k}.lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # closing releases our probe lock too
-    return True
+from zerogate.testbed.slots import WIREGUARD_SOCKET_DIR, _alive
 
 
 def pings(topo: Topology, ns: str, address: object) -> bool:

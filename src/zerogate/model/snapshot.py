@@ -2,7 +2,7 @@
 
 ``GET /v1/snapshot`` answers each device with exactly what its role needs,
 one frozen type per role: :class:`GatewaySnapshot`, :class:`ConnectorSnapshot`,
-:class:`ClientSnapshot`. The controller builds the typed object and sends
+:class:`ClientSnapshot`, :class:`SegmentSnapshot`. The controller builds the typed object and sends
 ``model_dump(mode="json")``; a device calls :func:`parse_snapshot` once, where
 the JSON comes in (the follower, and the CLI reading ``snapshot.json``), and
 from there on planners and daemons use attributes only.
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Annotated, Any, Literal, overload
 
 from pydantic import (
@@ -102,7 +102,7 @@ class InvalidSnapshot(SnapshotError):
 def _text(value: object) -> object:
     """Addresses, prefixes and times come as text (or, from the controller, as
     the typed value); ipaddress and pydantic would also take a number."""
-    if isinstance(value, str | IPv4Address | IPv4Network | IPv6Network | datetime):
+    if isinstance(value, str | IPv4Address | IPv6Address | IPv4Network | IPv6Network | datetime):
         return value
     raise ValueError("expected text")
 
@@ -114,6 +114,7 @@ def _iso(value: datetime) -> str:
 Address = Annotated[IPv4Address, BeforeValidator(_text)]
 Prefix = Annotated[IPv4Network, BeforeValidator(_text)]
 AnyPrefix = Annotated[IPv4Network | IPv6Network, BeforeValidator(_text)]
+AnyAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_text)]
 # isoformat() as the controller wrote it before ("+00:00", not pydantic's "Z")
 Timestamp = Annotated[
     AwareDatetime, BeforeValidator(_text), PlainSerializer(_iso, return_type=str, when_used="json")
@@ -124,6 +125,17 @@ Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 WgKeyText = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}[A-Za-z0-9+/=]$")]
 # A hostname or IP address, as the controller accepted it; rendered as "Endpoint = host:port".
 EndpointHost = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,253}$")]
+# A segment asset's name as the inventory holds it (host name or directory cn).
+AssetName = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")]
+# The account the segment server logs in with (a POSIX user name).
+SshUser = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
+# A pinned SSH host key as OpenSSH writes it in known_hosts: type and base64 key, no comment.
+HostKeyText = Annotated[
+    StrictStr,
+    StringConstraints(
+        pattern=r"^(?:ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa) [A-Za-z0-9+/]{16,1400}={0,3}$"
+    ),
+]
 SchemaVersion = Annotated[StrictStr, StringConstraints(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")]
 
 # nftables element text, checked by pattern (fast for the half million elements of a large site).
@@ -340,7 +352,45 @@ class ClientSnapshot(SnapshotBase):
     applications: tuple[StrictStr, ...]
 
 
-Snapshot = GatewaySnapshot | ConnectorSnapshot | ClientSnapshot
+class SegmentRule(Wire):
+    """One rule on an asset's input hook: an approved rule (``accept``, in mode
+    protected) or an explicit deny (``drop``, in mode learning_with_blocks).
+    No ``sources`` means from anywhere."""
+
+    rule_id: StrictInt
+    action: Literal["accept", "drop"]
+    protocol: Literal["tcp", "udp"]
+    port_first: Port
+    port_last: Port
+    sources: tuple[AnyPrefix, ...] = Field(max_length=256)
+
+
+class SegmentAsset(Wire):
+    """A host the segment server manages over SSH, and the state it must be in.
+
+    ``host_key`` is pinned at onboarding; without it the server only scans the
+    key and reports it for the admin to trust. ``rules_revision`` changes with
+    the mode or the rules: the server enforces each revision once."""
+
+    asset_id: StrictInt
+    name: AssetName
+    address: AnyAddress
+    ssh_port: Port
+    ssh_user: SshUser
+    host_key: HostKeyText | None
+    mode: Literal["monitored", "learning", "learning_with_blocks", "protected"]
+    rules_revision: StrictInt
+    rules: tuple[SegmentRule, ...] = Field(max_length=1024)
+    jump_hosts: tuple[AnyPrefix, ...] = Field(max_length=64)
+
+
+class SegmentSnapshot(SnapshotBase):
+    role: Literal["segment"] = "segment"
+    assets: tuple[SegmentAsset, ...]
+    learn_outbound: StrictBool = False
+
+
+Snapshot = GatewaySnapshot | ConnectorSnapshot | ClientSnapshot | SegmentSnapshot
 
 
 class RevokedSnapshot(Wire):
@@ -362,6 +412,7 @@ _TYPES: dict[str, type[Snapshot]] = {
     "gateway": GatewaySnapshot,
     "connector": ConnectorSnapshot,
     "client": ClientSnapshot,
+    "segment": SegmentSnapshot,
 }
 
 
@@ -374,6 +425,8 @@ def parse_snapshot(role: Literal["gateway"], data: object) -> GatewaySnapshot: .
 def parse_snapshot(role: Literal["connector"], data: object) -> ConnectorSnapshot: ...
 @overload
 def parse_snapshot(role: Literal["client"], data: object) -> ClientSnapshot: ...
+@overload
+def parse_snapshot(role: Literal["segment"], data: object) -> SegmentSnapshot: ...
 @overload
 def parse_snapshot(role: str, data: object) -> Snapshot: ...
 
