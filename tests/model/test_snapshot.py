@@ -254,7 +254,7 @@ def test_each_role_gets_its_own_type_and_another_roles_snapshot_is_refused() -> 
     with pytest.raises(InvalidSnapshot, match="not a JSON object"):
         parse_snapshot("client", [over_the_wire(built()["client"])])
     with pytest.raises(ValueError, match="no snapshot type"):
-        parse_snapshot("segment", {})
+        parse_snapshot("portal", {})
 
 
 def change(wire: dict[str, Any], path: str, value: object) -> dict[str, Any]:
@@ -360,3 +360,49 @@ def test_rules_are_only_read_from_a_document_without_a_version() -> None:
     wire = legacy("gateway") | {"schema_version": "1.0"}
     with pytest.raises(InvalidSnapshot, match=r"policy\.grants\.0\.services: Field required"):
         parse_snapshot("gateway", wire)
+
+
+def segment_wire() -> dict[str, Any]:
+    rule = {"rule_id": 1, "action": "accept", "protocol": "tcp", "port_first": 80, "port_last": 80}
+    asset = {
+        "asset_id": 7,
+        "name": "web-1",
+        "address": "192.0.2.10",
+        "ssh_port": 22,
+        "ssh_user": "zerogate-segment",
+        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKk4w0o0Sx3m8Hn7c1bVtq4fXc9o0C8w9h3G0dY9n1aB",
+        "mode": "protected",
+        "rules_revision": 3,
+        "rules": [{**rule, "sources": ["198.51.100.0/24", "2001:db8::/64"]}],
+        "jump_hosts": ["203.0.113.5/32"],
+    }
+    return {"role": "segment", "revision": 4, "device_id": 9, "name": "seg-1", "assets": [asset]}
+
+
+def test_a_segment_snapshot_parses_and_round_trips() -> None:
+    snap = parse_snapshot("segment", segment_wire())
+    assert snap.assets[0].rules[0].sources[1].version == 6
+    assert parse_snapshot("segment", over_the_wire(snap)) == snap
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("assets.0.name", "web 1; rm -rf /"),  # not a host name
+        ("assets.0.name", "web-1\n"),  # a trailing newline is no match
+        ("assets.0.ssh_user", "Root"),
+        ("assets.0.host_key", "ssh-ed25519 AAAA\nssh-rsa AAAA"),  # one key line, nothing more
+        ("assets.0.mode", "enforcing"),
+        ("assets.0.address", 3221225994),  # a number is no address
+        ("assets.0.rules.0.port_first", "80"),
+    ],
+)
+def test_a_segment_snapshot_refuses_what_would_reach_a_command_line(path: str, value: object) -> None:
+    wire = segment_wire()
+    node: Any = wire
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    node[last] = value
+    with pytest.raises(InvalidSnapshot):
+        parse_snapshot("segment", wire)
