@@ -1,0 +1,504 @@
+"""A private OpenLDAP ``slapd`` for tests, the demo and benchmarks.
+
+:class:`Slapd` writes a ``slapd.conf`` into a fresh temporary directory (mdb
+backend, the core/cosine/inetorgperson/nis schemas and a two-attribute stand-in
+for Active Directory's ``computer`` class), seeds the directory offline with
+``slapadd`` (suffix, ``ou=computers``, ``ou=groups``, ``ou=services`` with a
+read-only and a writer account), starts ``slapd -d none`` in the foreground on
+``ldap://127.0.0.1:PORT/`` only, and returns once the root DN can bind. Nothing
+outside that directory is read or written (no ``/etc/ldap/slapd.d``, no ldapi
+socket). ``stop()`` signals the slapd process this module started, by PID, and
+deletes the directory; it also runs at interpreter exit.
+
+Accounts (passwords are random per server and handed to slapd as ``{SSHA}``):
+
+- the root DN ``cn=admin,SUFFIX``: everything;
+- :data:`WRITER_RDN` (``cn=segment,ou=services``): reads everything, may change
+  the ``member`` attribute of groups under ``ou=groups`` -- what the segment
+  server needs;
+- :data:`READER_RDN` (``cn=reader,ou=services``): reads everything, writes
+  nothing.
+
+When run as root the server drops to the ``openldap`` OS user (the Debian
+package creates it) and the directory is handed to that user.
+
+The helpers :meth:`Slapd.ldapmodify` and :meth:`Slapd.ldapsearch` run the real
+OpenLDAP clients (``ldap-utils``) as the root DN; :func:`computer_entry`,
+:func:`group_entry` and :func:`render_ldif` build entries with escaped DNs.
+
+Errors: :class:`SlapdError` (a :class:`TestbedError`); when slapd itself failed,
+its message ends with the server's log tail.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import ldap3
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.dn import escape_rdn
+
+from zerogate.netops.command import CommandError, command_env, run, spawn
+from zerogate.testbed.topology import TestbedError
+
+__all__ = [
+    "AD_COMPUTER_SCHEMA",
+    "READER_RDN",
+    "WRITER_RDN",
+    "Slapd",
+    "SlapdError",
+    "computer_entry",
+    "group_entry",
+    "render_ldif",
+    "render_slapd_conf",
+    "ssha",
+]
+
+SUFFIX = "dc=zerogate,dc=test"
+ROOT_RDN = "cn=admin"
+WRITER_RDN = "cn=segment,ou=services"
+READER_RDN = "cn=reader,ou=services"
+SCHEMA_DIR = Path("/etc/ldap/schema")
+MODULE_DIR = Path("/usr/lib/ldap")
+SERVER_OS_USER = "openldap"
+START_TIMEOUT = 30.0
+CLIENT_TIMEOUT = 30.0
+_START_ATTEMPTS = 5
+_LOG_TAIL = 40
+_PORT_IN_USE = "Address already in use"
+
+# OpenLDAP ships no schema for AD's dNSHostName; this stand-in (AD's own OIDs)
+# lets tests build the "AD shape" of a computer entry next to device/ipHost.
+AD_COMPUTER_SCHEMA = """\
+# zerogate testbed: a minimal stand-in for Active Directory's computer class
+attributetype ( 1.2.840.113556.1.4.619 NAME 'dNSHostName'
+    EQUALITY caseIgnoreMatch
+    SUBSTR caseIgnoreSubstringsMatch
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+objectclass ( 1.2.840.113556.1.5.1.30 NAME 'computer'
+    SUP top AUXILIARY
+    MAY dNSHostName )
+"""
+
+Entry = tuple[str, Mapping[str, Sequence[str]]]
+
+
+class SlapdError(TestbedError):
+    """The test slapd could not be configured, started, used or stopped."""
+
+
+def ssha(password: str) -> str:
+    """``{SSHA}`` hash of ``password`` (salted SHA-1, what slappasswd produces by default)."""
+    salt = secrets.token_bytes(8)
+    digest = hashlib.sha1(password.encode() + salt, usedforsecurity=False).digest()
+    return "{SSHA}" + base64.b64encode(digest + salt).decode()
+
+
+def render_slapd_conf(base: Path, suffix: str, root_dn: str, root_hash: str) -> str:
+    """slapd.conf for one mdb database below ``base``; groups' ``member`` writable by the writer."""
+    schemas = "".join(
+        f"include {SCHEMA_DIR}/{name}.schema\n" for name in ("core", "cosine", "inetorgperson", "nis")
+    )
+    writer = f"{WRITER_RDN},{suffix}"
+    return f"""\
+# zerogate testbed slapd (generated)
+{schemas}include {base}/ad-computer.schema
+pidfile {base}/slapd.pid
+argsfile {base}/slapd.args
+modulepath {MODULE_DIR}
+moduleload back_mdb
+sizelimit unlimited
+
+database mdb
+maxsize 1073741824
+suffix "{suffix}"
+rootdn "{root_dn}"
+rootpw {root_hash}
+directory {base}/data
+index objectClass eq
+index cn eq,sub
+index member eq
+
+access to attrs=userPassword
+    by anonymous auth
+    by * none
+access to dn.subtree="ou=groups,{suffix}" attrs=member
+    by dn.exact="{writer}" write
+    by users read
+    by * none
+access to *
+    by users read
+    by * none
+"""
+
+
+def _ldif_value(attr: str, value: str) -> str:
+    # Values that LDIF cannot carry verbatim (leading space/colon/<, non-ASCII,
+    # trailing space) go base64-encoded.
+    unsafe = not value.isascii() or value[:1] in (" ", ":", "<") or value.endswith(" ") or "\n" in value
+    if unsafe:
+        return f"{attr}:: {base64.b64encode(value.encode()).decode()}"
+    return f"{attr}: {value}"
+
+
+def render_ldif(entries: Iterable[Entry]) -> str:
+    """LDIF text for entries ``(dn, {attribute: [values]})`` (for slapadd / ldapadd)."""
+    blocks = []
+    for dn, attrs in entries:
+        lines = [_ldif_value("dn", dn)]
+        for attr, values in attrs.items():
+            lines.extend(_ldif_value(attr, v) for v in values)
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def computer_entry(
+    name: str, parent: str, *, address: str | None = None, dns_host_name: str | None = None
+) -> Entry:
+    """A computer entry ``cn=NAME,PARENT`` (``NAME`` escaped): device + ipHost, or the AD shape."""
+    classes = ["device"]
+    attrs: dict[str, list[str]] = {"cn": [name]}
+    if address is not None:
+        classes.append("ipHost")
+        attrs["ipHostNumber"] = [address]
+    if dns_host_name is not None:
+        classes.append("computer")
+        attrs["dNSHostName"] = [dns_host_name]
+    return f"cn={escape_rdn(name)},{parent}", {"objectClass": classes, **attrs}
+
+
+def group_entry(name: str, parent: str, members: Sequence[str] = ()) -> Entry:
+    """A groupOfNames ``cn=NAME,PARENT``; with no members it lists itself (groupOfNames needs one)."""
+    dn = f"cn={escape_rdn(name)},{parent}"
+    return dn, {"objectClass": ["groupOfNames"], "cn": [name], "member": list(members) or [dn]}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-_LOG_TAIL:]) or "(log is empty)"
+
+
+def _find(program: str) -> str:
+    path = shutil.which(program, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path is None:
+        package = "slapd" if program.startswith("slap") else "ldap-utils"
+        raise SlapdError(f"{program} not found; install the Debian package {package!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class _Account:
+    dn: str
+    password: str = field(repr=False)
+
+
+class Slapd:
+    """One private slapd on 127.0.0.1; ``with Slapd() as ldap: ...``."""
+
+    def __init__(self, *, suffix: str = SUFFIX, start_timeout: float = START_TIMEOUT) -> None:
+        self.suffix = suffix
+        self.computers_dn = f"ou=computers,{suffix}"
+        self.groups_dn = f"ou=groups,{suffix}"
+        self.start_timeout = start_timeout
+        self.root = _Account(f"{ROOT_RDN},{suffix}", secrets.token_urlsafe(18))
+        self.writer = _Account(f"{WRITER_RDN},{suffix}", secrets.token_urlsafe(18))
+        self.reader = _Account(f"{READER_RDN},{suffix}", secrets.token_urlsafe(18))
+        self._base: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+        self.start_seconds: float | None = None
+
+    def __repr__(self) -> str:  # no passwords
+        return f"Slapd(suffix={self.suffix!r}, port={self._port}, base={self._base})"
+
+    # -- addresses ---------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None or self._proc is None:
+            raise SlapdError("the test slapd is not running; call start()")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}/"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The temporary directory holding config, data and ``slapd.log`` (None when stopped)."""
+        return self._base
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> Slapd:
+        # ``with Slapd().start(entries):`` works too.
+        return self if self._base is not None else self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self, entries: Iterable[Entry] = ()) -> Slapd:
+        """Configure, seed (base entries + ``entries``, offline), start and wait until binds answer."""
+        if self._base is not None:
+            raise SlapdError("the test slapd is already started")
+        began = time.monotonic()
+        _live.add(self)
+        try:
+            self._base = Path(tempfile.mkdtemp(prefix="zerogate-slapd-", dir="/tmp"))
+            self._watchdog = _start_watchdog(self._base)
+            self._configure(entries)
+            self._launch()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        """Stop the slapd this object started (by PID) and delete its directory. Idempotent."""
+        proc, self._proc = self._proc, None
+        base, self._base = self._base, None
+        watchdog, self._watchdog = self._watchdog, None
+        try:
+            if proc is not None:
+                _terminate(proc)
+        finally:
+            if base is not None:
+                shutil.rmtree(base, ignore_errors=True)
+            if watchdog is not None:
+                _dismiss_watchdog(watchdog)
+            _live.discard(self)
+
+    # -- clients -----------------------------------------------------------
+
+    def ldapmodify(self, ldif: str, *, add: bool = False) -> str:
+        """Apply ``ldif`` with the real ``ldapmodify`` (``-a``: add entries) as the root DN."""
+        argv = [_find("ldapmodify"), *self._client_args(), *(["-a"] if add else [])]
+        return self._client(argv, ldif)
+
+    def add_entries(self, entries: Iterable[Entry]) -> None:
+        """Add entries online (``ldapmodify -a``)."""
+        self.ldapmodify(render_ldif(entries), add=True)
+
+    def ldapsearch(self, base: str, filter: str = "(objectClass=*)", *attrs: str, scope: str = "sub") -> str:
+        """LDIF printed by the real ``ldapsearch`` (as the root DN, lines not wrapped)."""
+        argv = [_find("ldapsearch"), *self._client_args(), "-LLL", "-o", "ldif-wrap=no"]
+        argv += ["-s", scope, "-b", base, filter, *attrs]
+        return self._client(argv, None)
+
+    def _client_args(self) -> list[str]:
+        assert self._base is not None
+        return ["-x", "-H", self.url, "-D", self.root.dn, "-y", str(self._base / "root.pw")]
+
+    def _client(self, argv: list[str], stdin: str | None) -> str:
+        # LDAPNOINIT: ignore /etc/ldap/ldap.conf and ~/.ldaprc.
+        env = command_env({"PATH": "/usr/bin:/bin", "LDAPNOINIT": "1"})
+        try:
+            return run(argv, input=stdin, env=env, timeout=CLIENT_TIMEOUT).stdout
+        except CommandError as exc:
+            raise SlapdError(f"{Path(argv[0]).name} against {self.url} failed: {exc.stderr}") from None
+
+    # -- internals ---------------------------------------------------------
+
+    def _base_entries(self) -> list[Entry]:
+        dc = self.suffix.split(",", 1)[0].split("=", 1)[1]
+        people = {"objectClass": ["organizationalRole", "simpleSecurityObject"]}
+        return [
+            (self.suffix, {"objectClass": ["dcObject", "organization"], "dc": [dc], "o": ["zerogate test"]}),
+            (self.computers_dn, {"objectClass": ["organizationalUnit"], "ou": ["computers"]}),
+            (self.groups_dn, {"objectClass": ["organizationalUnit"], "ou": ["groups"]}),
+            (f"ou=services,{self.suffix}", {"objectClass": ["organizationalUnit"], "ou": ["services"]}),
+            (self.writer.dn, {**people, "cn": ["segment"], "userPassword": [ssha(self.writer.password)]}),
+            (self.reader.dn, {**people, "cn": ["reader"], "userPassword": [ssha(self.reader.password)]}),
+        ]
+
+    def _configure(self, entries: Iterable[Entry]) -> None:
+        base = self._base
+        assert base is not None
+        (base / "data").mkdir()
+        (base / "ad-computer.schema").write_text(AD_COMPUTER_SCHEMA)
+        conf = base / "slapd.conf"
+        conf.write_text(render_slapd_conf(base, self.suffix, self.root.dn, ssha(self.root.password)))
+        pw_file = base / "root.pw"
+        pw_file.touch(mode=0o600)
+        pw_file.write_text(self.root.password)  # -y reads the whole file: no newline
+        seed = base / "seed.ldif"
+        seed.write_text(render_ldif([*self._base_entries(), *entries]))
+        argv = [_find("slapadd"), "-q", "-f", str(conf), "-b", self.suffix, "-l", str(seed)]
+        try:
+            run(argv, env=command_env({"PATH": "/usr/bin:/bin"}), timeout=300)
+        except CommandError as exc:
+            raise SlapdError(f"slapadd could not load the seed entries: {exc.stderr}") from None
+        owner = _server_user()
+        if owner is not None:
+            for path in (base, *base.rglob("*")):
+                if path != pw_file:
+                    os.chown(path, owner.pw_uid, owner.pw_gid)
+        os.chmod(base, 0o700)
+
+    def _launch(self) -> None:
+        base = self._base
+        assert base is not None
+        log = base / "slapd.log"
+        owner = _server_user()
+        privs = [] if owner is None else ["-u", owner.pw_name, "-g", str(owner.pw_gid)]
+        for _attempt in range(_START_ATTEMPTS):
+            port = _free_port()
+            # -d none: stay in the foreground (we keep the PID); errors and start-up messages only.
+            argv = [_find("slapd"), "-d", "none", "-f", str(base / "slapd.conf")]
+            argv += ["-h", f"ldap://127.0.0.1:{port}/"]
+            with open(log, "ab") as out:
+                self._proc = spawn([*argv, *privs], stdout=out, stderr=subprocess.STDOUT, cwd=base)
+            self._port = port
+            if self._wait_ready():
+                return
+            self._proc = None
+            if _PORT_IN_USE not in _log_tail(log):
+                break
+        raise SlapdError(f"slapd did not start in {base}; {log}:\n{_log_tail(log)}")
+
+    def _wait_ready(self) -> bool:
+        """Poll a root bind until it answers; False if slapd exited (e.g. port taken)."""
+        assert self._proc is not None and self._base is not None and self._port is not None
+        deadline = time.monotonic() + self.start_timeout
+        while self._proc.poll() is None:
+            # A fresh Server each time: ldap3 shuns an address that refused a connection for seconds.
+            server = ldap3.Server("127.0.0.1", port=self._port, connect_timeout=1, get_info=ldap3.NONE)
+            conn = ldap3.Connection(server, self.root.dn, self.root.password, receive_timeout=2)
+            with contextlib.suppress(LDAPException):
+                if conn.bind():
+                    conn.unbind()
+                    return True
+            if time.monotonic() > deadline:
+                proc, self._proc = self._proc, None
+                _terminate(proc)
+                log = self._base / "slapd.log"
+                raise SlapdError(
+                    f"slapd did not accept a bind within {self.start_timeout:g} s on "
+                    f"ldap://127.0.0.1:{self._port}/; {log}:\n{_log_tail(log)}"
+                )
+            time.sleep(0.02)  # polling interval, not a guess at the start-up time
+        return False
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The OS user slapd drops to when we are root (None: stay the current user)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVER_OS_USER)
+    except KeyError:
+        return None  # a loopback-only throwaway server may run as root
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """Stop our own slapd child: SIGTERM (clean mdb shutdown), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
+
+
+# -- cleanup when this process dies without running Python cleanup -------------
+#
+# atexit does not run when the test process is SIGKILLed or calls os._exit (a
+# crashed xdist worker, pytest-timeout). A small watchdog per server holds the
+# read end of a pipe whose only writer is this process; at EOF it stops the
+# slapd recorded in the server's pid file -- only if that process's command
+# line names this server's slapd.conf -- and deletes the directory.
+
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+base = sys.argv[1]
+for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(signum, signal.SIG_IGN)
+sys.stdin.buffer.read()
+def ours():
+    try:
+        pid = int(open(os.path.join(base, "slapd.pid")).read().split()[0])
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if os.path.join(base, "slapd.conf").encode() in cmdline else None
+if os.path.isdir(base):
+    pid = ours()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while ours() == pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if ours() == pid:
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(base, ignore_errors=True)
+"""
+
+
+def _start_watchdog(base: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-I", "-c", _WATCHDOG, str(base)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C aimed at the tests must not kill it first
+    )
+
+
+def _dismiss_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()  # our own child
+        watchdog.wait()
+
+
+_live: set[Slapd] = set()
+
+
+def _stop_all() -> None:
+    for server in list(_live):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+atexit.register(_stop_all)
