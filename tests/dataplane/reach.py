@@ -40,3 +40,15 @@ def assert_cut_within(lab: Lab, user: str, port: int, action: Callable[[], objec
             assert bound <= 2.0, f"{what}: traffic still flowed {bound:.2f} s after the change"
             return bound
         assert attempt - started < 10, f"{what}: traffic still flows after 10 s"
+
+
+def ensure_reaches(lab: Lab, user: str, port: int) -> None:
+    """Bring ``user`` back to a working tunnel to the app's ``port``, whatever an
+    earlier test left behind (disabled, session expired, device revoked): each
+    test states its own starting point instead of relying on the order tests run in."""
+    if tcp_connects(lab, user, port, SURE_TIMEOUT):
+        return
+    lab.admin.patch(f"/v1/users/{user}", {"disabled": False})
+    lab.client_login(user)
+    lab.client_up(user, force=True)
+    wait_for(lambda: tcp_connects(lab, user, port, SURE_TIMEOUT), 30, f"{user} reaches port {port} again")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.dataplane.reach import assert_cut_within
+from tests.dataplane.reach import assert_cut_within, ensure_reaches
 from tests.dbaccess import run_sql
 
 from zerogate.testbed.apps import Apps, start_apps
@@ -259,6 +259,7 @@ def test_connector_failover_within_about_a_second(env: tuple[Lab, Apps]) -> None
 
 def test_session_expiry_cuts_traffic(env: tuple[Lab, Apps]) -> None:
     lab, apps = env
+    ensure_reaches(lab, "dave", 5432)
     dev = lab.device_id("dave")
     ends = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%d %H:%M:%S.%f")
     run_sql(lab.controller, f"update devices set session_expires_at = '{ends}' where id = {dev}")
@@ -273,6 +274,7 @@ def test_session_expiry_cuts_traffic(env: tuple[Lab, Apps]) -> None:
 
 def test_revoking_a_client_device_cuts_it_within_2_s(env: tuple[Lab, Apps]) -> None:
     lab, _ = env
+    ensure_reaches(lab, "alice", 80)
     device = lab.device_id("alice")
     took = assert_cut_within(
         lab, "alice", 80, lambda: lab.admin.post(f"/v1/devices/{device}/revoke"), "client device revocation"
@@ -282,6 +284,7 @@ def test_revoking_a_client_device_cuts_it_within_2_s(env: tuple[Lab, Apps]) -> N
 
 def test_disabling_a_user_cuts_traffic_within_2_s(env: tuple[Lab, Apps]) -> None:
     lab, _ = env
+    ensure_reaches(lab, "dave", 5432)
     took = assert_cut_within(
         lab, "dave", 5432, lambda: lab.admin.patch("/v1/users/dave", {"disabled": True}), "user disabled"
     )
@@ -327,6 +330,7 @@ def test_gateway_reports_peers_to_the_controller(env: tuple[Lab, Apps]) -> None:
 
 def test_revoking_connectors_cuts_traffic_within_2_s(env: tuple[Lab, Apps]) -> None:
     lab, _ = env
+    ensure_reaches(lab, "dave", 5432)
 
     def remove_connectors() -> None:
         for c in lab.admin.get("/v1/connectors"):
