@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ from zerogate.deploy.firewall.scope import (
 )
 from zerogate.deploy.firewall.state import StateStore
 from zerogate.deploy.firewall.targets import TIMER_MODULE, is_timer_cmdline
+from zerogate.testbed.apps import launch_sshd, netns_launcher
 from zerogate.testbed.lab import wait_for
 
 ZEROGATE = str(Path(sys.executable).with_name("zerogate"))
@@ -307,31 +309,8 @@ def ns(tmp_path: Path) -> Iterator[Netns]:
 
 
 def start_sshd(ns: str, tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir sshd insists on
-    key = tmp / "hostkey"
-    assert run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)).returncode == 0
-    config = tmp / "sshd_config"
-    config.write_text(
-        f"ListenAddress 127.0.0.1\nHostKey {key}\nPidFile none\nUsePAM no\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nAuthorizedKeysFile none\n"
-    )
-    log = tmp / "sshd.log"
-    with log.open("wb") as logf:
-        # ip netns exec execs sshd, so this PID is sshd's own.
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, SSHD, "-D", "-e", "-f", str(config), "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=logf,
-        )
-    try:
-        wait_for(lambda: b"Server listening" in log.read_bytes() or proc.poll() is not None, 10, "sshd")
-        assert proc.poll() is None, log.read_text()
-    except BaseException:
-        proc.kill()
-        proc.wait(5)
-        raise
-    return proc
+    """The testbed's sshd (no key accepted: the checks only want its banner) on 127.0.0.1:``port``."""
+    return launch_sshd(netns_launcher(ns), tmp / "sshd", IPv4Address("127.0.0.1"), "", port=port).process
 
 
 def ruleset(port: int, *rules: str, table: str = "zgtest") -> str:

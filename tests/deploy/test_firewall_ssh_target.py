@@ -45,7 +45,7 @@ from zerogate.deploy.firewall.remote_timer import (
 from zerogate.deploy.firewall.ssh import DEFAULT_TARGET_DIR, SshAddress, parse_ssh_url, ssh_argv, state_key_of
 from zerogate.deploy.firewall.state import stale_files
 from zerogate.deploy.firewall.targets import open_target
-from zerogate.testbed.apps import SSHD_PRIVSEP_DIR, render_sshd_config
+from zerogate.testbed.apps import launch_sshd, netns_launcher
 from zerogate.testbed.lab import wait_for
 
 ZEROGATE = str(Path(sys.executable).with_name("zerogate"))
@@ -339,32 +339,25 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def start_sshd(s: Site, base: Path) -> subprocess.Popen[bytes]:
-    """sshd as the testbed runs it (zerogate.testbed.apps): key-only root login, paths below ``base``."""
-    for name in ("host_ed25519", "client_ed25519"):
-        r = run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"zgfw5-{name}", "-f", str(base / name))
-        assert r.returncode == 0, r.stderr
-    (base / "authorized_keys").write_text((base / "client_ed25519.pub").read_text())
-    host_key = (base / "host_ed25519.pub").read_text().split()
-    s.known_hosts.write_text(f"{TARGET_IP} {host_key[0]} {host_key[1]}\n")
-    (base / "sshd_config").write_text(render_sshd_config(TARGET_IP, base))
-    SSHD_PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
-    log = base / "sshd.log"
-    with log.open("wb") as logf:
-        # ip netns exec execs sshd, so this PID is sshd's own.
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", s.target, SSHD, "-D", "-e", "-f", str(base / "sshd_config")],
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=logf,
-        )
-    try:
-        wait_for(lambda: b"Server listening" in log.read_bytes() or proc.poll() is not None, 10, "sshd")
-        assert proc.poll() is None, log.read_text()
-    except BaseException:
-        proc.kill()
-        proc.wait(5)
-        raise
-    return proc
+    """The testbed's sshd (zerogate.testbed.apps): key-only root login, paths below ``base``."""
+    r = run(
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "zgfw5-client",
+        "-f",
+        str(base / "client_ed25519"),
+    )
+    assert r.returncode == 0, r.stderr
+    client = (base / "client_ed25519.pub").read_text()
+    started = launch_sshd(netns_launcher(s.target), base, TARGET_IP, client, timeout=10)
+    key_type, blob = started.host_public_key.split()[:2]
+    s.known_hosts.write_text(f"{TARGET_IP} {key_type} {blob}\n")
+    return started.process
 
 
 def table(*rules: str) -> str:

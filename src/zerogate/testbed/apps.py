@@ -28,13 +28,13 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from zerogate.netops.command import run
+from zerogate.netops.command import run, spawn
 from zerogate.testbed.topology import TestbedError, Topology
 
 __all__ = [
@@ -48,6 +48,9 @@ __all__ = [
     "Nginx",
     "Postgres",
     "Sshd",
+    "SshdProcess",
+    "launch_sshd",
+    "netns_launcher",
     "postgres_bindir",
     "render_nginx_conf",
     "render_postgres_settings",
@@ -187,11 +190,17 @@ def start_nginx(topo: Topology, *, timeout: float = START_TIMEOUT) -> Nginx:
 # -- OpenSSH server -------------------------------------------------------------
 
 
-def render_sshd_config(address: IPv4Address, base: Path) -> str:
-    """sshd_config for a key-only root login, with every path below ``base``."""
+def render_sshd_config(
+    address: IPv4Address, base: Path, *, port: int = SSH_PORT, users: Sequence[str] = ("root",)
+) -> str:
+    """sshd_config for key-only logins of ``users`` (root by key only), every path below ``base``;
+    a non-root user's key is read from its own ``~/.ssh/authorized_keys`` (sshd reads it as the user)."""
+    others = "".join(
+        f"Match User {u}\n    AuthorizedKeysFile %h/.ssh/authorized_keys\n" for u in users if u != "root"
+    )
     return f"""\
-# zerogate testbed sshd (generated): root with the testbed key only
-ListenAddress {address}:{SSH_PORT}
+# zerogate testbed sshd (generated): {", ".join(users)} with the testbed key only
+ListenAddress {address}:{port}
 HostKey {base}/host_ed25519
 PidFile none
 AuthorizedKeysFile {base}/authorized_keys
@@ -201,14 +210,84 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
-AllowUsers root
+AllowUsers {" ".join(users)}
 UseDNS no
 PrintMotd no
 PrintLastLog no
 MaxStartups 100:30:200
 MaxSessions 100
 LogLevel INFO
-"""
+{others}"""
+
+
+@dataclass(frozen=True)
+class SshdProcess:
+    """A private sshd started by :func:`launch_sshd`: its process, log and host key."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    host_public_key: str  # "ssh-ed25519 AAAA..."
+    address: IPv4Address
+    port: int
+
+
+Launcher = Callable[[list[str], Path], subprocess.Popen[bytes]]
+
+
+def netns_launcher(ns: str) -> Launcher:
+    """Start argv inside ``ns`` (``ip netns exec`` execs it: the PID is the program's own), output to a log."""
+
+    def launch(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as logf:
+            return spawn(["ip", "netns", "exec", ns, *argv], stdout=logf, stderr=logf)
+
+    return launch
+
+
+def launch_sshd(
+    launcher: Launcher,
+    base: Path,
+    address: IPv4Address,
+    authorized_keys: str,
+    *,
+    port: int = SSH_PORT,
+    users: Sequence[str] = ("root",),
+    timeout: float = START_TIMEOUT,
+) -> SshdProcess:
+    """The one sshd starter of the testbed: a fresh host key, the config and
+    ``authorized_keys`` below ``base`` (created 0700), sshd started through
+    ``launcher`` and waited for until it logs that it listens (or fails with
+    its log). The caller owns the process and stops it by PID."""
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    host_public = _keygen(base / "host_ed25519", "zerogate-testbed-host")
+    (base / "authorized_keys").write_text(authorized_keys)
+    conf = base / "sshd_config"
+    conf.write_text(render_sshd_config(address, base, port=port, users=users))
+    # sshd insists on its privilege separation directory; Debian's init script
+    # normally creates it, and there is no init system here.
+    SSHD_PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+    sshd_path = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if sshd_path is None:
+        raise AppStartError("sshd not found; install the Debian package 'openssh-server'")
+    log = base / "sshd.log"
+    # sshd re-executes itself for each connection and needs its absolute path.
+    proc = launcher([sshd_path, "-D", "-e", "-f", str(conf)], log)
+    try:
+        _wait_until(lambda: b"Server listening" in log.read_bytes(), proc, "sshd", log, timeout)
+    except BaseException:
+        _stop(proc)
+        raise
+    return SshdProcess(proc, log, host_public, address, port)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 @dataclass(frozen=True)
@@ -244,20 +323,15 @@ def start_sshd(topo: Topology, *, timeout: float = START_TIMEOUT) -> Sshd:
     """Start a private sshd in the app namespace; wait until root can log in with the testbed key."""
     base = topo.tmp / "sshd"
     base.mkdir(mode=0o700)
-    host_public = _keygen(base / "host_ed25519", "zerogate-testbed-host")
     client_public = _keygen(base / "client_ed25519", "zerogate-testbed-client")
-    (base / "authorized_keys").write_text(client_public + "\n")
-    conf = base / "sshd_config"
-    conf.write_text(render_sshd_config(topo.app_address, base))
-    # sshd insists on its privilege separation directory; Debian's init script
-    # normally creates it, and there is no init system here.
-    SSHD_PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
-    sshd_path = shutil.which("sshd", path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if sshd_path is None:
-        raise AppStartError("sshd not found; install the Debian package 'openssh-server'")
-    log = base / "sshd.log"
-    # sshd re-executes itself for each connection and needs its absolute path.
-    proc = topo.popen("app", [sshd_path, "-D", "-e", "-f", str(conf)], log=log)
+    started = launch_sshd(
+        lambda argv, log: topo.popen("app", argv, log=log),
+        base,
+        topo.app_address,
+        client_public + "\n",
+        timeout=timeout,
+    )
+    proc, log, host_public = started.process, started.log, started.host_public_key
     sshd = Sshd(topo.app_address, proc, log, base / "client_ed25519", host_public)
     key_blob = host_public.split()[1]
     scan = ["ssh-keyscan", "-T", "1", "-t", "ed25519", "-p", str(SSH_PORT), str(topo.app_address)]

@@ -13,6 +13,10 @@ confirmation): the unit name, or the detached shell's ``$0`` (checked in
 ``/proc/PID/cmdline`` before it is signalled). When it fires it writes nft's exit
 status to the apply's marker file, which is how the controlling side learns, later,
 that it fired. The scripts are constants; every value reaches them as an argument.
+
+A login that may run only ``sudo -n nft -f -`` (the segment server's dedicated
+account) arms the detached form with a *loader* argv instead: at fire time the
+snapshot is fed to it on stdin (``arm_argv(..., loader=...)``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ _DETECT = (
 _DETACHED_ARM = (
     'echo "$$" > "$4" && echo "$$" && exec </dev/null >/dev/null 2>&1 && sleep "$1" && '
     '{ trap "" HUP INT TERM; nft -f "$2"; echo "$?" > "$3.tmp"; mv -f -- "$3.tmp" "$3"; rm -f -- "$4"; }'
+)
+
+# The same, for an account that may only run ``sudo -n nft -f -``: $5... is that loader
+# argv, fed the snapshot on stdin at fire time (the segment server's non-root login).
+_DETACHED_ARM_STDIN = (
+    'd=$1 s=$2 m=$3 p=$4; shift 4; echo "$$" > "$p" && echo "$$" && exec </dev/null >/dev/null 2>&1 && '
+    'sleep "$d" && { trap "" HUP INT TERM; "$@" < "$s"; echo "$?" > "$m.tmp"; mv -f -- "$m.tmp" "$m"; '
+    'rm -f -- "$p"; }'
 )
 
 _MARKER = 'if [ -e "$marker" ]; then echo "fired $(cat -- "$marker")"; exit 0; fi\n'
@@ -106,8 +118,25 @@ def detect_argv() -> list[str]:
     return ["sh", "-c", _DETECT]
 
 
-def arm_argv(mode: TimerMode, name: str, seconds: int, snapshot: str, marker: str, pidfile: str) -> list[str]:
-    """Arm ``nft -f snapshot`` to run on the target in ``seconds``; the detached form prints its PID."""
+def arm_argv(
+    mode: TimerMode,
+    name: str,
+    seconds: int,
+    snapshot: str,
+    marker: str,
+    pidfile: str,
+    loader: Sequence[str] = (),
+) -> list[str]:
+    """Arm ``nft -f snapshot`` to run on the target in ``seconds``; the detached form prints its PID.
+
+    ``loader`` (detached only): the argv that loads a script from stdin instead, e.g.
+    ``sudo -n /usr/sbin/nft -f -`` for an account allowed nothing wider.
+    """
+    if loader:
+        if mode != "detached":
+            raise ValueError("a stdin loader needs the detached rollback (systemd-run needs root)")
+        return ["setsid", "-f", "sh", "-c", _DETACHED_ARM_STDIN, name, str(seconds), snapshot, marker,
+                pidfile, *loader]  # fmt: skip
     if mode == "systemd":
         return [
             "systemd-run", "--quiet", "--collect", f"--unit={name}",

@@ -152,6 +152,8 @@ class SshTarget:
 
     check_grace = SSH_CHECK_GRACE
     nft = "nft"
+    # The argv the armed rollback loads its snapshot with from stdin; empty: ``nft -f FILE``.
+    rollback_loader: tuple[str, ...] = ()
 
     def __init__(self, address: SshAddress, known_hosts: Path, identity: Path | None = None) -> None:
         for option, path in (("--known-hosts", known_hosts), ("--identity", identity)):
@@ -217,7 +219,9 @@ class SshTarget:
         name, marker = timer_name(p.id, p.phase), marker_path(directory, p.id)
         seconds = max(1, math.ceil(p.deadline - time.time()))
         out = self._checked(
-            arm_argv(mode, name, seconds, p.snapshot_file, marker, pid_path(directory, name)),
+            arm_argv(
+                mode, name, seconds, p.snapshot_file, marker, pid_path(directory, name), self.rollback_loader
+            ),
             "arming the rollback",
         )
         try:

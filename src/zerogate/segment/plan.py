@@ -1,0 +1,159 @@
+"""What a segment asset's own firewall must hold, as nftables text (pure).
+
+Enforcement on a Linux asset is one table, ``inet zerogate_segment``, on the
+input hook, loaded with ``nft -f`` as an atomic replace (never ``flush
+ruleset``, never another tool's table): removing it is one ``delete table``
+and whatever else the host runs keeps its own tables.
+
+The input chain always starts with the management allow-list, so that no
+approved-rule mistake can cut the segment server off: loopback, replies
+(``ct state established,related``; ``invalid`` dropped), the ICMP and ICMPv6
+needed for path MTU, errors and neighbour discovery, DHCP client replies, and
+SSH on the sshd ports really in use from the segment server and the declared
+jump hosts. Then, per mode:
+
+- ``protected``: the approved rules (accept), then drop (the chain policy too);
+- ``learning_with_blocks``: policy accept; only the explicit deny rules drop;
+- ``monitored`` / ``learning``: no enforcement table at all (:func:`render_asset_table`
+  returns ``None``; :func:`removal_script` takes ours away).
+
+Errors: :class:`SegmentPlanError` (a ``ValueError``) when the table would lock
+the management path out (no server address, no SSH port).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+from zerogate.model import nft
+from zerogate.model.segment import Address
+from zerogate.model.snapshot import SegmentAsset, SegmentRule
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "zerogate_segment"
+TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
+ENFORCING_MODES = frozenset({"protected", "learning_with_blocks"})
+
+Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_ICMP = ("echo-request", "destination-unreachable", "time-exceeded", "parameter-problem")
+_ICMPV6 = (
+    "echo-request", "destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem",
+    "nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-advert",
+)  # fmt: skip
+_FAMILIES = ((4, "ip"), (6, "ip6"))
+
+
+class SegmentPlanError(ValueError):
+    """The asset's table cannot be rendered safely; the message says what is missing."""
+
+
+def _prefixes(items: Iterable[Address | Prefix]) -> list[Prefix]:
+    """Addresses as host prefixes, prefixes as they are; overlaps collapsed (nft refuses
+    overlapping intervals in one set), IPv4 first, each family in address order."""
+    nets = [ipaddress.ip_network(i) for i in items]
+    v4 = ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv4Network))
+    v6 = ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv6Network))
+    return [*v4, *v6]
+
+
+def _text(prefix: Prefix) -> str:
+    return str(prefix.network_address) if prefix.num_addresses == 1 else str(prefix)
+
+
+def _by_family(prefixes: Sequence[Prefix]) -> list[tuple[str, list[str]]]:
+    """(``ip`` / ``ip6``, the prefixes of that family as text) for each family present."""
+    out = []
+    for version, fam in _FAMILIES:
+        texts = [_text(p) for p in prefixes if p.version == version]
+        if texts:
+            out.append((fam, texts))
+    return out
+
+
+def _management(ssh_sources: Sequence[Prefix], ssh_ports: Sequence[int]) -> list[str]:
+    ports = nft.one_or_set([str(p) for p in sorted(set(ssh_ports))])
+    lines = [
+        nft.statement(nft.iifname("lo"), "accept", nft.comment("loopback")),
+        *nft.conntrack_preamble("replies to allowed connections"),
+        nft.statement(nft.icmp_type("icmp", _ICMP), "accept"),
+        nft.statement(
+            nft.icmp_type("icmpv6", _ICMPV6), "accept", nft.comment("errors and neighbour discovery")
+        ),
+        nft.statement(
+            nft.port("udp", "sport", 67), nft.port("udp", "dport", 68), "accept", nft.comment("DHCP")
+        ),
+        nft.statement(
+            nft.address("ip6", "saddr", "fe80::/10"),
+            nft.port("udp", "sport", 547),
+            nft.port("udp", "dport", 546),
+            "accept",
+            nft.comment("DHCPv6"),
+        ),
+    ]
+    for fam, sources in _by_family(ssh_sources):
+        lines.append(
+            nft.statement(
+                nft.address(fam, "saddr", nft.one_or_set(sources)),
+                nft.port("tcp", "dport", ports),
+                "accept",
+                nft.comment("SSH from the segment server and jump hosts"),
+            )
+        )
+    return lines
+
+
+def _rule(rule: SegmentRule) -> list[str]:
+    """One snapshot rule as one statement per address family it names (one if it names none)."""
+    dport = nft.port(rule.protocol, "dport", nft.port_range(rule.port_first, rule.port_last))
+    why = nft.comment(f"zerogate rule {rule.rule_id}")
+    if not rule.sources:
+        return [nft.statement(dport, rule.action, why)]
+    return [
+        nft.statement(nft.address(fam, "saddr", nft.one_or_set(texts)), dport, rule.action, why)
+        for fam, texts in _by_family(_prefixes(rule.sources))
+    ]
+
+
+def render_asset_table(
+    asset: SegmentAsset, servers: Sequence[Address | Prefix], ssh_ports: Sequence[int]
+) -> str | None:
+    """The ``nft -f`` script for ``asset`` in its mode, or ``None`` when the mode enforces nothing.
+
+    ``servers``: the segment server's source address(es) as the asset sees them;
+    ``ssh_ports``: the ports sshd really listens on (from the preflight's ``ss``).
+    """
+    if asset.mode not in ENFORCING_MODES:
+        return None
+    if not servers:
+        raise SegmentPlanError(
+            f"asset {asset.name}: no segment server address to allow SSH from; refusing to render a "
+            "table that would lock the server out"
+        )
+    if not ssh_ports:
+        raise SegmentPlanError(f"asset {asset.name}: no sshd port known (run the preflight first)")
+    if any(not 1 <= p <= 65535 for p in ssh_ports):
+        raise SegmentPlanError(f"asset {asset.name}: SSH ports must be 1-65535, not {list(ssh_ports)}")
+    protected = asset.mode == "protected"
+    body = [
+        nft.base_chain("filter", "input", "filter", "drop" if protected else "accept"),
+        *_management(_prefixes([*servers, *asset.jump_hosts]), ssh_ports),
+    ]
+    wanted = "accept" if protected else "drop"
+    for rule in sorted(asset.rules, key=lambda r: r.rule_id):
+        if rule.action == wanted:
+            body += _rule(rule)
+    if protected:
+        body.append(nft.statement("counter", "drop", nft.comment("not approved")))
+    header = (
+        f"#!/usr/sbin/nft -f\n# zerogate segment: asset {asset.name}, mode {asset.mode}, "
+        f"revision {asset.rules_revision}\n# Remove with: nft delete table {TABLE}\n"
+    )
+    return header + nft.replace_table(TABLE_FAMILY, TABLE_NAME, nft.chain("input", body, indent="\t"))
+
+
+def removal_script() -> str:
+    """An ``nft -f`` script that removes our table, whether it exists or not (idempotent)."""
+    ref = nft.table_ref(TABLE_FAMILY, TABLE_NAME)
+    return f"table {ref} {{}}\ndelete table {ref}\n"
