@@ -36,6 +36,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from zerogate.testbed.watchdog import dismiss_watchdog, start_watchdog
+
 __all__ = ["PostgresServer", "PostgresServerError", "find_bindir"]
 
 PG_LIB_DIR = Path("/usr/lib/postgresql")
@@ -242,7 +244,7 @@ class PostgresServer:
             if base is not None:
                 shutil.rmtree(base, ignore_errors=True)
             if watchdog is not None:
-                _dismiss_watchdog(watchdog)
+                dismiss_watchdog(watchdog)
             _unregister(self)
 
     # -- databases ---------------------------------------------------------
@@ -407,24 +409,7 @@ class PostgresServer:
 
 
 def _start_watchdog(base: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-I", str(Path(__file__).resolve()), "--watchdog", str(base)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        # Its own session: a Ctrl-C aimed at the tests must not kill it first.
-        start_new_session=True,
-    )
-
-
-def _dismiss_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(OSError):
-        if watchdog.stdin is not None:
-            watchdog.stdin.close()
-    try:
-        watchdog.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        watchdog.kill()  # our own child
-        watchdog.wait()
+    return start_watchdog([str(Path(__file__).resolve()), "--watchdog", str(base)])
 
 
 def _postmaster_pid(data: Path) -> int | None:

@@ -43,7 +43,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -57,6 +56,7 @@ from ldap3.utils.dn import escape_rdn
 
 from zerogate.netops.command import CommandError, command_env, run, spawn
 from zerogate.testbed.topology import TestbedError
+from zerogate.testbed.watchdog import dismiss_watchdog, start_watchdog
 
 __all__ = [
     "AD_COMPUTER_SCHEMA",
@@ -299,7 +299,7 @@ class Slapd:
             if base is not None:
                 shutil.rmtree(base, ignore_errors=True)
             if watchdog is not None:
-                _dismiss_watchdog(watchdog)
+                dismiss_watchdog(watchdog)
             _live.discard(self)
 
     # -- clients -----------------------------------------------------------
@@ -473,23 +473,7 @@ if os.path.isdir(base):
 
 
 def _start_watchdog(base: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-I", "-c", _WATCHDOG, str(base)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,  # a Ctrl-C aimed at the tests must not kill it first
-    )
-
-
-def _dismiss_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(OSError):
-        if watchdog.stdin is not None:
-            watchdog.stdin.close()
-    try:
-        watchdog.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        watchdog.kill()  # our own child
-        watchdog.wait()
+    return start_watchdog(["-c", _WATCHDOG, str(base)])
 
 
 _live: set[Slapd] = set()

@@ -40,7 +40,8 @@ from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
 from zerogate.netops import netns
-from zerogate.netops.command import spawn
+from zerogate.testbed.watchdog import dismiss_watchdog as _dismiss
+from zerogate.testbed.watchdog import start_watchdog as _start
 
 __all__ = [
     "KEEP_ENV",
@@ -260,25 +261,12 @@ def start_watchdog(k: int, lock_fd: int) -> subprocess.Popen[bytes]:
         "from zerogate.testbed.slots import watchdog_main; "
         "watchdog_main(int(sys.argv[1]), int(sys.argv[2]))"
     )
-    return spawn(
-        [sys.executable, "-I", "-c", code, str(k), str(lock_fd)],
-        stdin=subprocess.PIPE,
-        stderr=None,
-        pass_fds=(lock_fd,),  # it holds the slot until its cleanup is done
-        start_new_session=True,  # a Ctrl-C aimed at the tests must not stop it first
-    )
+    # it holds the slot (lock_fd) until its cleanup is done
+    return _start(["-c", code, str(k), str(lock_fd)], pass_fds=(lock_fd,))
 
 
-def dismiss_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        if watchdog.stdin is not None:
-            watchdog.stdin.write(b"closed\n")
-            watchdog.stdin.close()
-    try:
-        watchdog.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        watchdog.kill()  # our own child
-        watchdog.wait()
+def dismiss_watchdog(process: subprocess.Popen[bytes]) -> None:
+    _dismiss(process, b"closed\n")
 
 
 def release_slot(lock_fd: int, watchdog: subprocess.Popen[bytes] | None) -> None:
