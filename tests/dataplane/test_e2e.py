@@ -25,8 +25,14 @@ from zerogate.testbed.topology import Topology
 pytestmark = [pytest.mark.xdist_group("dataplane"), pytest.mark.slow]
 
 
+# The tests that have used the current env, in order: printed after a failure,
+# since later tests build on what earlier ones left (users disabled, devices revoked).
+RAN: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def env() -> Iterator[tuple[Lab, Apps]]:
+    RAN.clear()
     with Topology(clients=2, connectors=2, attacker=True) as topo:
         apps = start_apps(topo)
         lab = Lab(topo)
@@ -44,11 +50,13 @@ def env() -> Iterator[tuple[Lab, Apps]]:
 @pytest.fixture(autouse=True)
 def diagnostics_on_failure(request: pytest.FixtureRequest, env: tuple[Lab, Apps]) -> Iterator[None]:
     """After a failed test, print what the daemons logged and what the gateway and connectors hold."""
+    RAN.append(request.node.name)
     yield
     rep = getattr(request.node, "rep_call", None)
     if rep is None or not rep.failed:
         return
     lab, _ = env
+    print(f"--- tests run in this env ({lab.topo.prefix}), in order ---\n" + "\n".join(RAN))
     for role in ("gw", "cn1", "cn2"):
         print(f"--- {role} log (tail) ---\n{lab.log(role)[-3000:]}")
         wg = lab.topo.run(role, ["wg", "show", lab.topo.wg_interface(role)], check=False)
