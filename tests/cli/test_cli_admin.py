@@ -5,6 +5,7 @@ subprocesses, a real sign-in (password on stdin, TOTP from the authenticator),
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -13,11 +14,13 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from apiaccess import raw
 from dbaccess import run_sql
 from zerogate.cli.common import safe
 from zerogate.pki.ca import create_csr, generate_private_key
@@ -428,6 +431,109 @@ def test_server_error_exits_1_with_its_message(cli: Run, args: list[str], messag
     assert result.stdout == ""
 
 
+def _segment_report(controller: LocalController, credential: str, body: dict[str, Any]) -> None:
+    r = raw(controller, "POST", "/v1/segment/report", body, credential)
+    assert r.status_code == 200, r.text
+
+
+def test_segment_operator_flow(cli: Run, controller: LocalController, unique: Unique) -> None:
+    server = unique("seg")
+    assert ok_json(cli("admin", "segment", "server", "create", server, "--json"))["status"] == "not enrolled"
+    made = cli("admin", "key", "create", "--segment-server", server)
+    assert made.returncode == 0, made.stderr
+    commands = [line for line in made.stdout.splitlines() if line.startswith("zerogate segment enroll zg1.")]
+    assert len(commands) == 1, made.stdout
+    install = parse_install_string(commands[0].split()[-1])
+    with controller.client() as anonymous:
+        enrolled = anonymous.post(
+            "/v1/enroll",
+            {
+                "key": install.key,
+                "name": server,
+                "csr": create_csr(generate_private_key(), server).decode(),
+                "wg_public_key": generate_keypair()[1],
+            },
+        )
+    credential = enrolled["credential"]
+    listed = ok_json(cli("admin", "segment", "server", "list", "--json"))
+    assert next(x for x in listed if x["name"] == server)["status"] == "active"
+
+    host = unique("web")
+    added = ok_json(
+        cli("admin", "segment", "asset", "add", host, "--server", server, "--address", "10.91.0.5", "--json")
+    )
+    assert (added["mode"], added["ssh_port"], added["host_key_fingerprint"]) == ("monitored", 22, None)
+    key_blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + os.urandom(32)
+    key = "ssh-ed25519 " + base64.b64encode(key_blob).decode()
+    fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
+    _segment_report(
+        controller,
+        credential,
+        {"assets": [{"asset_id": added["id"], "state": "host_key_unknown", "observed_host_key": key}]},
+    )
+    wrong = cli("admin", "segment", "asset", "trust", host, "SHA256:" + "B" * 43)
+    assert wrong.returncode == 1 and "not the key" in one_line(wrong.stderr) and wrong.stdout == ""
+    trusted = cli("admin", "segment", "asset", "trust", host, fingerprint)
+    assert trusted.returncode == 0, trusted.stderr
+    assert f"Pinned host key {fingerprint}" in one_line(trusted.stdout)
+
+    bad = cli("admin", "segment", "learn", host, "--for", "soon")
+    assert bad.returncode == 1 and "expected a duration" in one_line(bad.stderr)
+    learning = ok_json(cli("admin", "segment", "learn", host, "--for", "30s", "--json"))
+    assert learning["mode"] == "learning"
+    assert ok_json(cli("admin", "segment", "extend", host, "--for", "1m", "--json"))["learning_until"]
+    refused = cli("admin", "segment", "protect", host)
+    assert refused.returncode == 1 and "no approved accept rule" in one_line(refused.stderr)
+
+    now = datetime.now(UTC).isoformat()
+    flows = [
+        {"protocol": "tcp", "direction": "inbound", "local_port": port, "peer": peer, "process": "nginx",
+         "first_seen": now, "last_seen": now, "count": 2}
+        for port, peer in ((443, "10.91.1.7"), (8080, "198.51.100.9"))
+    ]  # fmt: skip
+    _segment_report(
+        controller, credential, {"assets": [{"asset_id": added["id"], "state": "learning", "flows": flows}]}
+    )
+    proposed = ok_json(cli("admin", "segment", "rules", "propose", host, "--json"))["proposed"]
+    by_port = {r["port_first"]: r["id"] for r in proposed}
+    simulated = cli("admin", "segment", "simulate", host, "--rule", str(by_port[443]))
+    assert simulated.returncode == 0, simulated.stderr
+    lines = [one_line(line) for line in simulated.stdout.splitlines()]
+    assert "ALLOW 10.91.1.7" in lines and "BLOCK 198.51.100.9: tcp/8080 x2" in lines
+    approved = ok_json(cli("admin", "segment", "rules", "approve", host, str(by_port[443]), "--json"))
+    assert approved[0]["status"] == "approved"
+    edited = ok_json(cli(
+        "admin", "segment", "rules", "edit", host, str(by_port[8080]), "--ports", "8080-8081",
+        "--source", "198.51.100.0/24", "--json",
+    ))  # fmt: skip
+    assert (edited["status"], edited["port_last"], edited["sources"]) == (
+        "approved",
+        8081,
+        ["198.51.100.0/24"],
+    )
+    rules = ok_json(cli("admin", "segment", "rules", "list", host, "--json"))
+    assert {r["status"] for r in rules} == {"approved"}
+
+    assert ok_json(cli("admin", "segment", "protect", host, "--json"))["mode"] == "protected"
+    jump = cli("admin", "segment", "jump-hosts", "--set", "192.0.2.0/29")
+    assert jump.returncode == 0 and "192.0.2.0/29" in jump.stdout
+    still = cli("admin", "segment", "asset", "remove", host)
+    assert still.returncode == 1 and "unprotect it first" in one_line(still.stderr)
+    unprotected = cli("admin", "segment", "unprotect", host)
+    assert unprotected.returncode == 0 and "is now monitored" in one_line(unprotected.stdout)
+    shown = ok_json(cli("admin", "segment", "asset", "show", host, "--json"))
+    assert (shown["host_key_fingerprint"], shown["flows"], shown["rules"]["approved"]) == (fingerprint, 2, 2)
+    assert cli("admin", "segment", "asset", "remove", host).returncode == 0
+    assert host not in [a["name"] for a in ok_json(cli("admin", "segment", "asset", "list", "--json"))]
+    hostile = cli(
+        "admin", "segment", "asset", "add", "web\x1b[31m", "--server", server, "--address", "10.91.0.6"
+    )
+    assert (
+        hostile.returncode == 1 and "\x1b" not in hostile.stderr and "(HTTP 422)" in one_line(hostile.stderr)
+    )
+    cli("admin", "segment", "jump-hosts", "--clear")
+
+
 # ----------------------------------------------------------------- no controller needed
 
 
@@ -443,7 +549,8 @@ def test_not_signed_in(tmp_path: Path) -> None:
         [], ["admin"], ["admin", "admin"], ["admin", "user"], ["admin", "group"], ["admin", "connector-group"],
         ["admin", "connector"], ["admin", "gateway"], ["admin", "application"], ["admin", "policy"],
         ["admin", "key"], ["admin", "device"], ["admin", "token"], ["admin", "audit"], ["controller"],
-        ["connector"], ["gateway"],
+        ["connector"], ["gateway"], ["admin", "segment"], ["admin", "segment", "server"],
+        ["admin", "segment", "asset"], ["admin", "segment", "rules"], ["admin", "segment", "learn"],
     ],
     ids=lambda g: " ".join(g) or "zerogate",
 )  # fmt: skip

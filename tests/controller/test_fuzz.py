@@ -11,7 +11,8 @@ Each operation is called with the credential it is meant for (see
 ``credentials_for``): none for sign-in, enrollment and the public endpoints;
 the admin's session token for administration; a user's session token for
 client registration and sessions; a connector's device credential for
-snapshots and reports; every kind for whoami. The fuzzer must not cut off its
+snapshots and reports; a segment server's device credential for its snapshot
+and report (and the connector's, which must be refused); every kind for whoami. The fuzzer must not cut off its
 own access, so ``POST /v1/auth/logout`` runs with a fresh throwaway API token
 per example, and mutations aimed at the fuzzing identities themselves (revoking
 their tokens or devices, deleting, disabling or resetting the fuzzing user or
@@ -79,7 +80,7 @@ CHECKS = [c for c in _ALL_CHECKS if not _only or c.__name__ in _only]
 # operation at its first one, and lists them at the end (run with -s or -rA).
 TRIAGE = os.environ.get("ZEROGATE_FUZZ_TRIAGE", "") == "1"
 
-FUZZ_USER, FUZZ_SITE, FUZZ_CONNECTOR = "fuzz-user", "fuzz-site", "fuzz-conn"
+FUZZ_USER, FUZZ_SITE, FUZZ_CONNECTOR, FUZZ_SEGMENT = "fuzz-user", "fuzz-site", "fuzz-conn", "fuzz-seg"
 
 # Which credential each operation is fuzzed with ("admin" for all others).
 # None is an anonymous request; "throwaway" a fresh admin API token per example.
@@ -98,8 +99,9 @@ _CREDENTIALS: dict[str, list[str | None]] = {
     "POST /v1/enroll/preflight": [None],
     "POST /v1/clients": ["user"],
     "POST /v1/clients/{device_id}/session": ["user"],
-    "GET /v1/snapshot": ["device"],
+    "GET /v1/snapshot": ["device", "segment"],
     "POST /v1/report": ["device"],
+    "POST /v1/segment/report": ["segment", "device"],
 }
 
 
@@ -115,7 +117,7 @@ class FuzzWorld:
     # Identities the run depends on; mutations aimed at them are not sent.
     own_token_ids: set[int] = field(default_factory=set)
     own_device_ids: set[int] = field(default_factory=set)
-    own_names: set[str] = field(default_factory=lambda: {FUZZ_USER, FUZZ_CONNECTOR})
+    own_names: set[str] = field(default_factory=lambda: {FUZZ_USER, FUZZ_CONNECTOR, FUZZ_SEGMENT})
     # Requests sent per operation, reported at the end (pytest -rA or -s shows it).
     sent: Counter[str] = field(default_factory=Counter)
     hostile_sent: Counter[str] = field(default_factory=Counter)
@@ -176,6 +178,18 @@ def world(controller: LocalController, tmp_path_factory: pytest.TempPathFactory)
                 "wg_public_key": generate_keypair()[1],
             },
         )
+    c.post("/v1/segment-servers", {"name": FUZZ_SEGMENT})
+    segment_key = c.post(f"/v1/segment-servers/{FUZZ_SEGMENT}/provisioning-keys", {"max_uses": 1})
+    with controller.client() as anonymous:
+        segment = anonymous.post(
+            "/v1/enroll",
+            {
+                "key": segment_key["key"],
+                "name": FUZZ_SEGMENT,
+                "csr": create_csr(generate_private_key(), FUZZ_SEGMENT).decode(),
+                "wg_public_key": generate_keypair()[1],
+            },
+        )
     ca_file = tmp_path_factory.mktemp("fuzz") / "ca.pem"
     ca_file.write_bytes(controller.ca_pem)
     http = requests.Session()
@@ -184,7 +198,12 @@ def world(controller: LocalController, tmp_path_factory: pytest.TempPathFactory)
     world = FuzzWorld(
         controller,
         http,
-        tokens={"admin": admin.token, "user": user.token, "device": enrolled["credential"]},
+        tokens={
+            "admin": admin.token,
+            "user": user.token,
+            "device": enrolled["credential"],
+            "segment": segment["credential"],
+        },
         own_token_ids={t["id"] for t in c.get("/v1/tokens")},
         own_device_ids={d["id"] for d in c.get("/v1/devices")},
     )
@@ -400,9 +419,9 @@ def test_fuzzing_identities_still_work(world: FuzzWorld) -> None:
     """The harness's premise, checked before and (in file order) after the fuzzing: each
     credential still works, so the fuzzer tested more than a stream of 401s."""
     base = world.controller.url
-    for kind in ("admin", "user", "device"):
+    for kind in ("admin", "user", "device", "segment"):
         r = world.http.get(
             f"{base}/v1/auth/whoami", headers={"Authorization": f"Bearer {world.tokens[kind]}"}
         )
         assert r.status_code == 200, r.text
-        assert r.json()["kind"] == kind
+        assert r.json()["kind"] == ("device" if kind == "segment" else kind)

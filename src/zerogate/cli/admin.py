@@ -3,7 +3,7 @@
 This module assembles the ``admin`` Typer app: the session commands from
 :mod:`zerogate.cli.session` (profile file, bootstrap, login, ...), the object
 sub-apps from :mod:`zerogate.cli.objects` (users, groups, sites, policies, ...),
-and the rest, which lives here: provisioning keys, devices, API tokens, the
+``segment`` from :mod:`zerogate.cli.segment_admin`, and the rest, which lives here: provisioning keys, devices, API tokens, the
 client address pool, policy explain and the audit log.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from zerogate.cli import objects, session
+from zerogate.cli import objects, segment_admin, session
 from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, say, show_audit_verification, visible
 from zerogate.cli.session import client
 
@@ -40,6 +40,7 @@ app.command()(session.logout)
 app.command()(session.whoami)
 for _kind, _sub in objects.apps.items():
     app.add_typer(_sub, name=_kind)
+app.add_typer(segment_admin.app, name="segment")
 
 
 def _table(path: str, columns: list[str], as_json: bool, params: dict[str, Any] | None = None) -> None:
@@ -49,7 +50,8 @@ def _table(path: str, columns: list[str], as_json: bool, params: dict[str, Any] 
 
 
 key_app = typer.Typer(
-    help="Provisioning keys / install strings that enroll connectors and gateways.", no_args_is_help=True
+    help="Provisioning keys / install strings that enroll connectors, gateways and segment servers.",
+    no_args_is_help=True,
 )
 app.add_typer(key_app, name="key")
 
@@ -58,19 +60,28 @@ app.add_typer(key_app, name="key")
 def key_create(
     connector_group: str = typer.Option(None, "--connector-group", help="Enroll connectors into this group."),
     gateway: str = typer.Option(None, "--gateway", help="Enroll the host running this gateway."),
+    segment_server: str = typer.Option(
+        None, "--segment-server", help="Enroll the host running this segment server."
+    ),
     ttl: int = typer.Option(None, "--ttl-minutes", help="Lifetime (default from the controller: 60)."),
     uses: int = typer.Option(1, "--max-uses", help="How many enrollments it allows."),
     description: str = typer.Option("", "--description"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Create a key and print its install string (shown once)."""
-    if bool(connector_group) == bool(gateway):
-        fail("give exactly one of --connector-group or --gateway")
-    path = (
-        objects.item_path("/v1/connector-groups", connector_group)
-        if connector_group
-        else objects.item_path("/v1/gateways", gateway)
-    )
+    targets = [
+        (role, collection, name)
+        for role, collection, name in (
+            ("connector", "/v1/connector-groups", connector_group),
+            ("gateway", "/v1/gateways", gateway),
+            ("segment", "/v1/segment-servers", segment_server),
+        )
+        if name
+    ]
+    if len(targets) != 1:
+        fail("give exactly one of --connector-group, --gateway or --segment-server")
+    role, collection, name = targets[0]
+    path = objects.item_path(collection, name)
     with errors_to_exit(), client() as c:
         r = c.post(
             f"{path}/provisioning-keys", {"ttl_minutes": ttl, "max_uses": uses, "description": description}
@@ -78,7 +89,6 @@ def key_create(
     if as_json:
         emit(r, True)
         return
-    role = "connector" if connector_group else "gateway"
     say(
         "Install string for {} (valid until {}, {} use(s)); on the host, as root:",
         r["target"],
@@ -102,13 +112,16 @@ def key_revoke(key_id: int) -> None:
         say("Provisioning key {} revoked.", key_id)
 
 
-device_app = typer.Typer(help="Enrolled gateways, connectors and client devices.", no_args_is_help=True)
+device_app = typer.Typer(
+    help="Enrolled gateways, connectors, segment servers and client devices.", no_args_is_help=True
+)
 app.add_typer(device_app, name="device")
 
 
 @device_app.command("list")
 def device_list(
-    role: str = typer.Option(None, "--role", help="gateway, connector or client"), as_json: bool = JsonOpt
+    role: str = typer.Option(None, "--role", help="gateway, connector, client or segment"),
+    as_json: bool = JsonOpt,
 ) -> None:
     _table(
         "/v1/devices",

@@ -30,6 +30,9 @@ from zerogate.controller.api import (
     pool,
     preflight,
     provisioning_keys,
+    segment,
+    segment_review,
+    segment_servers,
 )
 from zerogate.controller.limits import BodyLimit
 from zerogate.controller.openapi_doc import build_openapi
@@ -77,7 +80,8 @@ def create_app(state: ControllerState) -> FastAPI:
 
     objects = (accounts, groups, connector_groups, gateways, applications, policies, pool, audit)
     device_side = (meta, provisioning_keys, enrollment, devices, connectors, config, client_sessions)
-    for module in (auth, tokens, *objects, *device_side, preflight):
+    segment_side = (segment_servers, segment, segment_review)
+    for module in (auth, tokens, *objects, *device_side, preflight, *segment_side):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

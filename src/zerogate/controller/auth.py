@@ -128,9 +128,16 @@ async def require_device(who: Caller) -> Principal:
     return who
 
 
+async def require_segment(who: Annotated[Principal, Depends(require_device)]) -> Principal:
+    if who.role != "segment":
+        raise Forbidden("this endpoint is for enrolled segment servers")
+    return who
+
+
 Admin = Annotated[Principal, Depends(require_admin)]
 AnyAccount = Annotated[Principal, Depends(require_account)]
 DeviceCaller = Annotated[Principal, Depends(require_device)]
+SegmentCaller = Annotated[Principal, Depends(require_segment)]
 
 
 def _enrollment(account: Account) -> s.TotpEnrollment:

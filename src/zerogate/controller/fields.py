@@ -89,6 +89,9 @@ def _cidr(value: str) -> str:
     return str(net)
 
 
+cidr_text = _cidr  # a prefix as text, checked (for fields that take a prefix or something else)
+
+
 def ip_text(value: str) -> str:
     _no_zone(value)
     try:

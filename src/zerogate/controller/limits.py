@@ -16,7 +16,8 @@ valid credential gets past ``max_body_bytes`` anywhere):
 
 - a group's member list (create or update), up to 100,000 usernames of up to
   64 characters: 8 MiB, for an admin;
-- a device's data-plane report, up to 10,000 peers: 4 MiB, for a device.
+- a device's data-plane report, up to 10,000 peers, or a segment server's
+  report (larger learning batches come in several): 4 MiB, for a device.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class BodyLimit:
         method, path = scope.get("method", ""), scope.get("path", "")
         if method in ("POST", "PATCH") and _GROUP_PATH.fullmatch(path):
             larger, kind = GROUP_MEMBERS_BYTES, "admin"
-        elif method == "POST" and path == "/v1/report":
+        elif method == "POST" and path in ("/v1/report", "/v1/segment/report"):
             larger, kind = REPORT_BYTES, "device"
         else:
             return self.max_body_bytes

@@ -148,7 +148,7 @@ class Device(Base):
 
     __tablename__ = "devices"
     id: Mapped[int] = mapped_column(primary_key=True)
-    role: Mapped[str] = mapped_column(String(16))  # gateway | connector | client
+    role: Mapped[str] = mapped_column(String(16))  # gateway | connector | client | segment
     name: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | revoked
     credential_digest: Mapped[str] = mapped_column(String(64), unique=True)
@@ -240,11 +240,103 @@ class ProvisioningKey(Base):
         ForeignKey("connector_groups.id", ondelete="CASCADE")
     )
     gateway_id: Mapped[int | None] = mapped_column(ForeignKey("gateways.id", ondelete="CASCADE"))
+    segment_server_id: Mapped[int | None] = mapped_column(
+        ForeignKey("segment_servers.id", ondelete="CASCADE"), default=None
+    )
     max_uses: Mapped[int] = mapped_column(default=1)
     uses: Mapped[int] = mapped_column(default=0)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime]
+
+
+class SegmentServer(Base):
+    """A segment server: it manages assets over SSH and enrolls like a gateway (its own keys)."""
+
+    __tablename__ = "segment_servers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime]
+    device: Mapped[Device | None] = relationship(lazy="joined")
+
+
+class SegmentAssetRow(Base):
+    """A host a segment server manages: where it is, its pinned host key, its
+    mode and what the server last reported about it."""
+
+    __tablename__ = "segment_assets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    address: Mapped[str] = mapped_column(String(45))
+    ssh_port: Mapped[int] = mapped_column(default=22)
+    ssh_user: Mapped[str] = mapped_column(String(32), default="zerogate-segment")
+    server_id: Mapped[int] = mapped_column(ForeignKey("segment_servers.id", ondelete="RESTRICT"))
+    source: Mapped[str] = mapped_column(String(16), default="static")  # static | directory
+    directory_dn: Mapped[str | None] = mapped_column(String(1024), default=None)
+    left_directory: Mapped[bool] = mapped_column(Boolean, default=False)
+    host_key: Mapped[str | None] = mapped_column(Text, default=None)  # pinned
+    observed_host_key: Mapped[str | None] = mapped_column(Text, default=None)
+    mode: Mapped[str] = mapped_column(String(24), default="monitored")
+    rules_revision: Mapped[int] = mapped_column(default=1)
+    learning_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    learning_until: Mapped[datetime | None] = mapped_column(default=None)
+    state: Mapped[str] = mapped_column(String(24), default="new")
+    detail: Mapped[str] = mapped_column(String(1000), default="")
+    reported_at: Mapped[datetime | None] = mapped_column(default=None)
+    enforced_revision: Mapped[int | None] = mapped_column(default=None)
+    preflight: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    ssh_ports: Mapped[list[int]] = mapped_column(JSON, default=list)
+    flows_refused: Mapped[int] = mapped_column(default=0)  # new flows past the per-asset limit
+    created_at: Mapped[datetime]
+
+
+class SegmentFlowRow(Base):
+    """One learned flow of an asset (``process`` "" when unknown: one key per flow)."""
+
+    __tablename__ = "segment_flows"
+    __table_args__ = (UniqueConstraint("asset_id", "direction", "protocol", "port", "peer", "process"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("segment_assets.id", ondelete="CASCADE"), index=True)
+    direction: Mapped[str] = mapped_column(String(8))
+    protocol: Mapped[str] = mapped_column(String(3))
+    port: Mapped[int]
+    peer: Mapped[str] = mapped_column(String(45))
+    process: Mapped[str] = mapped_column(String(64), default="")
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    count: Mapped[int] = mapped_column(default=1)
+
+
+class SegmentRuleRow(Base):
+    """A rule of an asset: proposed from its flows or written by an admin, then
+    approved or rejected. ``sources`` as shown (group names and prefixes),
+    ``networks`` what they resolved to when the rule was proposed or decided."""
+
+    __tablename__ = "segment_rules"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("segment_assets.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(10), default="proposed")  # proposed | approved | rejected
+    action: Mapped[str] = mapped_column(String(6), default="accept")  # accept | drop
+    protocol: Mapped[str] = mapped_column(String(3))
+    port_first: Mapped[int]
+    port_last: Mapped[int]
+    sources: Mapped[list[str]] = mapped_column(JSON)
+    networks: Mapped[list[str]] = mapped_column(JSON)
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    decided_by: Mapped[str] = mapped_column(String(100), default="")
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+
+
+class SegmentJumpHost(Base):
+    """A network SSH may come from besides the segment server (deployment-wide)."""
+
+    __tablename__ = "segment_jump_hosts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
 
 

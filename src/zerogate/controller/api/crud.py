@@ -49,7 +49,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller.auth import Admin, State
 from zerogate.controller.state import ControllerState, Mutation, Principal
-from zerogate.store.models import Account, Application, Connector, ConnectorGroup, Gateway, Group, Policy
+from zerogate.store.models import (
+    Account,
+    Application,
+    Connector,
+    ConnectorGroup,
+    Gateway,
+    Group,
+    Policy,
+    SegmentServer,
+)
 
 
 class HasId(Protocol):
@@ -59,7 +68,7 @@ class HasId(Protocol):
 
 # The object kinds. Constrained, not bound to HasId: mypy refuses ORM classes as
 # type arguments bounded by a protocol (though it accepts them as arguments).
-RowT = TypeVar("RowT", Account, Group, ConnectorGroup, Gateway, Application, Policy, Connector)
+RowT = TypeVar("RowT", Account, Group, ConnectorGroup, Gateway, Application, Policy, Connector, SegmentServer)
 OutT = TypeVar("OutT", bound=BaseModel)
 CreatedT = TypeVar("CreatedT", bound=HasId)  # a response model with the new row's id
 CreateT = TypeVar("CreateT", bound=BaseModel)

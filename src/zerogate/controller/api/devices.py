@@ -38,7 +38,7 @@ def _device_out(d: Device, owners: dict[int, str], raw_report: str | None) -> s.
 
 @router.get("/devices", response_model=list[s.DeviceOut], tags=["devices"])
 async def list_devices(
-    admin: Admin, state: State, role: Literal["gateway", "connector", "client"] | None = None
+    admin: Admin, state: State, role: Literal["gateway", "connector", "client", "segment"] | None = None
 ) -> list[s.DeviceOut]:
     async with state.db.read() as session:
         rows = await devices.list_devices(session, role)

@@ -41,8 +41,11 @@ class GatewayEndpoint(BaseModel):
 
 
 class PreflightResponse(BaseModel):
-    role: Literal["connector", "gateway"]
+    role: Literal["connector", "gateway", "segment"]
     connector_group: str | None = None
+    segment_server: str | None = Field(
+        default=None, description="For a segment key: the server this host becomes."
+    )
     gateway: GatewayEndpoint | None = Field(
         default=None, description="For a gateway key: the gateway this host would become."
     )
@@ -83,6 +86,7 @@ async def _preflight(state: ControllerState, secret: str) -> PreflightResponse:
             role=preview.role,
             connector_group=preview.connector_group.name if preview.connector_group else None,
             gateway=_endpoint(preview.gateway) if preview.gateway else None,
+            segment_server=preview.segment_server.name if preview.segment_server else None,
             gateways=[_endpoint(g) for g in preview.gateways],
             expires_at=preview.key.expires_at,
             uses_left=preview.key.max_uses - preview.key.uses,

@@ -1,5 +1,6 @@
 """Provisioning keys: ``POST /v1/connector-groups/{name}/provisioning-keys``,
-``POST /v1/gateways/{name}/provisioning-keys``, ``GET /v1/provisioning-keys``
+``POST /v1/gateways/{name}/provisioning-keys``,
+``POST /v1/segment-servers/{name}/provisioning-keys``, ``GET /v1/provisioning-keys``
 and ``DELETE /v1/provisioning-keys/{key_id}``.
 
 A new key is answered once with its secret and an install string (controller
@@ -47,6 +48,7 @@ async def _create_key(
     *,
     connector_group: str | None = None,
     gateway: str | None = None,
+    segment_server: str | None = None,
 ) -> s.ProvisioningKeyCreated:
     ttl = body.ttl_minutes or state.settings.provisioning_key_ttl_minutes
     async with state.mutation(admin, "create-provisioning-key", "provisioning-key") as m:
@@ -58,6 +60,7 @@ async def _create_key(
             ttl_minutes=ttl,
             connector_group=connector_group,
             gateway=gateway,
+            segment_server=segment_server,
         )
         m.object_id = new.row.id
         m.config_change = False
@@ -67,6 +70,7 @@ async def _create_key(
             "ttl_minutes": ttl,
             "connector_group": connector_group,
             "gateway": gateway,
+            "segment_server": segment_server,
         }
         out = await _key_out(session, new.row)
     install = InstallString(controller_url=state.settings.url, ca_pin=ca_pin(state.ca_pem), key=new.secret)
@@ -97,6 +101,19 @@ async def create_gateway_key(
 ) -> s.ProvisioningKeyCreated:
     """A key (and install string) that enrolls the host running this gateway. Shown once."""
     return await _create_key(state, admin, body, gateway=name)
+
+
+@router.post(
+    "/segment-servers/{name}/provisioning-keys",
+    response_model=s.ProvisioningKeyCreated,
+    status_code=201,
+    tags=["provisioning-keys"],
+)
+async def create_segment_key(
+    name: str, body: s.ProvisioningKeyCreate, admin: Admin, state: State
+) -> s.ProvisioningKeyCreated:
+    """A key (and install string) that enrolls the host running this segment server. Shown once."""
+    return await _create_key(state, admin, body, segment_server=name)
 
 
 @router.get("/provisioning-keys", response_model=list[s.ProvisioningKeyOut], tags=["provisioning-keys"])

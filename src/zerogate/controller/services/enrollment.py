@@ -1,10 +1,10 @@
 """Enrollment: is a provisioning key usable, what would it enroll, and enrolling with it.
 
-A connector or gateway enrolls with a provisioning key, its CSR and its
+A connector, gateway or segment server enrolls with a provisioning key, its CSR and its
 WireGuard public key (its private keys never leave it) and gets a device
 certificate signed by the deployment CA and a bearer credential (shown once,
 stored as a digest). A connector also gets a tunnel address from the pool; a
-gateway's new device replaces the one it had.
+gateway's or segment server's new device replaces the one it had.
 
 The messages are the ones a host that enrolls (or runs ``zerogate
 preflight``) shows its operator, so each says what to do next.
@@ -25,7 +25,7 @@ from zerogate.pki.ca import PKIError, sign_device_csr
 from zerogate.pki.credentials import new_token, token_digest
 from zerogate.pki.wireguard import canonical_public_key
 from zerogate.store.db import utcnow
-from zerogate.store.models import Connector, ConnectorGroup, Device, Gateway, ProvisioningKey
+from zerogate.store.models import Connector, ConnectorGroup, Device, Gateway, ProvisioningKey, SegmentServer
 
 
 def check_key_usable(key: ProvisioningKey | None) -> ProvisioningKey:
@@ -49,10 +49,11 @@ class KeyPreview:
     """What a usable key would enroll, without using it."""
 
     key: ProvisioningKey
-    role: Literal["connector", "gateway"]
+    role: Literal["connector", "gateway", "segment"]
     connector_group: ConnectorGroup | None  # a connector key's group (None if it is gone)
     gateway: Gateway | None  # the gateway a gateway key was made for
     gateways: list[Gateway]  # gateways with an active enrolled device: what a connector must reach
+    segment_server: SegmentServer | None = None  # the segment server a segment key was made for
 
 
 async def preview_key(session: AsyncSession, secret: str) -> KeyPreview:
@@ -68,6 +69,11 @@ async def preview_key(session: AsyncSession, secret: str) -> KeyPreview:
     if key.connector_group_id is not None:
         group = await session.get(ConnectorGroup, key.connector_group_id)
         return KeyPreview(key, "connector", group, None, gateways)
+    if key.segment_server_id is not None:
+        server = await session.get(SegmentServer, key.segment_server_id)
+        if server is None:
+            raise NotFound("the segment server this key was made for no longer exists")
+        return KeyPreview(key, "segment", None, None, gateways, server)
     own = await session.get(Gateway, key.gateway_id)
     if own is None:
         raise NotFound("the gateway this key was made for no longer exists")
@@ -171,6 +177,8 @@ async def enroll(
             )
         )
         return enrolled
+    if key.segment_server_id is not None:
+        return await _enroll_host(session, ca, body, details, key.segment_server_id)
     gw = await session.get(Gateway, key.gateway_id)
     if gw is None:
         raise NotFound("the gateway this key was made for no longer exists")
@@ -181,4 +189,21 @@ async def enroll(
         session, ca, role="gateway", name=gw.name, csr=body.csr, wg_public_key=body.wg_public_key
     )
     gw.device_id = enrolled.device.id
+    return enrolled
+
+
+async def _enroll_host(
+    session: AsyncSession, ca: DeviceCA, body: s.EnrollRequest, details: dict[str, Any], server_id: int
+) -> Enrolled:
+    """The host of a segment server: named after the server; a device it had is revoked."""
+    server = await session.get(SegmentServer, server_id)
+    if server is None:
+        raise NotFound("the segment server this key was made for no longer exists")
+    if server.device is not None and server.device.status == "active":
+        server.device.status, server.device.revoked_at = "revoked", utcnow()
+        details["replaced_device"] = server.device.id
+    enrolled = await new_device(
+        session, ca, role="segment", name=server.name, csr=body.csr, wg_public_key=body.wg_public_key
+    )
+    server.device_id = enrolled.device.id
     return enrolled

@@ -15,9 +15,20 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from zerogate.controller.services.membership import chunks
 from zerogate.controller.state import Conflict, NotFound
-from zerogate.store.models import Account, Application, Connector, ConnectorGroup, Gateway, Group, Policy
+from zerogate.store.models import (
+    Account,
+    Application,
+    Connector,
+    ConnectorGroup,
+    Gateway,
+    Group,
+    Policy,
+    SegmentServer,
+)
 
-Named = TypeVar("Named", Account, Group, ConnectorGroup, Gateway, Application, Policy, Connector)
+Named = TypeVar(
+    "Named", Account, Group, ConnectorGroup, Gateway, Application, Policy, Connector, SegmentServer
+)
 
 
 def name_column(model: type[Any]) -> InstrumentedAttribute[str]:

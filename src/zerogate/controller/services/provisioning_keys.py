@@ -1,6 +1,7 @@
-"""Provisioning keys: what enrolls a connector into a group, or the host of a gateway.
+"""Provisioning keys: what enrolls a connector into a group, or the host of a
+gateway or of a segment server.
 
-A key is made for one connector group or one gateway, for ``max_uses``
+A key is made for one connector group, gateway or segment server, for ``max_uses``
 enrollments until it expires. Its secret is returned once at creation and
 stored only as a SHA-256 digest and a short hint. Revoking a key is final;
 whether a key may still be used is :func:`~.enrollment.check_key_usable`'s.
@@ -21,7 +22,7 @@ from zerogate.controller.services.lookup import by_name
 from zerogate.controller.state import NotFound
 from zerogate.pki.credentials import new_token, token_digest, token_hint
 from zerogate.store.db import utcnow
-from zerogate.store.models import ConnectorGroup, Gateway, ProvisioningKey
+from zerogate.store.models import ConnectorGroup, Gateway, ProvisioningKey, SegmentServer
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,14 @@ def key_state(k: ProvisioningKey) -> str:
 
 
 async def key_target(session: AsyncSession, k: ProvisioningKey) -> str:
-    """What the key enrolls: ``connector-group:<name>`` or ``gateway:<name>`` (the id once it is gone)."""
+    """What the key enrolls: ``connector-group:<name>``, ``gateway:<name>`` or
+    ``segment-server:<name>`` (the id once it is gone)."""
     if k.connector_group_id is not None:
         group = await session.get(ConnectorGroup, k.connector_group_id)
         return f"connector-group:{group.name if group else k.connector_group_id}"
+    if k.segment_server_id is not None:
+        server = await session.get(SegmentServer, k.segment_server_id)
+        return f"segment-server:{server.name if server else k.segment_server_id}"
     gw = await session.get(Gateway, k.gateway_id)
     return f"gateway:{gw.name if gw else k.gateway_id}"
 
@@ -60,8 +65,10 @@ async def create(
     ttl_minutes: int,
     connector_group: str | None = None,
     gateway: str | None = None,
+    segment_server: str | None = None,
 ) -> NewKey:
-    """A key for the named connector group (or else gateway); NotFound when it does not exist."""
+    """A key for the named connector group (or else segment server, or else
+    gateway); NotFound when it does not exist."""
     secret = new_token("zgk")
     row = ProvisioningKey(
         digest=token_digest(secret),
@@ -76,6 +83,8 @@ async def create(
         row.connector_group_id = (
             await by_name(session, ConnectorGroup, connector_group, "connector group")
         ).id
+    elif segment_server is not None:
+        row.segment_server_id = (await by_name(session, SegmentServer, segment_server, "segment server")).id
     else:
         assert gateway is not None
         row.gateway_id = (await by_name(session, Gateway, gateway, "gateway")).id

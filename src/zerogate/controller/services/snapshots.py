@@ -4,7 +4,8 @@ A gateway gets its own settings, every active connector, the client devices
 policy lets in and the policy itself, cut the way it renders it; a connector
 gets its group (subnets, SNAT, VRRP) and the gateways to dial; a client gets
 its address, the gateways, and the routes and applications its user's
-policies allow. No snapshot holds anyone else's secrets. The typed shapes are
+policies allow; a segment server gets the assets it manages
+(:func:`~.segment.build_segment_snapshot`). No snapshot holds anyone else's secrets. The typed shapes are
 :mod:`zerogate.model.snapshot`'s.
 """
 
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller.policy_cache import PolicyCache
+from zerogate.controller.services.segment import build_segment_snapshot
 from zerogate.controller.state import NotFound
 from zerogate.model.snapshot import (
     ClientPeer,
@@ -37,6 +39,8 @@ async def build_snapshot(
     session: AsyncSession, device: Device, revision: int, policies: PolicyCache
 ) -> Snapshot:
     """Exactly what this device needs, nothing about anyone else's secrets."""
+    if device.role == "segment":
+        return await build_segment_snapshot(session, device, revision)
     pool_row = await session.scalar(select(AddressPoolRow).where(AddressPoolRow.name == "default"))
     blocks = tuple(pool_row.blocks) if pool_row else ()
     tunnel = tuple(str(gateway_address(ip_network(b))) for b in blocks)  # type: ignore[arg-type]
