@@ -16,6 +16,7 @@ from zerogate.agent.settings import (
     ConfigError,
     ConnectorSettings,
     GatewaySettings,
+    SegmentSettings,
     example_config,
     load_settings,
 )
@@ -31,12 +32,14 @@ def _no_host_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     etc.mkdir()
     monkeypatch.setattr(settings_mod, "CONFIG_DIR", etc)
     for name in list(os.environ):
-        if name.startswith(("ZEROGATE_GATEWAY_", "ZEROGATE_CONNECTOR_", "ZEROGATE_CLIENT_")):
+        if name.startswith(
+            ("ZEROGATE_GATEWAY_", "ZEROGATE_CONNECTOR_", "ZEROGATE_CLIENT_", "ZEROGATE_SEGMENT_")
+        ):
             monkeypatch.delenv(name)
     return etc
 
 
-@pytest.mark.parametrize("cls", [GatewaySettings, ConnectorSettings, ClientSettings])
+@pytest.mark.parametrize("cls", [GatewaySettings, ConnectorSettings, ClientSettings, SegmentSettings])
 def test_each_example_file_loads_to_exactly_the_defaults(cls: type[GatewaySettings]) -> None:
     path = example_config(cls.role)
     loaded, used = load_settings(cls, config=path, environ={})
@@ -152,3 +155,48 @@ def test_the_connector_daemon_uses_the_configured_keepalive(
         parse_snapshot("connector", json.loads(json.dumps(snap)))
     )
     assert [p.keepalive for p in dp.peers] == [15]
+
+
+def test_segment_defaults_and_environment() -> None:
+    s = SegmentSettings()
+    assert (s.state_dir, s.collect_interval, s.max_ssh_operations) == (
+        Path("/var/lib/zerogate/segment"),
+        60.0,
+        32,
+    )
+    assert s.directory_config() is None
+    s, _ = load_settings(
+        SegmentSettings,
+        environ={"ZEROGATE_SEGMENT_COLLECT_INTERVAL": "1", "ZEROGATE_SEGMENT_LOG_LEVEL": "DEBUG"},
+    )
+    assert (s.collect_interval, s.log_level) == (1.0, "debug")
+
+
+def test_the_segment_directory_takes_its_password_from_a_private_file(tmp_path: Path) -> None:
+    secret = tmp_path / "ldap.pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    given = {
+        "directory_url": "ldap://127.0.0.1:3389",
+        "directory_bind_dn": "cn=zerogate,dc=example,dc=org",
+        "directory_password_file": str(secret),
+        "directory_base_dn": "dc=example,dc=org",
+        "directory_monitored_group_dn": "cn=monitored,dc=example,dc=org",
+        "directory_protected_group_dn": "cn=protected,dc=example,dc=org",
+    }
+    s, _ = load_settings(SegmentSettings, flags=given, environ={})
+    config = s.directory_config()
+    assert config is not None and config.password == "s3cret" and config.port == 3389
+    assert "s3cret" not in json.dumps(s.model_dump(mode="json"))
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        s.directory_config()
+    with pytest.raises(ConfigError, match=r"directory_password_file.*must be set too"):
+        load_settings(SegmentSettings, flags=given | {"directory_password_file": ""}, environ={})
+    with pytest.raises(ConfigError, match="directory_url is empty"):
+        load_settings(SegmentSettings, flags=given | {"directory_url": ""}, environ={})
+    # no key holds the password itself
+    path = tmp_path / "segment.toml"
+    path.write_text('[segment]\ndirectory_password = "s3cret"\n')
+    with pytest.raises(ConfigError, match="directory_password: Extra inputs are not permitted"):
+        load_settings(SegmentSettings, config=path, environ={})

@@ -1,7 +1,9 @@
-"""Enrollment: a connector or gateway with an install string, a client with its
-user's session. Keys are made here, on the device (a TLS client key with its CSR,
-and the WireGuard key pair); only the CSR and the WireGuard *public* key are
-sent. The result lands in the state directory (see :mod:`zerogate.agent.state`).
+"""Enrollment: a connector, gateway or segment server with an install string, a
+client with its user's session. Keys are made here, on the device (a TLS client
+key with its CSR, and the WireGuard key pair); only the CSR and the WireGuard
+*public* key are sent. The result lands in the state directory (see
+:mod:`zerogate.agent.state`). A segment server also makes its own SSH key pair
+there (:func:`enroll_segment`): it logs in to its assets with it.
 
 Errors (each says what happened and what to do; the CLI prints it and exits 1)::
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zerogate.agent.state import StateDir, save_identity
+from zerogate.agent.state import StateDir, save_identity, write_private
 from zerogate.netops import links
 from zerogate.netops.controller_api import ApiError, ControllerClient, fetch_ca
 from zerogate.pki.ca import create_csr, generate_private_key
@@ -160,3 +162,45 @@ def resume_client(state_dir: Path, info: dict[str, Any], token: str) -> None:
             if exc.status in (403, 404):
                 raise DeviceRefused(exc.message) from exc
             raise
+
+
+# --------------------------------------------------------------------------- segment server
+
+SSH_KEY = "ssh_ed25519"  # in the state directory, 0600: the key the server logs in to its assets with
+SSH_PUBLIC_KEY = "ssh_ed25519.pub"
+
+
+@dataclass(frozen=True)
+class SegmentEnrollment:
+    summary: dict[str, object]  # as enroll_device returns it
+    public_key: str  # "ssh-ed25519 AAAA... zerogate-segment-NAME", for the assets' authorized_keys
+    key_created: bool  # False: an existing key pair was kept (the assets already authorize it)
+
+
+def ensure_ssh_key(state_dir: Path, comment: str) -> tuple[str, bool]:
+    """The server's SSH key pair in ``state_dir`` (private 0600, OpenSSH format):
+    made when missing, kept otherwise. Returns the public line and whether it was made."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private, public = state_dir / SSH_KEY, state_dir / SSH_PUBLIC_KEY
+    if private.exists() and public.exists():
+        return public.read_text().strip(), False
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    text = f"{line.decode()} {comment}"
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(private, pem.decode())
+    public.write_text(text + "\n")
+    public.chmod(0o644)
+    return text, True
+
+
+def enroll_segment(install_string: str, name: str, state_dir: Path, force: bool) -> SegmentEnrollment:
+    """Enroll this host as a segment server, then make (or keep) its SSH key pair."""
+    summary = enroll_device("segment", install_string, name, state_dir, force)
+    public_key, created = ensure_ssh_key(state_dir, f"zerogate-segment-{summary['name']}")
+    return SegmentEnrollment(summary | {"ssh_public_key": public_key}, public_key, created)

@@ -1,4 +1,4 @@
-"""One typed settings object per device daemon (gateway, connector, client).
+"""One typed settings object per device daemon (gateway, connector, client, segment).
 
 Each is read, in order of precedence, from
 
@@ -10,7 +10,7 @@ Each is read, in order of precedence, from
    keys under a ``[ROLE]`` table (see ``ROLE.example.toml`` next to this module);
 4. the defaults below.
 
-``zerogate gateway run --check`` (and ``connector run --check``) validates them
+``zerogate gateway run --check`` (and ``connector``/``segment run --check``) validates them
 and prints the effective settings without starting. Errors are
 :class:`ConfigError`, whose message names the file or variable and the key.
 """
@@ -25,10 +25,11 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from zerogate.netops.ldap import DirectoryBadConfig, DirectoryConfig
 from zerogate.netops.wireguard import DEFAULT_INTERFACES, check_ifname
 
 CONFIG_DIR = Path("/etc/zerogate")
-EXAMPLES = Path(__file__).parent  # gateway.example.toml, connector.example.toml, client.example.toml
+EXAMPLES = Path(__file__).parent  # gateway, connector, client and segment .example.toml
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -37,14 +38,21 @@ class ConfigError(Exception):
     """The settings are invalid or the file unreadable; the message says where and why."""
 
 
-class _Settings(BaseModel):
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value  # "INFO" from the environment
+
+
+class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: ClassVar[str]
 
     state_dir: Path
-    interface: str
     watch_seconds: float = Field(default=25.0, gt=0, le=300)
+
+
+class _Settings(_Base):
+    interface: str
 
     @field_validator("interface")
     @classmethod
@@ -59,7 +67,7 @@ class _DaemonSettings(_Settings):
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
+        return _lower(value)
 
 
 class GatewaySettings(_DaemonSettings):
@@ -94,7 +102,72 @@ class ClientSettings(_Settings):
     handshake_timeout: float = Field(default=15.0, gt=0, le=300)  # 'client up' waits this long
 
 
-S = TypeVar("S", bound=_Settings)
+class SegmentSettings(_Base):
+    """The segment server. The directory is optional: without ``directory_url``
+    no directory is read or written (every ``directory_*`` key stays empty)."""
+
+    role: ClassVar[str] = "segment"
+
+    state_dir: Path = Path("/var/lib/zerogate/segment")
+    log_level: LogLevel = "info"
+    report_interval: float = Field(default=30.0, gt=0, le=3600)
+    collect_interval: float = Field(default=60.0, gt=0, le=3600)  # learning: conntrack read this often
+    max_ssh_operations: int = Field(default=32, ge=1, le=1024)  # SSH operations at once, over all assets
+    check_timeout: float = Field(default=10.0, gt=0, le=300)  # enforcement's fresh-connection check
+    directory_url: str = ""
+    directory_bind_dn: str = ""
+    directory_password_file: str = ""
+    directory_base_dn: str = ""
+    directory_monitored_group_dn: str = ""
+    directory_protected_group_dn: str = ""
+    directory_ca_file: str = ""
+    directory_sync_interval: float = Field(default=300.0, gt=0, le=86400)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return _lower(value)
+
+    @model_validator(mode="after")
+    def _directory_complete(self) -> SegmentSettings:
+        needed = ("bind_dn", "password_file", "base_dn", "monitored_group_dn", "protected_group_dn")
+        if self.directory_url:
+            missing = [f"directory_{k}" for k in needed if not getattr(self, f"directory_{k}")]
+            if missing:
+                raise ValueError(f"directory_url is set, so {', '.join(missing)} must be set too")
+        elif any(getattr(self, f"directory_{k}") for k in (*needed, "ca_file")):
+            raise ValueError("directory_* settings are given but directory_url is empty; set it")
+        return self
+
+    def directory_config(self) -> DirectoryConfig | None:
+        """The directory to use (the password read from its file), or None when none is set.
+
+        Raises :class:`ConfigError` when the password file cannot be read or the
+        settings do not make a valid directory (the password never in the message)."""
+        if not self.directory_url:
+            return None
+        path = Path(self.directory_password_file)
+        try:
+            if path.stat().st_mode & 0o077:
+                raise ConfigError(f"directory_password_file {path} is readable by others: chmod 600 it")
+            password = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"directory_password_file {path}: {exc.strerror}") from None
+        try:
+            return DirectoryConfig(
+                url=self.directory_url,
+                bind_dn=self.directory_bind_dn,
+                password=password,
+                base_dn=self.directory_base_dn,
+                monitored_group_dn=self.directory_monitored_group_dn,
+                protected_group_dn=self.directory_protected_group_dn,
+                ca_file=Path(self.directory_ca_file) if self.directory_ca_file else None,
+            )
+        except DirectoryBadConfig as exc:
+            raise ConfigError(f"directory settings: {exc}") from None
+
+
+S = TypeVar("S", bound=_Base)
 
 
 def default_config(role: str) -> Path:
@@ -119,7 +192,7 @@ def _from_file(path: Path, role: str) -> dict[str, Any]:
     return dict(section)
 
 
-def _from_env(cls: type[_Settings], environ: Mapping[str, str]) -> dict[str, str]:
+def _from_env(cls: type[_Base], environ: Mapping[str, str]) -> dict[str, str]:
     prefix = f"ZEROGATE_{cls.role.upper()}_"
     return {
         name: environ[prefix + name.upper()] for name in cls.model_fields if prefix + name.upper() in environ
@@ -159,6 +232,6 @@ def load_settings(
         raise ConfigError(f"{path or 'settings'}: {'; '.join(problems)}") from None
 
 
-def describe(settings: _Settings, path: Path | None) -> dict[str, Any]:
+def describe(settings: _Base, path: Path | None) -> dict[str, Any]:
     """The effective settings as ``--check`` prints them."""
     return {"config_file": str(path) if path else None} | settings.model_dump(mode="json")
