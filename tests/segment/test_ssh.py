@@ -101,8 +101,8 @@ def test_the_stdin_rollback_is_valid_shell_and_feeds_the_snapshot_to_the_loader(
     assert subprocess.run(["sh", "-n", "-c", argv[4]], check=False).returncode == 0
     subprocess.run(argv, check=True, timeout=10)
     deadline = time.monotonic() + 10
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling for the marker the rollback writes when it has fired
+    while (not marker.exists() or pidfile.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling for the marker it writes when fired, then the PID file it removes last
     assert marker.read_text().strip() == "0"
     assert (tmp_path / "loaded").read_text() == "table inet x {}\n" and not pidfile.exists()
     with pytest.raises(ValueError, match="detached"):

@@ -1,7 +1,8 @@
 """The check an enforcement must pass before its rollback is disarmed.
 
 A *fresh* SSH login (a new TCP connection: the session that loaded the rules
-survives through conntrack and proves nothing), then a TCP connect from the
+survives through conntrack and proves nothing; before anything changes, the login
+that opened the operation's shared session moments ago counts), then a TCP connect from the
 segment server to each approved service it can test: a TCP port of an accept
 rule that admits the server's address and that something listens on. The first
 run (before anything changes) records which of those answer; later runs require
@@ -84,7 +85,8 @@ class AssetCheck:
 
     def run(self) -> CheckResult:
         start = time.monotonic()
-        login = fresh_login(self.target, self.timeout)
+        login = self._reused_login() if self.baseline is None else None
+        login = login or fresh_login(self.target, self.timeout)
         if not login.ok:
             return login
         answering: list[int] = []
@@ -101,6 +103,15 @@ class AssetCheck:
         if silent:
             return CheckResult(False, f"{login.detail}, but TCP {_ports(silent)} no longer answer(s)")
         return CheckResult(True, f"{login.detail}; TCP {_ports(answering)} still answer(s)")
+
+    def _reused_login(self) -> CheckResult | None:
+        """Before anything changes: the operation's own session, when its first command opened
+        it within ``timeout``, was a new login already (one handshake fewer per enforcement).
+        The check after the change never takes this: it needs a connection opened after it."""
+        at = self.target.fresh_login_at
+        if at is None or time.monotonic() - at > self.timeout:
+            return None
+        return CheckResult(True, f"new SSH login to {self.target.name} {time.monotonic() - at:.2f} s ago")
 
 
 def _ports(ports: Sequence[int]) -> str:

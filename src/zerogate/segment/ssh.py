@@ -32,6 +32,7 @@ import secrets
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,11 @@ class AssetTarget(SshTarget):
         self.name = f"{asset.name} ({address.url})"
         self.sudo = asset.ssh_user != "root"
         self.nft = NFT
+        # When this target's first command opened the shared session (a new TCP connection
+        # and login), the monotonic time it answered: that login was fresh, so the check
+        # before an enforcement need not open another one (see segment.checks).
+        self.fresh_login_at: float | None = None
+        self._ran = False
         if self.sudo:
             self.rollback_loader = ("sudo", "-n", NFT, "-f", "-")
 
@@ -196,8 +202,13 @@ class AssetTarget(SshTarget):
         self, argv: Sequence[str], stdin: str | None = None, timeout: float | None = None
     ) -> subprocess.CompletedProcess[str]:
         argv = self._narrowed(argv)
+        opens = not self._ran and not self.control_path.exists()
+        self._ran = True
         try:
-            return super().run(argv, stdin, self.access.command_timeout if timeout is None else timeout)
+            result = super().run(argv, stdin, self.access.command_timeout if timeout is None else timeout)
+            if opens:
+                self.fresh_login_at = time.monotonic()
+            return result
         except TargetUnreachable as exc:
             if _HOST_KEY_FAILED in str(exc):
                 raise HostKeyChanged(

@@ -38,9 +38,10 @@ from zerogate.deploy.firewall.errors import (
     RulesetError,
     TargetUnreachable,
 )
-from zerogate.deploy.firewall.scope import RulesetScope
+from zerogate.deploy.firewall.scope import RulesetScope, TableRef, parse_nft_tables, render_nft_restore
+from zerogate.deploy.firewall.ssh_batch import Staged
 from zerogate.deploy.firewall.state import Outcome, PendingApply, StateStore
-from zerogate.deploy.firewall.targets import Target
+from zerogate.deploy.firewall.targets import StagingTarget, Target
 
 MAX_CONFIRM_WINDOW = 86400.0
 NOT_CONFIRMED = "rolled back: not confirmed"
@@ -84,6 +85,22 @@ def _fired_behind_our_back(store: StateStore, target: Target, p: PendingApply) -
     return True
 
 
+def _new_apply_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
+
+
+def _pre_check(check: ManagementCheck | None) -> None:
+    if check is not None and not (pre := check.run()).ok:
+        raise ManagementCheckError(
+            f"management check fails before applying anything: {pre.detail}; fix it, point "
+            "--check-ssh at a working SSH server, or pass --no-check if you have console access"
+        )
+
+
+def _snapshot_header(apply_id: str, scope: RulesetScope) -> str:
+    return f"zerogate firewall snapshot before apply {apply_id}: {scope.describe()}"
+
+
 def _prepare(
     target: Target,
     backend: RulesetBackend,
@@ -93,7 +110,7 @@ def _prepare(
     check: ManagementCheck | None,
 ) -> tuple[str, str, str]:
     """Validate, pre-check and snapshot (nothing changes yet); returns (id, ruleset copy, snapshot)."""
-    apply_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
+    apply_id = _new_apply_id()
     written: list[str] = []
     try:
         ruleset_file = target.write(f"applied-{apply_id}.nft", text)
@@ -102,13 +119,9 @@ def _prepare(
             backend.validate(ruleset_file)
         except RulesetError as exc:  # nft names the copy; the user knows their own file
             raise RulesetError(str(exc).replace(ruleset_file, str(source))) from None
-        if check is not None and not (pre := check.run()).ok:
-            raise ManagementCheckError(
-                f"management check fails before applying anything: {pre.detail}; fix it, point "
-                "--check-ssh at a working SSH server, or pass --no-check if you have console access"
-            )
-        header = f"zerogate firewall snapshot before apply {apply_id}: {scope.describe()}"
-        snapshot_file = target.write(f"snapshot-{apply_id}.nft", backend.snapshot(scope, header))
+        _pre_check(check)
+        snapshot = backend.snapshot(scope, _snapshot_header(apply_id, scope))
+        snapshot_file = target.write(f"snapshot-{apply_id}.nft", snapshot)
         written.append(snapshot_file)
         try:
             backend.validate(snapshot_file)
@@ -168,22 +181,22 @@ def apply_ruleset(
                 f"apply {p.id} ({', '.join(p.tables)}) is still pending: run 'zerogate firewall confirm' "
                 "or 'zerogate firewall rollback' first"
             )
-        apply_id, ruleset_file, snapshot_file = _prepare(target, backend, path, text, scope, check)
-        tables = [str(t) for t in scope.tables] or ["(whole ruleset)"]
-        now, token = time.time(), secrets.token_hex(16)
-        p = PendingApply(
-            apply_id, token, backend.name, tables, scope.whole_ruleset, ruleset_file, snapshot_file,
-            now, deadline=now + check_timeout + target.check_grace, target=target.name,
-        )  # fmt: skip
-        p = _arm(store, target, p)
-        try:
-            backend.load(ruleset_file)
-        except BackendError as exc:
-            target.disarm(p)
-            store.clear_pending()
-            raise BackendError(f"{exc}; nothing was changed") from None
-        except TargetUnreachable as exc:
-            raise _left_to_target(target, p, "while loading the rules", exc) from None
+        if isinstance(target, StagingTarget) and backend.name == "nftables" and not scope.whole_ruleset:
+            p = _staged_apply(store, target, path, text, scope, check, check_timeout)
+        else:
+            apply_id, ruleset_file, snapshot_file = _prepare(target, backend, path, text, scope, check)
+            p = _new_pending(
+                target, backend.name, apply_id, scope, ruleset_file, snapshot_file, check_timeout
+            )
+            p = _arm(store, target, p)
+            try:
+                backend.load(ruleset_file)
+            except BackendError as exc:
+                target.disarm(p)
+                store.clear_pending()
+                raise BackendError(f"{exc}; nothing was changed") from None
+            except TargetUnreachable as exc:
+                raise _left_to_target(target, p, "while loading the rules", exc) from None
         post = check.run() if check is not None else CheckResult(True, "not checked (--no-check)")
         if not post.ok:
             try:
@@ -198,6 +211,90 @@ def apply_ruleset(
             return _settle_apply(store, target, p, post.detail, confirm_within)
         except TargetUnreachable as exc:
             raise _left_to_target(target, p, "after the check passed", exc) from None
+
+
+def _new_pending(
+    target: Target, backend: str, apply_id: str, scope: RulesetScope, ruleset_file: str, snapshot_file: str,
+    check_timeout: float,
+) -> PendingApply:  # fmt: skip
+    tables = [str(t) for t in scope.tables] or ["(whole ruleset)"]
+    now, token = time.time(), secrets.token_hex(16)
+    return PendingApply(
+        apply_id, token, backend, tables, scope.whole_ruleset, ruleset_file, snapshot_file,
+        now, deadline=now + check_timeout + target.check_grace, target=target.name,
+    )  # fmt: skip
+
+
+def _nft_failed(args: str, output: str, returncode: int) -> str:
+    """nft's complaint as :class:`~zerogate.deploy.firewall.backend.NftBackend` words it."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip(" \t^~")]  # drop caret lines
+    return f"nft {args} failed: {' | '.join(lines[:3]) or f'exit {returncode}'}"
+
+
+def _listings(scope: RulesetScope, staged: Staged) -> dict[TableRef, str | None]:
+    existing = parse_nft_tables(staged.tables)
+    found: dict[TableRef, str | None] = {}
+    for ref in scope.tables:
+        got = (staged.listings or {}).get((ref.family, ref.name))
+        if ref in existing and (got is None or got.rc != 0):
+            raise BackendError(_nft_failed(f"list table {ref}", got.text if got else "no answer", -1))
+        found[ref] = got.text if ref in existing and got is not None else None
+    return found
+
+
+def _staged_apply(
+    store: StateStore, target: StagingTarget, source: Path, text: str, scope: RulesetScope,
+    check: ManagementCheck | None, check_timeout: float,
+) -> PendingApply:  # fmt: skip
+    """The same steps as ``_prepare`` + ``_arm`` + load, in two round trips to the target:
+    stage (copy, validate, list), the pre-check, then commit (snapshot, validate it, arm,
+    and only once armed load). The pending marker is written before the commit is sent."""
+    apply_id = _new_apply_id()
+    staged = target.stage(f"applied-{apply_id}.nft", text, [(t.family, t.name) for t in scope.tables])
+    rfile, sfile = staged.ruleset_file, target.path_of(f"snapshot-{apply_id}.nft")
+    try:
+        if staged.invalid is not None:
+            failed = _nft_failed(f"-c -f {rfile}", staged.invalid, 1)
+            raise RulesetError(f"{failed}; nothing was changed".replace(rfile, str(source)))
+        _pre_check(check)
+        snapshot = render_nft_restore(scope, _listings(scope, staged), _snapshot_header(apply_id, scope))
+    except FirewallApplyError:
+        with contextlib.suppress(FirewallApplyError):
+            target.remove([rfile])
+        raise
+    p = target.armed(_new_pending(target, "nftables", apply_id, scope, rfile, sfile, check_timeout), None)
+    store.set_pending(p)  # the rollback's name before it is armed: a killed server still finds it
+    try:
+        done = target.commit(p, snapshot, staged.stale)
+    except TargetUnreachable as exc:  # armed and loaded or not: the armed rollback decides
+        raise _left_to_target(target, p, "while arming the rollback and loading the rules", exc) from None
+    except FirewallApplyError:  # the snapshot could not be written: nothing armed
+        store.clear_pending()
+        with contextlib.suppress(FirewallApplyError):
+            target.remove([rfile, sfile])
+        raise
+    if done.snapshot_invalid is not None:
+        store.clear_pending()
+        with contextlib.suppress(FirewallApplyError):
+            target.remove([rfile, sfile])
+        failed = _nft_failed(f"-c -f {sfile}", done.snapshot_invalid, 1)
+        raise RulesetError(f"the current state would not restore cleanly, so not applying: {failed}")
+    if done.arm is None or done.arm.rc != 0:
+        with contextlib.suppress(FirewallApplyError):  # it may have been armed after all
+            target.disarm(p)
+        store.clear_pending()
+        reason = (done.arm.text.strip().splitlines() or ["no answer"])[-1] if done.arm else "no answer"
+        raise FirewallApplyError(f"cannot arm the rollback ({reason}); nothing was changed")
+    with contextlib.suppress(BackendError):  # no PID we could read: cancel and probe find it by name
+        p = target.armed(p, done.arm.text)
+    store.set_pending(p)
+    if done.load is None:
+        raise _left_to_target(target, p, "while loading the rules", TargetUnreachable("no answer")) from None
+    if done.load.rc != 0:
+        target.disarm(p)
+        store.clear_pending()
+        raise BackendError(f"{_nft_failed(f'-f {rfile}', done.load.text, done.load.rc)}; nothing was changed")
+    return p
 
 
 def _settle_apply(
@@ -221,8 +318,9 @@ def _settle_apply(
         store.clear_pending()
         store.set_last(_outcome(p, NOT_CONFIRMED, str(exc)))
         raise CheckFailedRolledBack(f"{exc}; the previous state is back") from None
-    with contextlib.suppress(FirewallApplyError):
-        target.prune()
+    if not isinstance(target, StagingTarget):  # a staging target pruned while staging
+        with contextlib.suppress(FirewallApplyError):
+            target.prune()
     return result
 
 

@@ -31,7 +31,7 @@ TimerState = Literal["armed", "fired", "failed", "gone", "cancelled"]
 
 NAME_PREFIX = "zerogate-firewall-rollback-"
 
-_DETECT = (
+DETECT_SCRIPT = (
     "if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1 && "
     '[ "$(readlink /proc/1/ns/net)" = "$(readlink /proc/self/ns/net)" ]; '
     "then echo systemd; else echo detached; fi"
@@ -62,9 +62,10 @@ _OURS = (
 )
 
 # $1 marker, then the pid files. "kill -TERM -PGID" without "--": dash's kill refuses "--".
+# Polled every 20 ms (up to 10 s): a cancel is on every apply's path, most end at once.
 _DETACHED_CANCEL = (
-    "marker=$1; shift\nfor f do\n" + _OURS + 'i=0\nwhile ours && [ "$i" -lt 100 ]; do\n'
-    '[ "$i" = 0 ] && kill -TERM "-$pid" 2>/dev/null\ni=$((i + 1)); sleep 0.1\ndone\n'
+    "marker=$1; shift\nfor f do\n" + _OURS + 'i=0\nwhile ours && [ "$i" -lt 500 ]; do\n'
+    '[ "$i" = 0 ] && kill -TERM "-$pid" 2>/dev/null\ni=$((i + 1)); sleep 0.02\ndone\n'
     'rm -f -- "$f"\ndone\n' + _MARKER + "echo cancelled\n"
 )
 
@@ -83,7 +84,7 @@ _SYSTEMD_FIRE = 'trap "" HUP INT TERM; nft -f "$1"; echo "$?" > "$2.tmp"; mv -f 
 _SYSTEMD_CANCEL = (
     "marker=$1; shift\nfor u do\n"
     'systemctl stop -- "$u.timer" >/dev/null 2>&1\n'
-    'i=0\nwhile systemctl is-active --quiet -- "$u.service" && [ "$i" -lt 100 ]; do i=$((i + 1)); sleep 0.1; done\n'
+    'i=0\nwhile systemctl is-active --quiet -- "$u.service" && [ "$i" -lt 500 ]; do i=$((i + 1)); sleep 0.02; done\n'
     "done\n" + _MARKER + "echo cancelled\n"
 )
 
@@ -115,7 +116,7 @@ def pid_path(directory: str, name: str) -> str:
 
 def detect_argv() -> list[str]:
     """Prints ``systemd`` or ``detached``: which way this target arms its rollback."""
-    return ["sh", "-c", _DETECT]
+    return ["sh", "-c", DETECT_SCRIPT]
 
 
 def arm_argv(

@@ -40,6 +40,13 @@ from zerogate.deploy.firewall.remote_timer import (
     probe_argv,
     timer_name,
 )
+from zerogate.deploy.firewall.ssh_batch import (
+    Committed,
+    Staged,
+    commit_argv,
+    parse_sections,
+    stage_argv,
+)
 from zerogate.deploy.firewall.state import KEEP_APPLIES, PendingApply, stale_files
 from zerogate.netops.command import CommandError, run
 
@@ -152,6 +159,7 @@ class SshTarget:
 
     check_grace = SSH_CHECK_GRACE
     nft = "nft"
+    sudo = False  # nft as ``sudo -n NFT ... -f -`` fed from the file (see the segment's AssetTarget)
     # The argv the armed rollback loads its snapshot with from stdin; empty: ``nft -f FILE``.
     rollback_loader: tuple[str, ...] = ()
 
@@ -190,8 +198,11 @@ class SshTarget:
             )
         return r.stdout
 
+    def path_of(self, name: str) -> str:
+        return f"{self.address.directory}/{name}"
+
     def write(self, name: str, text: str) -> str:
-        path = f"{self.address.directory}/{name}"
+        path = self.path_of(name)
         self._checked(
             ["sh", "-c", _WRITE, "zerogate-write", self.address.directory, path], f"writing {path}", text
         )
@@ -206,6 +217,64 @@ class SshTarget:
         names = self._checked(["ls", "-1", "--", directory], f"listing {directory}").splitlines()
         self.remove([f"{directory}/{n}" for n in stale_files(names, keep)])
 
+    # ------------------------------------------------------------------ batched steps (ssh_batch)
+
+    def stage(self, name: str, text: str, tables: Sequence[tuple[str, str]]) -> Staged:
+        """Write ``text`` as ``name``, validate it, list ``tables`` and the directory: one round trip."""
+        path = self.path_of(name)
+        detect = self._mode is None
+        argv = stage_argv(self.sudo, self.nft, self.address.directory, path, detect, tables)
+        got = parse_sections(self.run(argv, text).stdout)
+        write, check = got.get("write"), got.get("check")
+        if write is None or write.rc != 0:
+            raise BackendError(
+                f"writing {path} on {self.name} failed: {_last_line(write.text if write else '')}"
+            )
+        if check is None:
+            raise BackendError(f"validating {path} on {self.name}: no answer from nft")
+        if check.rc != 0:
+            return Staged(path, check.text)
+        if detect and "mode" in got:
+            self._mode = "systemd" if got["mode"].text.strip() == "systemd" else "detached"
+        listed = got.get("tables")
+        if listed is None or listed.rc != 0:
+            reason = _last_line(listed.text if listed else "") or "no answer"
+            raise BackendError(f"nft list tables failed on {self.name}: {reason}")
+        listings = {(f, n): got[f"table {f} {n}"] for f, n in tables if f"table {f} {n}" in got}
+        ls = got.get("ls")
+        names = ls.text.splitlines() if ls is not None and ls.rc == 0 else []
+        stale = tuple(self.path_of(n) for n in stale_files(names, KEEP_APPLIES))
+        return Staged(path, None, listed.text, listings, stale)
+
+    def commit(self, p: PendingApply, snapshot: str, stale: Sequence[str]) -> Committed:
+        """Write and validate the snapshot, prune ``stale``, arm ``p``'s rollback and only
+        then load ``p``'s ruleset: one round trip."""
+        argv = commit_argv(self.sudo, self.nft, p.snapshot_file, p.ruleset_file, stale, self._arm_argv(p))
+        got = parse_sections(self.run(argv, snapshot).stdout)
+        write, check = got.get("write"), got.get("check")
+        if write is None or write.rc != 0:
+            reason = _last_line(write.text if write else "") or "no answer"
+            raise BackendError(f"writing {p.snapshot_file} on {self.name} failed: {reason}")
+        if check is None:
+            raise BackendError(f"validating {p.snapshot_file} on {self.name}: no answer from nft")
+        if check.rc != 0:
+            return Committed(check.text)
+        return Committed(None, got.get("arm"), got.get("load"))
+
+    def armed(self, p: PendingApply, arm_output: str | None) -> PendingApply:
+        """``p`` with the handle of the rollback armed for it (the arm's output: the detached PID;
+        ``None``: the handle it is about to get, without the PID)."""
+        mode = self.timer_mode()
+        directory = str(PurePosixPath(p.snapshot_file).parent)
+        name = timer_name(p.id, p.phase)
+        try:
+            pid = parse_armed_pid(arm_output) if mode == "detached" and arm_output is not None else None
+        except ValueError as exc:
+            raise BackendError(f"arming the rollback on {self.name}: {exc}") from None
+        return replace(
+            p, timer=mode, timer_unit=name, timer_pid=pid, marker_file=marker_path(directory, p.id)
+        )
+
     def timer_mode(self) -> TimerMode:
         """systemd where it is PID 1 in this network namespace, else a detached process (asked once)."""
         if self._mode is None:
@@ -214,21 +283,17 @@ class SshTarget:
         return self._mode
 
     def arm(self, p: PendingApply) -> PendingApply:
+        return self.armed(p, self._checked(self._arm_argv(p), "arming the rollback"))
+
+    def _arm_argv(self, p: PendingApply) -> list[str]:
+        """The command that arms ``p``'s rollback on the target to fire at ``p.deadline``."""
         mode = self.timer_mode()
         directory = str(PurePosixPath(p.snapshot_file).parent)
         name, marker = timer_name(p.id, p.phase), marker_path(directory, p.id)
         seconds = max(1, math.ceil(p.deadline - time.time()))
-        out = self._checked(
-            arm_argv(
-                mode, name, seconds, p.snapshot_file, marker, pid_path(directory, name), self.rollback_loader
-            ),
-            "arming the rollback",
+        return arm_argv(
+            mode, name, seconds, p.snapshot_file, marker, pid_path(directory, name), self.rollback_loader
         )
-        try:
-            pid = parse_armed_pid(out) if mode == "detached" else None
-        except ValueError as exc:
-            raise BackendError(f"arming the rollback on {self.name}: {exc}") from None
-        return replace(p, timer=mode, timer_unit=name, timer_pid=pid, marker_file=marker)
 
     def rearm(self, old: PendingApply, new: PendingApply) -> PendingApply:
         armed = self.arm(new)  # first the new one: at every moment one rollback is armed

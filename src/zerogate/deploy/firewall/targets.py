@@ -19,12 +19,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from zerogate.deploy.firewall.checks import ManagementCheck, SshBannerCheck
 from zerogate.deploy.firewall.errors import BackendError
 from zerogate.deploy.firewall.remote_timer import TimerState
 from zerogate.deploy.firewall.ssh import SshTarget, parse_ssh_url
+from zerogate.deploy.firewall.ssh_batch import Committed, Staged
 from zerogate.deploy.firewall.state import KEEP_APPLIES, PendingApply, StateStore
 from zerogate.netops.command import CommandError, spawn
 from zerogate.netops.command import run as run_command
@@ -71,6 +72,28 @@ class Target(Protocol):
     def timer_state(self, p: PendingApply) -> TimerState: ...
 
     def default_check(self, timeout: float) -> ManagementCheck: ...
+
+
+@runtime_checkable
+class StagingTarget(Target, Protocol):
+    """A target that does an apply's steps in two round trips (an SSH target; see
+    :mod:`zerogate.deploy.firewall.ssh_batch`): the engine uses them when it can."""
+
+    def path_of(self, name: str) -> str:
+        """Where ``write(name, ...)`` puts a file on the target."""
+        ...
+
+    def stage(self, name: str, text: str, tables: Sequence[tuple[str, str]]) -> Staged:
+        """Write and validate the ruleset copy; list ``tables`` and find stale files."""
+        ...
+
+    def commit(self, p: PendingApply, snapshot: str, stale: Sequence[str]) -> Committed:
+        """Write and validate the snapshot, prune, arm ``p``'s rollback, then load its ruleset."""
+        ...
+
+    def armed(self, p: PendingApply, arm_output: str | None) -> PendingApply:
+        """``p`` with the handle of the rollback the commit armed (``None``: about to arm, no PID)."""
+        ...
 
 
 # --------------------------------------------------------------------------- this host
