@@ -32,6 +32,16 @@ def test_a_fleet_comes_up_and_goes_away_without_a_trace(tmp_path: Path) -> None:
         for host in fleet.hosts:  # each sshd answers from the server's side with its own key
             scan = fleet.run(fleet.server_ns, ["ssh-keyscan", "-t", "ed25519", str(host.address)])
             assert host.host_key in scan.stdout
+        # A login runs the command without the machine's rc files (sshd sets SHLVL=1, so
+        # root's bash skips ~/.bashrc): nothing there can stall a test's SSH round trip.
+        host = fleet.hosts[0]
+        login = fleet.run(
+            fleet.server_ns,
+            ["ssh", "-F", "/dev/null", "-i", str(fleet.key), "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             f"root@{host.address}", 'echo "shlvl=$SHLVL pyenv=${PYENV_SHELL:-none}"'],
+        )  # fmt: skip
+        assert login.stdout.split() == ["shlvl=2", "pyenv=none"], login.stdout
         user = fleet.user
         assert user is not None and pwd.getpwnam(user)
         sudoers = Path(f"/etc/sudoers.d/{user}")

@@ -217,6 +217,10 @@ PrintLastLog no
 MaxStartups 100:30:200
 MaxSessions 100
 LogLevel INFO
+# Sessions start as if from a shell already: bash then skips ~/.bashrc, so a login
+# here never runs the machine's rc files (e.g. a pyenv rehash that waits 60 s on a
+# stale lock) and a test's SSH round trip costs only the SSH handshake.
+SetEnv SHLVL=1
 {others}"""
 
 
