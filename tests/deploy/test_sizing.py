@@ -87,7 +87,7 @@ def test_segment_rows(assets: int, instances: int, cores: int, memory: int, row:
     s = size("segment", assets=assets)
     assert (s.instances, s.cores, s.memory_gb) == (instances, cores, memory)
     assert f"row '{row}" in s.basis[0] and "reference sizing for segment servers" in s.basis[0]
-    assert "no reference figure" in s.basis[1]
+    assert s.disk_gb == 100 and "100 GB disk at every size" in s.basis[1]
 
 
 @pytest.mark.parametrize(
@@ -157,6 +157,6 @@ def test_cli_json_as_a_subprocess() -> None:
     )
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert data["per_instance"] == {"cores": 4, "memory_gb": 8, "disk_gb": 64}
+    assert data["per_instance"] == {"cores": 4, "memory_gb": 8, "disk_gb": 100}
     assert data["inputs"] == {"assets": 2000} and data["instances"] == 1
     assert any("2,000 assets on 4 cores / 8 GB" in b for b in data["basis"])

@@ -120,7 +120,7 @@ CONTROLLER_TIERS = (  # (max users, cores, memory GB, disk GB)
     (50_000, 4, 8, 50),
     (1_000_000, 8, 16, 100),
 )
-SEGMENT_DISK_GB = 64
+SEGMENT_DISK_GB = 100  # the segment sizing table gives 100 GB at every row
 
 LIMITS = {"users": 1_000_000, "bandwidth": 100_000, "assets": 1_000_000}
 _UNITS = {"users": "users", "bandwidth": "Mbit/s", "assets": "assets"}
@@ -260,7 +260,7 @@ def _segment(assets: int) -> Sizing:
     basis = [
         f"{REQ_SEGMENT}: row '{row.text}' covers {per_assets:,} assets"
         + (" per server" if instances > 1 else ""),
-        f"zerogate default disk: {SEGMENT_DISK_GB} GB (no reference figure) for baselines and logs",
+        f"segment sizing table: {SEGMENT_DISK_GB} GB disk at every size, for flow history, baselines and logs",
     ]
     notes = []
     if instances > 1:
