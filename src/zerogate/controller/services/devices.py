@@ -45,7 +45,7 @@ async def list_devices(session: AsyncSession, role: str | None = None) -> list[t
     query = _with_raw_report()
     if role:
         query = query.where(Device.role == role)
-    return list((await session.execute(query)).tuples())
+    return [(device, raw) for device, raw in (await session.execute(query)).all()]
 
 
 async def revoke(session: AsyncSession, device_id: int) -> tuple[Device, str | None]:
@@ -56,7 +56,7 @@ async def revoke(session: AsyncSession, device_id: int) -> tuple[Device, str | N
     )
     if found is None:
         raise NotFound(f"no device with id {shown_id(device_id)}")
-    device, raw = found.tuple()
+    device, raw = found
     if device.status != "revoked":
         device.status, device.revoked_at = "revoked", utcnow()
     return device, raw
