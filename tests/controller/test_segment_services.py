@@ -7,7 +7,6 @@ as a request would; report ingest runs in a write transaction with its audit.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import os
@@ -20,6 +19,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from servicedb import Step, migrated, on_database, seed_default_pool, steps
 from zerogate.controller import schemas as s
 from zerogate.controller.policy_cache import PolicyCache
 from zerogate.controller.schemas import segment as ss
@@ -38,10 +38,8 @@ from zerogate.model.segment_report import SegmentReport
 from zerogate.model.snapshot import SegmentSnapshot
 from zerogate.pki.ca import create_ca, create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
-from zerogate.policy.pool import DEFAULT_BLOCKS
-from zerogate.store.db import Database, WriteTx, upgrade_schema, utcnow
+from zerogate.store.db import Database, WriteTx, utcnow
 from zerogate.store.models import (
-    AddressPoolRow,
     AuditRecord,
     DeploymentState,
     Device,
@@ -51,10 +49,6 @@ from zerogate.store.models import (
 )
 
 T = TypeVar("T")
-
-
-class Step(Protocol):
-    def __call__(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T: ...
 
 
 class Tx(Protocol):
@@ -74,36 +68,16 @@ def fp(key: str) -> str:
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'zerogate.db'}"
-    upgrade_schema(url)
-    return url
-
-
-def _run(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def go() -> T:
-        db = Database(url)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(go())
+    return migrated(tmp_path)
 
 
 @pytest.fixture
 def step(db_url: str) -> Step:
-    def run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def one(db: Database) -> T:
-            async with db.sessions() as session, session.begin():
-                return await work(session)
-
-        return _run(db_url, one)
+    run = steps(db_url)
 
     async def seed(session: AsyncSession) -> None:
         session.add(DeploymentState(id=1, created_at=utcnow()))
-        session.add(
-            AddressPoolRow(name="default", blocks=[str(b) for b in DEFAULT_BLOCKS], created_at=utcnow())
-        )
+        await seed_default_pool(session)
         await connector_groups.create(
             session, s.ConnectorGroupCreate(name="office", subnets=["10.60.0.0/24"])
         )
@@ -121,7 +95,7 @@ def tx(db_url: str, step: Step) -> Tx:
             async with db.write() as w:
                 return await work(w)
 
-        return _run(db_url, one)
+        return on_database(db_url, one)
 
     return run
 

@@ -7,15 +7,15 @@ own that commits on success and rolls back on a refusal, as a request would.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from servicedb import Step, migrated, seed_default_pool, steps
 from zerogate.controller import schemas as s
 from zerogate.controller.services import (
     accounts,
@@ -28,15 +28,9 @@ from zerogate.controller.services import (
 )
 from zerogate.controller.services.lookup import by_name
 from zerogate.controller.state import Conflict, NotFound, Unprocessable
-from zerogate.policy.pool import DEFAULT_BLOCKS
-from zerogate.store.db import Database, upgrade_schema, utcnow
-from zerogate.store.models import AddressPoolRow, ConnectorGroup, Gateway, Group
+from zerogate.store.models import ConnectorGroup, Gateway, Group
 
 T = TypeVar("T")
-
-
-class Step(Protocol):
-    def __call__(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T: ...
 
 
 SITE = "10.50.0.0/24"
@@ -45,25 +39,8 @@ SITE = "10.50.0.0/24"
 @pytest.fixture
 def step(tmp_path: Path) -> Step:
     """Run one unit of work in its own committed transaction on a fresh database."""
-    url = f"sqlite:///{tmp_path / 'zerogate.db'}"
-    upgrade_schema(url)
-
-    def run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def go() -> T:
-            db = Database(url)
-            try:
-                async with db.sessions() as session, session.begin():
-                    return await work(session)
-            finally:
-                await db.close()
-
-        return asyncio.run(go())
-
-    async def seed(session: AsyncSession) -> None:
-        blocks = [str(b) for b in DEFAULT_BLOCKS]
-        session.add(AddressPoolRow(name="default", blocks=blocks, created_at=utcnow()))
-
-    run(seed)
+    run = steps(migrated(tmp_path))
+    run(seed_default_pool)
     return run
 
 

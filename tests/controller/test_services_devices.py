@@ -8,17 +8,16 @@ would.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from servicedb import Step, migrated, seed_default_pool, steps
 from zerogate.controller import schemas as s
 from zerogate.controller.policy_cache import PolicyCache
 from zerogate.controller.services import (
@@ -36,37 +35,19 @@ from zerogate.model.snapshot import GatewaySnapshot
 from zerogate.pki.ca import create_ca, create_csr, generate_private_key
 from zerogate.pki.credentials import new_token, token_digest, token_hint
 from zerogate.pki.wireguard import generate_keypair
-from zerogate.policy.pool import DEFAULT_BLOCKS
-from zerogate.store.db import Database, upgrade_schema, utcnow
-from zerogate.store.models import Account, AddressPoolRow, ApiToken, Device, ProvisioningKey
+from zerogate.store.db import utcnow
+from zerogate.store.models import Account, ApiToken, Device, ProvisioningKey
 
 T = TypeVar("T")
-
-
-class Step(Protocol):
-    def __call__(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T: ...
 
 
 @pytest.fixture
 def step(tmp_path: Path) -> Step:
     """Run one unit of work in its own committed transaction on a fresh database."""
-    url = f"sqlite:///{tmp_path / 'zerogate.db'}"
-    upgrade_schema(url)
-
-    def run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def go() -> T:
-            db = Database(url)
-            try:
-                async with db.sessions() as session, session.begin():
-                    return await work(session)
-            finally:
-                await db.close()
-
-        return asyncio.run(go())
+    run = steps(migrated(tmp_path))
 
     async def seed(session: AsyncSession) -> None:
-        blocks = [str(b) for b in DEFAULT_BLOCKS]
-        session.add(AddressPoolRow(name="default", blocks=blocks, created_at=utcnow()))
+        await seed_default_pool(session)
         await connector_groups.create(
             session, s.ConnectorGroupCreate(name="site-a", subnets=["10.50.0.0/24"])
         )
