@@ -24,7 +24,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+import typer
 
+from zerogate.cli.firewall_apply import EXIT_ROLLED_BACK, _errors
+from zerogate.deploy.firewall import RollbackLeftToTarget
 from zerogate.deploy.firewall.checks import SshBannerCheck, parse_check_target
 from zerogate.deploy.firewall.errors import RulesetError, StateLockedError
 from zerogate.deploy.firewall.scope import (
@@ -500,3 +503,16 @@ def timer_running(pid: int, token: str) -> bool:
         return is_timer_cmdline(Path(f"/proc/{pid}/cmdline").read_bytes(), token)
     except OSError:
         return False
+
+
+def test_a_lost_target_names_the_status_command_only_on_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The engine's message serves the segment server too; the CLI adds its own next step."""
+    message = "lost db1 (timed out); the rollback armed there restores it"
+    assert "zerogate" not in str(RollbackLeftToTarget(message))
+    with pytest.raises(typer.Exit) as exited, _errors():
+        raise RollbackLeftToTarget(message)
+    assert exited.value.exit_code == EXIT_ROLLED_BACK
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "'zerogate firewall status' with the same --target shows it" in err

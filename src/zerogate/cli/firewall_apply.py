@@ -20,6 +20,7 @@ from zerogate.deploy.firewall import (
     MAX_CONFIRM_WINDOW,
     CheckFailedRolledBack,
     FirewallApplyError,
+    RollbackLeftToTarget,
     StateStore,
     Target,
     apply_ruleset,
@@ -75,6 +76,8 @@ IdentityOpt = typer.Option(
 def _errors() -> Iterator[None]:
     try:
         yield
+    except RollbackLeftToTarget as exc:
+        fail(f"{exc}; 'zerogate firewall status' with the same --target shows it", code=EXIT_ROLLED_BACK)
     except CheckFailedRolledBack as exc:
         fail(str(exc), code=EXIT_ROLLED_BACK)
     except (FirewallApplyError, ValueError, OSError) as exc:

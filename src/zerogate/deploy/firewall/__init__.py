@@ -22,7 +22,7 @@ from zerogate.deploy.firewall.commit import (
     rollback,
     status,
 )
-from zerogate.deploy.firewall.errors import CheckFailedRolledBack, FirewallApplyError
+from zerogate.deploy.firewall.errors import CheckFailedRolledBack, FirewallApplyError, RollbackLeftToTarget
 from zerogate.deploy.firewall.firewalld import render_firewalld
 from zerogate.deploy.firewall.iptables import render_iptables
 from zerogate.deploy.firewall.nftables import render_nftables
@@ -58,6 +58,7 @@ __all__ = [
     "Format",
     "Rendering",
     "Role",
+    "RollbackLeftToTarget",
     "Ruleset",
     "StateStore",
     "Target",

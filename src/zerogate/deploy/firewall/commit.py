@@ -153,7 +153,7 @@ def _arm(store: StateStore, target: Target, p: PendingApply) -> PendingApply:
 def _left_to_target(target: Target, p: PendingApply, what: str, exc: Exception) -> RollbackLeftToTarget:
     return RollbackLeftToTarget(
         f"lost {target.name} {what} ({exc}); the rollback armed there restores the previous state at "
-        f"{utc_clock(p.deadline)}; see 'zerogate firewall status --target {target.name}'"
+        f"{utc_clock(p.deadline)}"
     )
 
 
