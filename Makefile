@@ -6,6 +6,7 @@ setup:
 
 demo: setup
 	.venv/bin/python scripts/demo.py
+	.venv/bin/python scripts/demo_segment.py
 
 lint: setup
 	.venv/bin/ruff check src tests bench

@@ -172,6 +172,17 @@ def test_segment_defaults_and_environment() -> None:
     assert (s.collect_interval, s.log_level) == (1.0, "debug")
 
 
+def test_the_segment_ssh_key_exchange_is_openssh_default_unless_chosen() -> None:
+    assert SegmentSettings().ssh_kex_algorithms == ""
+    s, _ = load_settings(
+        SegmentSettings, environ={"ZEROGATE_SEGMENT_SSH_KEX_ALGORITHMS": "curve25519-sha256"}
+    )
+    assert s.ssh_kex_algorithms == "curve25519-sha256"
+    for bad in ("curve25519-sha256 -oProxyCommand=x", "a\nb", "Curve25519"):
+        with pytest.raises(ConfigError, match="ssh_kex_algorithms"):
+            load_settings(SegmentSettings, flags={"ssh_kex_algorithms": bad}, environ={})
+
+
 def test_the_segment_directory_takes_its_password_from_a_private_file(tmp_path: Path) -> None:
     secret = tmp_path / "ldap.pw"
     secret.write_text("s3cret\n")

@@ -71,6 +71,24 @@ def test_argv_lists_and_bounds_the_event_stream() -> None:
             conntrack.events_argv(bad)
 
 
+def test_the_long_lived_stream_is_a_fixed_argv_without_timeout() -> None:
+    assert conntrack.stream_argv() == ["conntrack", "-E", "-e", "NEW", "-o", "timestamp,extended"]
+
+
+def test_lost_events_are_counted_and_the_tools_explanations_left_out() -> None:
+    # conntrack -E's stderr merged into its stdout, as the segment server reads it
+    warning = (
+        "WARNING: We have hit ENOBUFS! We are losing events.\n"
+        "This message means that the current netlink socket buffer size is too small.\n"
+        "Please, check --buffer-size in conntrack(8) manpage.\n"
+    )
+    notice = "NOTICE: Netlink socket buffer size has been set to 425984 bytes.\n"
+    summary = "conntrack v1.4.7 (conntrack-tools): 4 flow events have been shown.\n"
+    parsed = conntrack.parse_events(notice + EVENTS + warning + warning + summary)
+    assert (len(parsed.events), parsed.overflows, parsed.skipped) == (4, 2, 0)
+    assert conntrack.parse_events(EVENTS).overflows == 0
+
+
 def test_learning_table_replaces_only_its_own_table() -> None:
     script = conntrack.learning_table()
     assert script.startswith("table inet zerogate_learn {}\ndelete table inet zerogate_learn\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,8 @@ class FakeOps:
         self.outcome = "applied"
         self.block: dict[str, threading.Event] = {}
         self.lock = threading.Lock()
+        self.lost = (0, 0)  # the event stream's (dropped, overflows) each collect reports
+        self.retained: list[frozenset[int]] = []
 
     def _call(self, a: SegmentAsset, op: str) -> None:
         with self.lock:
@@ -91,7 +94,7 @@ class FakeOps:
 
     def collect(self, a: SegmentAsset, outbound: bool) -> Collection:
         self._call(a, "collect")
-        return Collection(tuple(self.flows), (), ())
+        return Collection(tuple(self.flows), (), (), 0, *self.lost)
 
     def enforce(self, a: SegmentAsset, preflight: Preflight) -> Enforcement:
         self._call(a, "enforce")
@@ -99,6 +102,9 @@ class FakeOps:
 
     def unprotect(self, a: SegmentAsset) -> None:
         self._call(a, "unprotect")
+
+    def retain(self, asset_ids: AbstractSet[int]) -> None:
+        self.retained.append(frozenset(asset_ids))
 
 
 def step(
@@ -168,6 +174,17 @@ def test_learning_starts_once_and_collects_every_interval() -> None:
     step(a, m, ops, 1.2, every=1.0)
     assert ops.ops("host1").count("collect") == 2 and ops.ops("host1").count("start_learning") == 1
     assert {(str(f.peer), f.count) for f in m.flows} == {("10.99.254.1", 2), ("10.99.254.2", 1)}
+
+
+def test_the_event_streams_losses_are_reported() -> None:
+    ops, a = FakeOps(), asset(mode="learning")
+    m = step(a, None, ops, 0)
+    r = asset_report(a, m)
+    assert (r.events_dropped, r.event_overflows) == (0, 0)
+    ops.lost = (12, 2)
+    m = step(a, m, ops, 61)
+    r = asset_report(a, m)
+    assert (r.events_dropped, r.event_overflows) == (12, 2) and r.state == "learning"
 
 
 def test_an_enforcing_mode_enforces_each_revision_once_after_a_fresh_preflight() -> None:
@@ -256,6 +273,7 @@ def test_a_blocked_host_does_not_hold_the_others_up_and_the_inventory_is_saved(t
     d = SegmentDaemon(identity(tmp_path), ops, max_ssh=4)
     d.apply(snapshot(asset(1, mode="protected"), asset(2, mode="protected"), asset(3)))
     assert [a.name for a in load_inventory(tmp_path / daemon_mod.INVENTORY)] == ["host1", "host2", "host3"]
+    assert ops.retained == [frozenset({1, 2, 3})]  # background work of assets gone is stopped
     with ThreadPoolExecutor(4) as pool:
         d.round(pool)
         wait_for(lambda: d.memory[2].state == "enforced" and d.memory[3].state == "ready")

@@ -2,7 +2,8 @@
 in network namespaces (:class:`zerogate.testbed.sshhosts.SshFleet`), the server
 code run in the fleet's server namespace, clients in another one.
 
-Learn from real traffic, enforce and see learned flows pass while an unlearned
+Learn from real traffic (conntrack snapshots, and events that catch the short
+connections snapshots miss), enforce and see learned flows pass while an unlearned
 connection is refused, a table that cuts SSH roll back at once, a killed server
 leave the host to roll itself back, break-glass remove our table only, a changed
 host key stop everything, and the same through ``sudo -n`` for a non-root login.
@@ -25,9 +26,12 @@ import pytest
 
 from zerogate.deploy.firewall.errors import CheckFailedRolledBack
 from zerogate.model.snapshot import SegmentAsset
+from zerogate.netops import netns
 from zerogate.segment import hosts
 from zerogate.segment.breakglass import break_glass_from_inventory, save_inventory
 from zerogate.segment.checks import tcp_connects
+from zerogate.segment.daemon import SshHostOps
+from zerogate.segment.events import EventLedger
 from zerogate.segment.ssh import Access, HostKeyChanged
 from zerogate.testbed.sshhosts import SERVER_ADDRESS, SshFleet, SshHost, call_in_netns, client_address
 
@@ -150,6 +154,97 @@ def test_learning_collects_the_flows_clients_made(site: Site) -> None:
 
     site.fleet.call(lambda: hosts.stop_learning(asset, site.access))
     assert site.table(site.host, "zerogate_learn") is None
+
+
+def subscribed(site: Site, host: SshHost) -> bool:
+    """Whether something in the host listens to conntrack events (a netfilter netlink
+    socket, protocol 12, in multicast groups)."""
+    table = site.fleet.run(host.ns, ["cat", "/proc/net/netlink"]).stdout.splitlines()[1:]
+    return any(row[1] == "12" and int(row[3], 16) != 0 for row in (line.split() for line in table))
+
+
+def short_connections(site: Site, host: SshHost, port: int, n: int) -> None:
+    """``n`` connections from the client that open, close and leave no conntrack entry
+    behind: what a short connection between two snapshots looks like to them."""
+    for _ in range(n):
+        assert site.client_connects(host, port)
+
+    def closed() -> bool:  # no packet of theirs comes after the entries go
+        return not site.fleet.run(
+            host.ns, ["ss", "-Htn", "state", "connected", f"sport = :{port}"]
+        ).stdout.strip()
+
+    wait_for(closed, 20, "the connections to close")
+    site.fleet.run(host.ns, ["conntrack", "-D", "-p", "tcp", "--dport", str(port)], check=False)
+    left = site.fleet.run(host.ns, ["conntrack", "-L", "-p", "tcp", "--dport", str(port)], check=False)
+    assert "dport=" not in left.stdout
+
+
+def conntrack_pids(host: SshHost) -> list[int]:
+    """The conntrack processes in the host's namespace (by PID, nothing outside it)."""
+    found = []
+    for pid in netns.namespace_pids(host.ns):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "conntrack":
+                found.append(pid)
+    return found
+
+
+def announced(ledger: EventLedger, after: int, n: int) -> Callable[[], bool]:
+    return lambda: ledger.received >= after + n
+
+
+def test_events_catch_the_short_connections_that_snapshots_miss(site: Site) -> None:
+    asset = site.asset(site.host, mode="learning")
+    ops = SshHostOps(site.access)
+    assert ops.streams is not None
+    site.serve(site.host, SERVED)
+    try:
+        site.fleet.call(lambda: ops.start_learning(asset))  # the table, then the event session
+        assert site.table(site.host, "zerogate_learn") is not None
+        wait_for(lambda: subscribed(site, site.host), 20, "the event stream to subscribe")
+        site.fleet.call(lambda: ops.collect(asset, False))  # a snapshot: the window starts
+        ledger = ops.streams.ledger(asset.asset_id)
+        assert ledger is not None
+        before = ledger.received
+        short_connections(site, site.host, SERVED, 3)
+        wait_for(announced(ledger, before, 3), 20, "their events")
+
+        got = site.fleet.call(lambda: ops.collect(asset, False))
+        served = [(f.peer, f.count, f.process is not None) for f in got.flows if f.port == SERVED]
+        assert served == [(client_address(0), 3, True)]  # each counted once, with its process
+        assert (got.events_dropped, got.event_overflows) == (0, 0)
+
+        # the snapshot alone does not see such connections
+        short_connections(site, site.host, SERVED, 2)
+        alone = site.fleet.call(lambda: hosts.collect(asset, site.access))
+        assert not [f for f in alone.flows if f.port == SERVED]
+        assert [f.port for f in alone.flows] == [22]  # the collecting session itself
+
+        # leaving learning ends the host's conntrack -E, then the table goes
+        site.fleet.call(lambda: ops.stop_learning(asset))
+        wait_for(lambda: not subscribed(site, site.host), 20, "conntrack -E to stop on the host")
+        assert site.table(site.host, "zerogate_learn") is None and ops.streams.ledger(asset.asset_id) is None
+    finally:
+        ops.retain(frozenset())
+
+
+def test_the_event_session_comes_back_after_it_dies(site: Site) -> None:
+    asset = site.asset(site.host, mode="learning")
+    ops = SshHostOps(site.access)
+    assert ops.streams is not None
+    try:
+        site.fleet.call(lambda: ops.start_learning(asset))
+        wait_for(lambda: subscribed(site, site.host), 20, "the event stream to subscribe")
+        stream = ops.streams.stream(asset.asset_id)
+        assert stream is not None and stream.sessions == 1
+        (pid,) = conntrack_pids(site.host)
+        os.kill(pid, signal.SIGKILL)  # the host's conntrack dies under the session
+        wait_for(lambda: stream.sessions == 2, 30, "a new session")
+        wait_for(lambda: subscribed(site, site.host), 20, "the new session to subscribe")
+    finally:
+        ops.retain(frozenset())
+    wait_for(lambda: not subscribed(site, site.host), 20, "conntrack -E to stop on the host")
 
 
 def test_enforce_keeps_learned_flows_and_refuses_the_rest(site: Site) -> None:
@@ -280,6 +375,21 @@ def test_a_non_root_login_works_through_sudo(tmp_path: Path) -> None:
         asset = site.protected(site.host, user=user)
         pf = site.fleet.call(lambda: hosts.preflight(asset, site.access))
         assert pf.ok and pf.ssh_ports == (22,)
+        # the event stream through sudo -n, with exactly the argv the sudoers line grants
+        learning, ops = site.asset(site.host, user=user, mode="learning"), SshHostOps(site.access)
+        assert ops.streams is not None
+        try:
+            site.fleet.call(lambda: ops.start_learning(learning))
+            wait_for(lambda: subscribed(site, site.host), 20, "the event stream to subscribe through sudo")
+            ledger = ops.streams.ledger(learning.asset_id)
+            assert ledger is not None
+            before = ledger.received
+            assert site.client_connects(site.host, SERVED)
+            wait_for(announced(ledger, before, 1), 20, "the event")
+            site.fleet.call(lambda: ops.stop_learning(learning))
+            wait_for(lambda: not subscribed(site, site.host), 20, "conntrack -E to stop on the host")
+        finally:
+            ops.retain(frozenset())
         assert site.enforce(asset).outcome == "applied"
         assert site.client_connects(site.host, SERVED) and not site.client_connects(site.host, UNLEARNED)
         site.fleet.call(lambda: hosts.unprotect(asset, site.access))

@@ -63,6 +63,16 @@ def test_ssh_pins_the_key_and_the_check_never_reuses_the_shared_session(tmp_path
     assert (tmp_path / "state" / "known_hosts" / "7").read_text() == f"192.0.2.10 {KEY}\n"
 
 
+def test_a_chosen_key_exchange_applies_to_the_shared_session_and_the_check(tmp_path: Path) -> None:
+    assert not any(a.startswith("KexAlgorithms=") for a in target(tmp_path).ssh_argv(["true"]))
+    (tmp_path / "id").write_text("key")
+    access = Access(tmp_path / "id", tmp_path / "state", kex_algorithms="curve25519-sha256")
+    t = AssetTarget(asset(), access)
+    for argv in (t.ssh_argv(["true"]), t.ssh_argv(["true"], fresh=True)):
+        assert "KexAlgorithms=curve25519-sha256" in argv
+        assert argv.index("KexAlgorithms=curve25519-sha256") < argv.index("--")
+
+
 def test_root_runs_nft_as_is_and_another_login_through_sudo_with_stdin(tmp_path: Path) -> None:
     root = target(tmp_path)
     assert root._narrowed([NFT, "-f", "/x/applied.nft"]) == [NFT, "-f", "/x/applied.nft"]

@@ -114,6 +114,8 @@ class SegmentSettings(_Base):
     collect_interval: float = Field(default=60.0, gt=0, le=3600)  # learning: conntrack read this often
     max_ssh_operations: int = Field(default=32, ge=1, le=1024)  # SSH operations at once, over all assets
     check_timeout: float = Field(default=10.0, gt=0, le=300)  # enforcement's fresh-connection check
+    # ssh -o KexAlgorithms= toward the assets; "" keeps OpenSSH's own (post-quantum first)
+    ssh_kex_algorithms: str = Field(default="", pattern=r"^([+^-]?[a-z0-9][a-z0-9@.,-]*)?$", max_length=512)
     directory_url: str = ""
     directory_bind_dn: str = ""
     directory_password_file: str = ""

@@ -134,7 +134,7 @@ def run(
     key = _server_key(settings.state_dir)
 
     def build(ident: DeviceIdentity) -> SegmentDaemon:
-        access = Access(identity=key, state_dir=settings.state_dir / "assets")
+        access = Access(key, settings.state_dir / "assets", kex_algorithms=settings.ssh_kex_algorithms)
         return SegmentDaemon(
             ident,
             SshHostOps(access, check_timeout=settings.check_timeout),

@@ -27,12 +27,14 @@ from zerogate.model.snapshot import AnyAddress, AssetName, HostKeyText, Port, Ti
 MAX_ASSETS_PER_REPORT = 2000
 MAX_FLOWS_PER_ASSET = 5000
 MAX_DIRECTORY_COMPUTERS = 20000
+MAX_COUNTER = 2**53 - 1  # exact in every JSON reader
 
 # Printable text without control characters, bounded (a detail, a process name, a DN).
 Detail = Annotated[StrictStr, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{0,500}$")]
 ProcessName = Annotated[StrictStr, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,64}$")]
 DistinguishedName = Annotated[StrictStr, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,1024}$")]
 PreflightName = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+Counter = Annotated[StrictInt, Field(ge=0, le=MAX_COUNTER)]
 
 AssetState = Literal[
     "unreachable",  # no SSH connection (detail says why)
@@ -101,6 +103,11 @@ class AssetReport(Wire):
     ssh_ports: tuple[Port, ...] = Field(default=(), max_length=16)
     flows: tuple[ObservedFlow, ...] = Field(default=(), max_length=MAX_FLOWS_PER_ASSET)
     enforced_revision: StrictInt | None = None
+    # Learning from conntrack events, since the server started observing the asset:
+    # new connections it refused because its pending cap was full, and how often the
+    # host's kernel said it lost events (its buffer was full; how many is not told).
+    events_dropped: Counter = 0
+    event_overflows: Counter = 0
 
 
 class DirectoryComputer(Wire):

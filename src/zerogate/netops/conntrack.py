@@ -14,7 +14,12 @@ sport=40307 dport=5353 [UNREPLIED] src=fd77::1 dst=fd77::2 sport=5353 dport=4030
 
 (one line each). ``timeout`` ends the event stream with exit status 124, which
 is the normal end, and conntrack writes its "N flow entries/events have been
-shown." summary to stderr.
+shown." summary to stderr. The segment server's long-lived stream
+(:func:`stream_argv`) has no ``timeout``; its stderr is read with stdout, so a
+"WARNING: We have hit ENOBUFS! We are losing events." (the kernel dropped events
+because the netlink socket's buffer was full; the number is not told) is counted
+in ``overflows``, and its two explanation lines and the buffer-size notice are
+left out like the summary.
 
 Parsing is tolerant of lines and tokens it does not understand: such a line is
 counted (``skipped``) and left out, never an exception; TCP and UDP entries
@@ -48,6 +53,14 @@ _NUMBER = re.compile(r"[0-9]+")
 _STATE = re.compile(r"[A-Z][A-Z_]*")
 _STAMP = re.compile(r"\[([0-9]{1,12})\.([0-9]{1,9})\]")
 _SUMMARY = re.compile(r"conntrack v\S+ \(conntrack-tools\): \d+ flow (entries|events) ha(s|ve) been shown\.")
+_OVERFLOW = re.compile(
+    r"(conntrack v\S+ \(conntrack-tools\): )?WARNING: We have hit ENOBUFS! We are losing events\."
+)
+_EXPLAINED = re.compile(
+    r"This message means that the current netlink socket buffer size is too small\."
+    r"|Please, check --buffer-size in conntrack\(8\) manpage\."
+    r"|(conntrack v\S+ \(conntrack-tools\): )?NOTICE: Netlink socket buffer size has been set to \d+ bytes\."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,7 @@ class ConntrackEvents:
     events: tuple[ConntrackEvent, ...]
     skipped: int = 0
     unsupported: int = 0
+    overflows: int = 0  # "We have hit ENOBUFS" warnings: the kernel lost events here
 
 
 # --------------------------------------------------------------------------- commands
@@ -86,6 +100,12 @@ def events_argv(seconds: int) -> list[str]:
     if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= 86400:
         raise ValueError(f"event capture must last 1-86400 seconds, not {seconds!r}")
     return ["timeout", str(seconds), "conntrack", "-E", "-e", "NEW", "-o", "timestamp,extended"]
+
+
+def stream_argv() -> list[str]:
+    """New connections until the process is stopped: the segment server's event stream.
+    Fixed argv (it is a sudoers line): no file, no filter, no buffer size."""
+    return ["conntrack", "-E", "-e", "NEW", "-o", "timestamp,extended"]
 
 
 def learning_table() -> str:
@@ -207,11 +227,15 @@ def _stamp(token: str) -> datetime:
 
 
 def parse_events(text: str) -> ConntrackEvents:
-    """The output of :func:`events_argv` (``-o timestamp,extended``)."""
+    """The output of :func:`events_argv` or :func:`stream_argv` (``-o timestamp,extended``),
+    stderr included or not."""
     events: list[ConntrackEvent] = []
-    skipped = unsupported = 0
+    skipped = unsupported = overflows = 0
     for line in text.splitlines():
-        if _is_noise(line):
+        if _is_noise(line) or _EXPLAINED.fullmatch(line.strip()):
+            continue
+        if _OVERFLOW.fullmatch(line.strip()):
+            overflows += 1
             continue
         tokens = line.split()
         try:
@@ -223,4 +247,4 @@ def parse_events(text: str) -> ConntrackEvents:
             unsupported += 1
         except SegmentValueError:
             skipped += 1
-    return ConntrackEvents(tuple(events), skipped, unsupported)
+    return ConntrackEvents(tuple(events), skipped, unsupported, overflows)

@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from ipaddress import ip_address
 from typing import Protocol
@@ -49,6 +50,7 @@ from zerogate.netops.ldap import Computer, DirectoryError, MonitoredRead, dn_key
 from zerogate.policy.segment import merge
 from zerogate.segment import hosts
 from zerogate.segment.breakglass import save_inventory
+from zerogate.segment.events import PENDING_MAX, EventStreams
 from zerogate.segment.hosts import Collection, Enforcement, ScannedKey
 from zerogate.segment.preflight import Preflight
 from zerogate.segment.reconcile import (
@@ -91,11 +93,21 @@ def source_address(target: Address, port: int) -> Address:
 
 
 class SshHostOps:
-    """:class:`~zerogate.segment.reconcile.HostOps` over SSH (:mod:`zerogate.segment.hosts`)."""
+    """:class:`~zerogate.segment.reconcile.HostOps` over SSH (:mod:`zerogate.segment.hosts`);
+    while an asset learns, its conntrack event stream runs too (``events``,
+    :mod:`zerogate.segment.events`) and each collect merges it with the snapshot."""
 
-    def __init__(self, access: Access, *, check_timeout: float = hosts.CHECK_TIMEOUT) -> None:
+    def __init__(
+        self,
+        access: Access,
+        *,
+        check_timeout: float = hosts.CHECK_TIMEOUT,
+        events: bool = True,
+        events_pending: int = PENDING_MAX,
+    ) -> None:
         self.access = access
         self.check_timeout = check_timeout
+        self.streams = EventStreams(access, cap=events_pending) if events else None
 
     def scan_host_key(self, asset: SegmentAsset) -> ScannedKey:
         return hosts.scan_host_key(asset)
@@ -104,13 +116,18 @@ class SshHostOps:
         return hosts.preflight(asset, self.access)
 
     def start_learning(self, asset: SegmentAsset) -> None:
-        hosts.start_learning(asset, self.access)
+        hosts.start_learning(asset, self.access)  # the table first: conntrack then tracks
+        if self.streams is not None:
+            self.streams.ensure(asset)
 
     def stop_learning(self, asset: SegmentAsset) -> None:
+        if self.streams is not None:
+            self.streams.stop(asset.asset_id)  # before the table goes: a restart would load it again
         hosts.stop_learning(asset, self.access)
 
     def collect(self, asset: SegmentAsset, outbound: bool) -> Collection:
-        return hosts.collect(asset, self.access, outbound=outbound)
+        ledger = None if self.streams is None else self.streams.ensure(asset)
+        return hosts.collect(asset, self.access, outbound=outbound, events=ledger)
 
     def enforce(self, asset: SegmentAsset, preflight: Preflight) -> Enforcement:
         servers = [source_address(asset.address, asset.ssh_port)]
@@ -125,6 +142,10 @@ class SshHostOps:
 
     def unprotect(self, asset: SegmentAsset) -> None:
         hosts.unprotect(asset, self.access)
+
+    def retain(self, asset_ids: AbstractSet[int]) -> None:
+        if self.streams is not None:
+            self.streams.retain(asset_ids)
 
 
 class SegmentDaemon:
@@ -158,6 +179,9 @@ class SegmentDaemon:
         self.in_flight: dict[int, Future[None]] = {}
         self.computers: tuple[Computer, ...] | None = None  # the monitored group, last read
         self.dns: dict[int, str | None] = {}  # asset id -> its computer's DN (None: has none)
+        # Assets the controller stopped listing (id -> name): their computers leave the
+        # protected group, even when the asset went before this server saw it unprotected.
+        self.departed: dict[int, str] = {}
         self.wake = threading.Event()  # a new snapshot: decide at once
         self.dirty = threading.Event()  # something to report
         self.directory_wake = threading.Event()  # an asset got (un)protected
@@ -174,14 +198,19 @@ class SegmentDaemon:
             )
             with self.lock:
                 self.assets = {}
+            self.ops.retain(frozenset())
             return
         save_inventory(self.inventory, snapshot.assets)
         with self.lock:
-            self.assets = {a.asset_id: a for a in snapshot.assets}
+            listed = {a.asset_id: a for a in snapshot.assets}
+            if self.directory is not None:
+                self._depart({i: a.name for i, a in self.assets.items() if i not in listed}, listed)
+            self.assets = listed
             self.outbound = snapshot.learn_outbound
             for gone in set(self.memory) - set(self.assets):
                 if gone not in self.in_flight:
                     del self.memory[gone]
+        self.ops.retain(frozenset(a.asset_id for a in snapshot.assets))
         log.info("revision %s: %d asset(s)", snapshot.revision, len(snapshot.assets))
         self.wake.set()
         self.dirty.set()
@@ -339,9 +368,21 @@ class SegmentDaemon:
             self.dirty.set()
         self.update_protected_group(protected)
 
+    def _depart(self, gone: dict[int, str], listed: dict[int, SegmentAsset]) -> None:
+        """Note assets no longer listed (``gone``: id -> name), under the lock. The
+        controller drops only assets that enforce nothing (removed, or gone from the
+        monitored group after an unprotect), so their computers leave the protected
+        group -- also when the drop came before this server saw the unprotect."""
+        self.departed.update(gone)
+        for asset_id in set(self.departed) & set(listed):
+            del self.departed[asset_id]
+        if gone:
+            self.directory_wake.set()
+
     def update_protected_group(self, protected: set[tuple[tuple[str, str], ...]]) -> None:
         """Add the assets enforced in mode protected to the protected group, remove the
-        others that are in it (only assets with a directory DN; see :meth:`dn_of`)."""
+        others that are in it, and the departed ones (only assets with a directory DN;
+        see :meth:`dn_of`)."""
         assert self.directory is not None
         with self.lock:
             wanted = {
@@ -350,9 +391,16 @@ class SegmentDaemon:
                 if (m := self.memory.get(i)) is not None and m.table is not None
             }
             names = {i: self.assets[i].name for i in wanted}
+            # a departed name listed again (a new id) is the listed asset's to decide
+            listed = {a.name.casefold() for a in self.assets.values()}
+            self.departed = {i: n for i, n in self.departed.items() if n.casefold() not in listed}
+            departed = dict(self.departed)
+        wanted.update(dict.fromkeys(departed, False))
+        names.update(departed)
         for asset_id, want in wanted.items():
             dn = self.dn_of(asset_id, names[asset_id])
             if dn is None or (dn_key(dn) in protected) == want:
+                self._departure_done(asset_id, departed)
                 continue
             try:
                 if want:
@@ -363,8 +411,16 @@ class SegmentDaemon:
                     protected.discard(dn_key(dn))
             except DirectoryError as exc:
                 log.warning("directory: cannot %s %s: %s", "add" if want else "remove", dn, exc)
-                continue
+                continue  # a departed asset is tried again at the next sync
+            self._departure_done(asset_id, departed)
             log.info("directory: %s %s the protected group", dn, "added to" if want else "removed from")
+
+    def _departure_done(self, asset_id: int, departed: dict[int, str]) -> None:
+        if asset_id in departed:
+            with self.lock:
+                if self.departed.get(asset_id) == departed[asset_id]:
+                    del self.departed[asset_id]
+                self.dns.pop(asset_id, None)
 
     def dn_of(self, asset_id: int, name: str) -> str | None:
         """The asset's computer DN: the snapshot carries none, so it is matched by name, first
@@ -420,6 +476,7 @@ class SegmentDaemon:
             self.directory_wake.set()
             for t in threads:
                 t.join(timeout=5)
+            self.ops.retain(frozenset())  # event sessions end; hosts keep their tables
             log.info("segment server stopped; the assets keep their tables")
 
 

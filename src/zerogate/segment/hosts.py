@@ -42,6 +42,7 @@ from zerogate.netops.conntrack import LEARNING_TABLE, learning_table, parse_entr
 from zerogate.netops.ss import parse_listeners
 from zerogate.policy.segment import derive_flows, merge
 from zerogate.segment.checks import AssetCheck, probed_ports
+from zerogate.segment.events import EventLedger, flows_of
 from zerogate.segment.plan import TABLE, removal_script, render_asset_table
 from zerogate.segment.preflight import PREFLIGHT_SCRIPT, Preflight, parse_preflight, sections
 from zerogate.segment.ssh import CONNTRACK, NFT, SS, Access, AssetTarget
@@ -75,12 +76,15 @@ class ScannedKey:
 @dataclass(frozen=True)
 class Collection:
     """One observation of an asset: its flows (one record per flow key), listeners,
-    addresses and the lines the parsers could not read."""
+    addresses and the lines the parsers could not read; with an event stream, its
+    counters so far (see :class:`~zerogate.segment.events.EventLedger`)."""
 
     flows: tuple[Flow, ...]
     listeners: tuple[Listener, ...]
     addresses: tuple[Address, ...]
     skipped: int = 0
+    events_dropped: int = 0
+    event_overflows: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,16 @@ def parse_addresses(text: str) -> tuple[Address, ...]:
 
 
 def collect(
-    asset: SegmentAsset, access: Access, *, outbound: bool = False, at: datetime | None = None
+    asset: SegmentAsset,
+    access: Access,
+    *,
+    outbound: bool = False,
+    at: datetime | None = None,
+    events: EventLedger | None = None,
 ) -> Collection:
-    """One SSH session: ``conntrack -L``, ``ss`` and the asset's addresses, joined into flows."""
+    """One SSH session: ``conntrack -L``, ``ss`` and the asset's addresses, joined into flows;
+    with ``events``, the connections its event stream saw since the last collect too,
+    each connection counted once (see :mod:`zerogate.segment.events`)."""
     with AssetTarget(asset, access) as target:
         out = target.script(_COLLECT_SCRIPT, [_sudo_flag(target), CONNTRACK, SS], "collecting flows")
     got = sections(out)
@@ -185,11 +196,17 @@ def collect(
     entries = parse_entries(got["conntrack"][0])
     ss = parse_listeners(got["ss"][0])
     addresses = parse_addresses(got.get("addr", ("", -1))[0]) or (asset.address,)
-    flows = derive_flows(
-        entries.connections, ss.listeners, addresses, at=at or datetime.now(UTC), outbound=outbound
-    )
+    at = at or datetime.now(UTC)
+    if events is None:
+        flows = derive_flows(entries.connections, ss.listeners, addresses, at=at, outbound=outbound)
+        dropped = overflows = 0
+    else:
+        observed = events.take(entries.connections, at)
+        flows = flows_of(observed, ss.listeners, addresses, outbound=outbound)
+        dropped, overflows = events.dropped, events.overflows
     merged = merge((), flows, limit=max(1, len(flows)))
-    return Collection(merged.flows, ss.listeners, addresses, entries.skipped + ss.skipped)
+    skipped = entries.skipped + ss.skipped
+    return Collection(merged.flows, ss.listeners, addresses, skipped, dropped, overflows)
 
 
 # --------------------------------------------------------------------------- enforcement

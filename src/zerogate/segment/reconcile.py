@@ -16,8 +16,10 @@ The decisions:
   offered key reported, nothing touched until the admin pins a key again;
 - first contact, and again every ``preflight_every`` seconds: the preflight;
 - monitored: no learning table, no enforcement (unprotect if one may be there);
-- learning: the learning table loaded once, a ``collect`` every ``collect_every``
-  seconds, the flows kept for the next report (bounded, see :data:`FLOW_LIMIT`);
+- learning: the learning table loaded once (the SSH backend then keeps the
+  asset's conntrack event stream running, :mod:`zerogate.segment.events`), a
+  ``collect`` every ``collect_every`` seconds, the flows kept for the next report
+  (bounded, see :data:`FLOW_LIMIT`) with the event stream's loss counters;
 - learning_with_blocks / protected: each new ``rules_revision`` enforced once,
   commit-confirmed, after a fresh preflight (sshd's ports, the listeners the check
   probes); a failed check is ``rolled_back``, another error ``failed``, and the
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -37,6 +40,7 @@ from typing import Literal, Protocol
 from zerogate.deploy.firewall.errors import CheckFailedRolledBack, FirewallApplyError, TargetUnreachable
 from zerogate.model.segment import Flow
 from zerogate.model.segment_report import (
+    MAX_COUNTER,
     MAX_FLOWS_PER_ASSET,
     AssetReport,
     AssetState,
@@ -71,6 +75,8 @@ class HostOps(Protocol):
     def collect(self, asset: SegmentAsset, outbound: bool) -> Collection: ...
     def enforce(self, asset: SegmentAsset, preflight: Preflight) -> Enforcement: ...
     def unprotect(self, asset: SegmentAsset) -> None: ...
+    def retain(self, asset_ids: AbstractSet[int]) -> None:
+        """Stop whatever runs in the background for assets not in ``asset_ids``."""
 
 
 @dataclass
@@ -89,6 +95,8 @@ class AssetMemory:
     collected_at: float | None = None
     flows: tuple[Flow, ...] = ()  # learned, not yet delivered
     flows_dropped: int = 0
+    events_dropped: int = 0  # the event stream's counters (cumulative), as of the last collect
+    event_overflows: int = 0
     state: AssetState = "unreachable"
     detail: str = "not contacted yet"
     observed_host_key: str | None = None
@@ -297,6 +305,7 @@ def _step(
         with flows_guard:
             merged = merge(memory.flows, got.flows, limit=FLOW_LIMIT)
             memory.flows, memory.collected_at = merged.flows, now
+            memory.events_dropped, memory.event_overflows = got.events_dropped, got.event_overflows
         if merged.dropped:
             memory.flows_dropped += merged.dropped
             log.warning(
@@ -320,4 +329,6 @@ def asset_report(asset: SegmentAsset, memory: AssetMemory, flows: Sequence[Flow]
         ssh_ports=pf.ssh_ports[:16] if pf else (),
         flows=tuple(ObservedFlow.of(f) for f in flows),
         enforced_revision=memory.enforced_revision,
+        events_dropped=min(memory.events_dropped, MAX_COUNTER),
+        event_overflows=min(memory.event_overflows, MAX_COUNTER),
     )

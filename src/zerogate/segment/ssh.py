@@ -13,7 +13,8 @@ connection (onboarding scans the key and the admin trusts it).
 The privileged commands are exactly the ones :func:`sudoers_line` grants, so a
 dedicated account needs nothing else: ``nft -f -`` and ``nft -c -f -`` (scripts on
 stdin, never a path), ``nft list tables``, ``nft list table inet zerogate_segment``,
-``conntrack -L -o extended`` and ``ss -H -tuln -p``. The commit-confirm engine's
+``conntrack -L -o extended``, ``conntrack -E -e NEW -o timestamp,extended`` (the
+learning event stream, :mod:`zerogate.segment.events`) and ``ss -H -tuln -p``. The commit-confirm engine's
 ``nft -f FILE`` becomes ``sudo -n nft -f - < FILE`` (the redirection is the
 login's own shell reading its own file), and the rollback armed on the host is a
 detached process of that user that runs the same at fire time.
@@ -43,6 +44,7 @@ from zerogate.deploy.firewall.ssh import CONNECT_TIMEOUT, SshAddress, SshTarget
 from zerogate.model.snapshot import SegmentAsset
 from zerogate.netops.command import CommandError, run
 from zerogate.segment.plan import TABLE_FAMILY, TABLE_NAME
+from zerogate.segment.sshmux import terminate_master
 
 # Absolute paths: sudoers matches commands by path (Debian's, merged /usr).
 NFT = "/usr/sbin/nft"
@@ -61,6 +63,7 @@ PRIVILEGED: tuple[tuple[str, ...], ...] = (
     (NFT, "list", "tables"),
     (NFT, "list", "table", TABLE_FAMILY, TABLE_NAME),
     (CONNTRACK, "-L", "-o", "extended"),
+    (CONNTRACK, "-E", "-e", "NEW", "-o", "timestamp,extended"),
     (SS, "-H", "-tuln", "-p"),
 )
 _HOST_KEY_FAILED = "Host key verification failed"
@@ -77,8 +80,15 @@ class HostKeyChanged(TargetUnreachable):
 
 def sudoers_line(user: str) -> str:
     """The sudoers rule a dedicated (non-root) segment account needs, and nothing more."""
-    commands = ", ".join(" ".join(argv) for argv in PRIVILEGED)
+    commands = ", ".join(" ".join(_sudoers_word(w) for w in argv) for argv in PRIVILEGED)
     return f"{user} ALL=(root) NOPASSWD: {commands}"
+
+
+def _sudoers_word(word: str) -> str:
+    """A command word as sudoers reads it: ``,`` ``:`` ``=`` and ``\\`` are syntax there."""
+    for char in "\\,:=":
+        word = word.replace(char, "\\" + char)
+    return word
 
 
 def known_hosts_line(asset: SegmentAsset) -> str:
@@ -107,6 +117,9 @@ class Access:
     # On the assets: where snapshots, ruleset copies and rollback markers go
     # (None: ROOT_DIR for root, USER_DIR below the home directory of another login).
     remote_dir: str | None = None
+    # ``ssh -o KexAlgorithms=`` for every connection ("": OpenSSH's own list). The key
+    # exchange is most of a new connection's CPU; see the segment settings' ssh_kex_algorithms.
+    kex_algorithms: str = ""
 
     def control_dir(self) -> Path:
         """Where the shared SSH sessions' sockets live: short (a socket path has 108 bytes), 0700, ours."""
@@ -142,7 +155,9 @@ class AssetTarget(SshTarget):
         address = SshAddress(asset.ssh_user, str(asset.address), asset.ssh_port, directory)
         super().__init__(address, access.known_hosts(asset), access.identity)
         self.asset, self.access = asset, access
-        who = f"{asset.ssh_user}@{asset.address}:{asset.ssh_port}".encode()
+        # One shared session per (server state, login): two servers on one machine (other
+        # namespaces, other state dirs) that dial the same address must never share a master.
+        who = f"{access.state_dir.resolve()}\0{asset.ssh_user}@{asset.address}:{asset.ssh_port}".encode()
         self.control_path = access.control_dir() / hashlib.sha256(who).hexdigest()[:20]
         self.name = f"{asset.name} ({address.url})"
         self.sudo = asset.ssh_user != "root"
@@ -168,12 +183,20 @@ class AssetTarget(SshTarget):
         else:
             mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path}",
                    "-o", f"ControlPersist={CONTROL_PERSIST}"]  # fmt: skip
+        if self.access.kex_algorithms:
+            mux += ["-o", f"KexAlgorithms={self.access.kex_algorithms}"]
         return [*argv[:at], *mux, *argv[at:]]
 
     def close(self) -> None:
-        """End the shared session (if one runs); never raises."""
+        """End the shared session (if one runs); never raises. The master is asked over its
+        socket (:mod:`zerogate.segment.sshmux`); ``ssh -O exit`` only if that fails."""
         if not self.control_path.exists():
             return
+        try:
+            terminate_master(self.control_path)
+            return
+        except OSError:
+            pass
         argv = [
             "ssh",
             "-F",

@@ -14,8 +14,8 @@ Accounts (passwords are random per server and handed to slapd as ``{SSHA}``):
 
 - the root DN ``cn=admin,SUFFIX``: everything;
 - :data:`WRITER_RDN` (``cn=segment,ou=services``): reads everything, may change
-  the ``member`` attribute of groups under ``ou=groups`` -- what the segment
-  server needs;
+  the ``member`` attribute of groups under ``ou=groups``, or only of the groups
+  named with ``writer_groups`` -- what the segment server needs;
 - :data:`READER_RDN` (``cn=reader,ou=services``): reads everything, writes
   nothing.
 
@@ -111,12 +111,21 @@ def ssha(password: str) -> str:
     return "{SSHA}" + base64.b64encode(digest + salt).decode()
 
 
-def render_slapd_conf(base: Path, suffix: str, root_dn: str, root_hash: str) -> str:
-    """slapd.conf for one mdb database below ``base``; groups' ``member`` writable by the writer."""
+def render_slapd_conf(
+    base: Path, suffix: str, root_dn: str, root_hash: str, writer_groups: Sequence[str] = ()
+) -> str:
+    """slapd.conf for one mdb database below ``base``; the ``member`` attribute of the
+    ``writer_groups`` (DNs) writable by the writer, or of every group under ``ou=groups``
+    when none are named."""
     schemas = "".join(
         f"include {SCHEMA_DIR}/{name}.schema\n" for name in ("core", "cosine", "inetorgperson", "nis")
     )
     writer = f"{WRITER_RDN},{suffix}"
+    targets = [f'dn.exact="{dn}"' for dn in writer_groups] or [f'dn.subtree="ou=groups,{suffix}"']
+    writable = "".join(
+        f'access to {target} attrs=member\n    by dn.exact="{writer}" write\n    by users read\n    by * none\n'
+        for target in targets
+    )
     return f"""\
 # zerogate testbed slapd (generated)
 {schemas}include {base}/ad-computer.schema
@@ -139,11 +148,7 @@ index member eq
 access to attrs=userPassword
     by anonymous auth
     by * none
-access to dn.subtree="ou=groups,{suffix}" attrs=member
-    by dn.exact="{writer}" write
-    by users read
-    by * none
-access to *
+{writable}access to *
     by users read
     by * none
 """
@@ -221,8 +226,11 @@ class _Account:
 class Slapd:
     """One private slapd on 127.0.0.1; ``with Slapd() as ldap: ...``."""
 
-    def __init__(self, *, suffix: str = SUFFIX, start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(
+        self, *, suffix: str = SUFFIX, start_timeout: float = START_TIMEOUT, writer_groups: Sequence[str] = ()
+    ) -> None:
         self.suffix = suffix
+        self.writer_groups = tuple(writer_groups)  # empty: the writer may change every group's members
         self.computers_dn = f"ou=computers,{suffix}"
         self.groups_dn = f"ou=groups,{suffix}"
         self.start_timeout = start_timeout
@@ -351,7 +359,9 @@ class Slapd:
         (base / "data").mkdir()
         (base / "ad-computer.schema").write_text(AD_COMPUTER_SCHEMA)
         conf = base / "slapd.conf"
-        conf.write_text(render_slapd_conf(base, self.suffix, self.root.dn, ssha(self.root.password)))
+        conf.write_text(
+            render_slapd_conf(base, self.suffix, self.root.dn, ssha(self.root.password), self.writer_groups)
+        )
         pw_file = base / "root.pw"
         pw_file.touch(mode=0o600)
         pw_file.write_text(self.root.password)  # -y reads the whole file: no newline

@@ -19,6 +19,12 @@ Hosts start in parallel (at most ``parallel`` at a time), each awaited with a
 condition (sshd logs that it listens). ``close`` stops every process it started
 and every process left in its namespaces by PID, then deletes the namespaces;
 it never raises. A failed start raises :class:`FleetError` with the sshd log tail.
+
+Scale (500-1,000 hosts): the namespaces are made and deleted with one ``ip -batch``
+each way, every host's bridge port is enslaved in one batch at the end, a host
+costs three programs to start (its ``ip -batch``, ``ssh-keygen`` and sshd), and
+``close`` finds the processes left in the fleet's namespaces with one pass over
+/proc rather than one ``ip netns pids`` (itself a pass over /proc) per namespace.
 """
 
 from __future__ import annotations
@@ -141,10 +147,11 @@ class SshFleet:
             raise FleetError(f"a fleet has 1 to {MAX_PORTS} hosts and clients together, not {self.count}")
         self.tmp.mkdir(parents=True, exist_ok=True)
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "zerogate-segment", "-f", str(self.key)])
-        self._add_ns(self.server_ns)
+        self._add_namespaces([self.server_ns])
         netns.run_batch(
-            [["link", "add", BRIDGE, "type", "bridge"], ["addr", "add", f"{SERVER_ADDRESS}/{PREFIX_LEN}",
-             "dev", BRIDGE], ["link", "set", BRIDGE, "up"]], self.server_ns,
+            [["link", "set", "lo", "up"], ["link", "add", BRIDGE, "type", "bridge"],
+             ["addr", "add", f"{SERVER_ADDRESS}/{PREFIX_LEN}", "dev", BRIDGE], ["link", "set", BRIDGE, "up"]],
+            self.server_ns,
         )  # fmt: skip
         if self.sudo_user:
             self._add_user()
@@ -153,6 +160,8 @@ class SshFleet:
             SshHost(i, f"{self.prefix}-{i}", host_address(i), self.tmp / f"host{i}")
             for i in range(self.count)
         ]
+        tags = [str(h.index) for h in self.hosts] + [f"c{j}" for j in range(self.clients)]
+        self._add_namespaces([h.ns for h in self.hosts] + [self.client_ns(j) for j in range(self.clients)])
         jobs: list[Callable[[], None]] = [functools.partial(self._start_host, h, users) for h in self.hosts]
         jobs += [
             functools.partial(self._attach, self.client_ns(j), f"c{j}", client_address(j))
@@ -161,24 +170,26 @@ class SshFleet:
         with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
             for future in [pool.submit(job) for job in jobs]:
                 future.result()
+        # sshd listens on its address whether or not the port is on the bridge yet
+        ports = [f"v{t}" for t in tags]
+        enslave = [["link", "set", v, "master", BRIDGE] for v in ports]
+        enslave += [["link", "set", v, "up"] for v in ports]
+        netns.run_batch(enslave, self.server_ns, timeout=_batch_timeout(enslave))
 
-    def _add_ns(self, name: str) -> None:
-        netns.add_namespace(name)
+    def _add_namespaces(self, names: Sequence[str]) -> None:
+        """Create ``names`` in one ``ip -batch`` (each recorded first, so close removes it)."""
         with self._guard:
-            self._namespaces.append(name)
-        netns.run_ip(["link", "set", "lo", "up"], name)
+            self._namespaces.extend(names)
+        netns.run_batch([netns.cmd_add_namespace(name) for name in names], timeout=_batch_timeout(names))
 
     def _attach(self, ns: str, tag: str, address: IPv4Address) -> None:
-        """``ns`` with ``eth0`` bridged to the server namespace at ``address``."""
-        self._add_ns(ns)
-        peer = f"v{tag}"
+        """``ns`` (already made) with ``lo`` up and ``eth0`` a veth to port ``v<tag>`` of the
+        server namespace, at ``address``; the port joins the bridge once every host is up."""
         netns.run_batch(
-            [["link", "add", "eth0", "type", "veth", "peer", "name", peer, "netns", self.server_ns],
+            [["link", "set", "lo", "up"],
+             ["link", "add", "eth0", "type", "veth", "peer", "name", f"v{tag}", "netns", self.server_ns],
              ["addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0"], ["link", "set", "eth0", "up"]], ns,
         )  # fmt: skip
-        netns.run_batch(
-            [["link", "set", peer, "master", BRIDGE], ["link", "set", peer, "up"]], self.server_ns
-        )
 
     def _start_host(self, host: SshHost, users: Sequence[str]) -> None:
         self._attach(host.ns, str(host.index), host.address)
@@ -211,17 +222,20 @@ class SshFleet:
 
     def close(self) -> None:
         """Stop every process by PID, remove every namespace, the account and its sudoers file."""
-        for host in self.hosts:
-            if host.sshd is not None:
-                with contextlib.suppress(OSError):
-                    _stop(host.sshd.process)
-        for ns in reversed(self._namespaces):
-            with contextlib.suppress(CommandError, OSError):
-                for pid in set(netns.namespace_pids(ns)) - {os.getpid()}:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)  # sessions, servers and rollbacks left in our namespace
-            with contextlib.suppress(CommandError):
-                netns.delete_namespace(ns)
+        _stop_all([h.sshd.process for h in self.hosts if h.sshd is not None])
+        names = list(reversed(self._namespaces))
+        with contextlib.suppress(OSError):
+            for pid in _pids_in(names) - {os.getpid()}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # sessions, servers and rollbacks left in our namespaces
+        with contextlib.suppress(CommandError):
+            netns.run_batch(
+                [netns.cmd_delete_namespace(ns) for ns in names], force=True, timeout=_batch_timeout(names)
+            )
+        for ns in names:  # what the batch left (it reports, but does not retry)
+            if Path(f"/run/netns/{ns}").exists():
+                with contextlib.suppress(CommandError):
+                    netns.delete_namespace(ns)
         self._namespaces.clear()
         if self._sudoers is not None:
             self._sudoers.unlink(missing_ok=True)
@@ -259,14 +273,44 @@ class SshFleet:
         return "\n".join(parts)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def _batch_timeout(lines: Sequence[object]) -> float:
+    return 30.0 + 0.1 * len(lines)  # generous: the machine may be busy with others' work
+
+
+def _stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process first (they stop in parallel), then wait for each; SIGKILL
+    one that is still there after 5 s. Never raises."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+
+
+def _pids_in(namespaces: Sequence[str]) -> set[int]:
+    """PIDs of the processes whose network namespace is one of ``namespaces``: one pass over /proc."""
+    wanted: set[tuple[int, int]] = set()
+    for ns in namespaces:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/run/netns/{ns}")
+            wanted.add((st.st_dev, st.st_ino))
+    found: set[int] = set()
+    if not wanted:
+        return found
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # gone meanwhile, or a kernel thread
+                st = os.stat(f"/proc/{entry.name}/ns/net")
+                if (st.st_dev, st.st_ino) in wanted:
+                    found.add(int(entry.name))
+    return found
 
 
 def call_in_netns(name: str, fn: Callable[[], T], timeout: float = 600) -> T:

@@ -7,12 +7,17 @@ asset or of none is ignored (and listed in the answer). A host that offers
 another key than the pinned one goes to state ``host_key_changed`` and its
 key stays pinned: management stays stopped until an admin trusts the new key.
 Flows merge into the asset's records (:func:`zerogate.policy.segment.merge`)
-up to a limit per asset; the excess is refused and counted on the asset.
+up to a limit per asset; the excess is refused and counted on the asset. The
+server's event-loss counters (conntrack events it dropped, kernel overflows on
+the host) are shown in the asset's detail.
 
 With a directory, the server's directory-sourced assets follow the group:
 new members become assets in mode monitored, members that left are removed,
-unless they are enforcing (protected, learning with blocks): those stay,
-flagged, until an admin unprotects them. A plain learning window that ended
+unless they are enforcing (protected, learning with blocks) or their server
+still reports a revision in force on the host (an unprotect it has not carried
+out yet: removed now, the host would keep our table and the directory its
+protected group entry): those stay, flagged, until an admin unprotects them and
+the server reports the table gone. A plain learning window that ended
 goes back to monitored. Each of these is audited, and changes the config
 revision when it changes what a server is told.
 """
@@ -68,6 +73,11 @@ def _store_state(tx: WriteTx, asset: SegmentAssetRow, report: AssetReport, actor
         asset.detail = (
             f"{asset.detail}; " if asset.detail else ""
         ) + f"flow limit reached: {asset.flows_refused} new flow(s) refused"
+    if report.events_dropped or report.event_overflows:
+        asset.detail = (f"{asset.detail}; " if asset.detail else "") + (
+            f"conntrack events lost: {report.events_dropped} dropped by the segment server (pending cap), "
+            f"{report.event_overflows} kernel buffer overflow(s) on the host"
+        )
 
 
 def _flows(observed: Sequence[ObservedFlow]) -> list[Flow]:
@@ -207,7 +217,7 @@ async def _follow_directory(
     for row in list(mine):
         if row.name in members:
             continue
-        if row.mode in ENFORCING:
+        if row.mode in ENFORCING or row.enforced_revision is not None:
             if not row.left_directory:
                 row.left_directory = True
                 tx.audit(
