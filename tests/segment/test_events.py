@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from pathlib import Path
@@ -22,6 +21,7 @@ from zerogate.model.snapshot import SegmentAsset
 from zerogate.netops.conntrack import ConntrackEvent, ConntrackEvents, learning_table, stream_argv
 from zerogate.segment.events import STREAM_SCRIPT, EventLedger, EventStream, flows_of, session_argv
 from zerogate.segment.ssh import CONNTRACK, NFT, PRIVILEGED, Access
+from zerogate.testbed.lab import wait_for
 
 HOST, CLIENT, FAR = ip_address("10.99.0.2"), ip_address("10.99.254.1"), ip_address("192.0.2.80")
 T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
@@ -42,14 +42,6 @@ def events(*connections: Connection, overflows: int = 0) -> ConntrackEvents:
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-def wait_for(probe: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- the ledger

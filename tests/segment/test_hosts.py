@@ -33,6 +33,7 @@ from zerogate.segment.checks import tcp_connects
 from zerogate.segment.daemon import SshHostOps
 from zerogate.segment.events import EventLedger
 from zerogate.segment.ssh import Access, HostKeyChanged
+from zerogate.testbed.lab import wait_for
 from zerogate.testbed.sshhosts import SERVER_ADDRESS, SshFleet, SshHost, call_in_netns, client_address
 
 pytestmark = [
@@ -49,14 +50,6 @@ pytestmark = [
 
 SERVED, UNLEARNED = 8080, 9090
 OTHER_TABLE = "table inet othertool {\n  chain input {\n    type filter hook input priority 10; policy accept;\n    counter\n  }\n}\n"  # fmt: skip
-
-
-def wait_for(probe: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Site:

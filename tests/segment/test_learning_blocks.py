@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from zerogate.segment.checks import tcp_connects
 from zerogate.segment.daemon import SshHostOps
 from zerogate.segment.reconcile import AssetMemory, asset_report, decide, execute, remember
 from zerogate.segment.ssh import Access
+from zerogate.testbed.lab import wait_for
 from zerogate.testbed.sshhosts import SERVER_ADDRESS, SshFleet, SshHost, call_in_netns, client_address
 
 pytestmark = [
@@ -44,14 +44,6 @@ pytestmark = [
 
 ALLOWED, DENIED = 8080, 9090  # no rule names 8080; an approved deny rule names 9090
 COLLECT_EVERY = 1.0
-
-
-def wait_for(probe: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def listening(host: SshHost, port: int) -> Callable[[], bool]:

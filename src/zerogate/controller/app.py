@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
@@ -34,7 +34,7 @@ from zerogate.controller.api import (
     segment_review,
     segment_servers,
 )
-from zerogate.controller.limits import BodyLimit
+from zerogate.controller.limits import BodyLimit, known_query_only
 from zerogate.controller.openapi_doc import build_openapi
 from zerogate.controller.state import ApiProblem, ControllerState
 
@@ -59,6 +59,7 @@ def create_app(state: ControllerState) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         openapi_url="/openapi.json",
+        dependencies=[Depends(known_query_only)],
     )
     app.state.zg = state
     # Every error is {"detail": text} built without echoing the input (errors.py).

@@ -26,8 +26,13 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 
+from fastapi import Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from zerogate.controller.state import Unprocessable
 
 MIB = 1024 * 1024
 GROUP_MEMBERS_BYTES = 8 * MIB
@@ -135,3 +140,25 @@ async def _refuse(send: Send, status: int, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def known_query_only(request: Request) -> None:
+    """Refuse (422) a query parameter the operation does not take: strict at the boundary,
+    so a misspelt filter is an error, not a silently wider answer. The message names what
+    the operation takes, never what was sent."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_names(route)
+    if any(name not in known for name in request.query_params):
+        takes = ", ".join(sorted(known)) or "none"
+        raise Unprocessable(f"the query has a parameter this operation does not take (it takes: {takes})")
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    # Walked per request: a handful of dependencies, and routes (Starlette defines
+    # __eq__ on them) cannot key a cache.
+    def walk(d: Dependant) -> list[str]:
+        return [p.alias for p in d.query_params] + [n for sub in d.dependencies for n in walk(sub)]
+
+    return frozenset(walk(route.dependant))

@@ -6,7 +6,7 @@ errors.py), so the document gets one ``Problem`` schema, and each operation
 lists the error statuses it can return, derived from what the route is:
 
 - every operation: 400 (unreadable request) and 413 (body over the limit);
-- with parameters or a body: 422;
+- every operation: 422 too (a query parameter it does not take, see limits.py);
 - signed-in operations (a bearer token is resolved): 401 and 403, and the
   ``bearer`` security requirement;
 - operations that check a secret in their body (sign-in, activation,
@@ -76,9 +76,7 @@ def error_statuses(route: RouteContext, method: str) -> set[int]:
     signed_in = auth.principal in calls
     checks_secret = route.path_format in SECRET_CHECKING
     has_body = route.body_field is not None
-    statuses = {400, 413}
-    if dependant.path_params or dependant.query_params or has_body:
-        statuses.add(422)
+    statuses = {400, 413, 422}
     if signed_in or checks_secret:
         statuses |= {401, 403}
     if checks_secret:
