@@ -25,7 +25,7 @@ from zerogate.agent import follower as agent
 from zerogate.agent.follower import SnapshotFollower
 from zerogate.agent.state import DeviceIdentity
 from zerogate.cli.device import enroll_device
-from zerogate.model.snapshot import GatewaySnapshot, InvalidSnapshot, RevokedSnapshot
+from zerogate.model.snapshot import SCHEMA_VERSION, GatewaySnapshot, InvalidSnapshot, RevokedSnapshot
 from zerogate.testbed.localrun import AccountSession
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -154,7 +154,7 @@ def test_follower_applies_the_snapshot_keeps_it_0600_and_follows_changes(
         identity.device_id,
         identity.name,
     )
-    assert "policy" in first and "clients" in first and first["schema_version"] == "1.0"
+    assert "policy" in first and "clients" in first and first["schema_version"] == SCHEMA_VERSION
     assert isinstance(run.follower.snapshot, GatewaySnapshot)
     cached = enrolled / "snapshot.json"
     wait_until(cached.exists, "snapshot.json")

@@ -71,7 +71,7 @@ from pydantic import (
 from zerogate.policy.intervals import disjoint
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1  # 1.1: segment assets carry their just-in-time openings
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
 
@@ -365,6 +365,20 @@ class SegmentRule(Wire):
     sources: tuple[AnyPrefix, ...] = Field(max_length=256)
 
 
+class JitOpening(Wire):
+    """A just-in-time opening on a protected asset: ``source`` (one address, the
+    requester's as the segment server saw it) may reach ``protocol``/``port`` until
+    ``expires_at``. On the host it is one element of the table's ``jit`` sets with a
+    kernel timeout, so it closes by itself even when the server and the controller
+    are down; the server removes it early when it leaves the snapshot (revoked)."""
+
+    opening_id: StrictInt
+    source: AnyAddress
+    protocol: Literal["tcp", "udp"]
+    port: Port
+    expires_at: Timestamp
+
+
 class SegmentAsset(Wire):
     """A host the segment server manages over SSH, and the state it must be in.
 
@@ -382,6 +396,7 @@ class SegmentAsset(Wire):
     rules_revision: StrictInt
     rules: tuple[SegmentRule, ...] = Field(max_length=1024)
     jump_hosts: tuple[AnyPrefix, ...] = Field(max_length=64)
+    jit_openings: tuple[JitOpening, ...] = Field(default=(), max_length=4096)
 
 
 class SegmentSnapshot(SnapshotBase):
@@ -446,14 +461,17 @@ def parse_snapshot(role: str, data: object) -> Snapshot:
     if sent != role:
         shown = repr(sent) if isinstance(sent, str) and len(sent) < 20 else "no valid role"
         raise InvalidSnapshot(f"the snapshot is for {shown}, but this device is a {role}")
-    version = data.get("schema_version", SCHEMA_VERSION)
+    legacy = "schema_version" not in data
+    if legacy:  # cached before versioning: that was 1.0
+        data = {**data, "schema_version": "1.0"}
+    version = data["schema_version"]
     numbers = _version(version) if isinstance(version, str) else None
     if numbers is None:
         raise InvalidSnapshot("schema_version is not MAJOR.MINOR")
     major, minor = numbers
     if major != SCHEMA_MAJOR:
         raise UnsupportedSchema(role, str(version))
-    context = {"newer": minor > SCHEMA_MINOR, "legacy": "schema_version" not in data}
+    context = {"newer": minor > SCHEMA_MINOR, "legacy": legacy}
     try:
         return kind.model_validate(data, context=context)
     except ValidationError as exc:
