@@ -124,6 +124,10 @@ class SegmentSettings(_Base):
     directory_protected_group_dn: str = ""
     directory_ca_file: str = ""
     directory_sync_interval: float = Field(default=300.0, gt=0, le=86400)
+    # just-in-time openings: the HTTPS listener where users ask for one ("" = none)
+    jit_listen: str = Field(default="", pattern=r"^((\[[0-9a-fA-F:.]+\]|[0-9.]+):[0-9]{1,5})?$", max_length=64)
+    jit_cert_file: str = ""
+    jit_key_file: str = ""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -131,7 +135,7 @@ class SegmentSettings(_Base):
         return _lower(value)
 
     @model_validator(mode="after")
-    def _directory_complete(self) -> SegmentSettings:
+    def _complete(self) -> SegmentSettings:
         needed = ("bind_dn", "password_file", "base_dn", "monitored_group_dn", "protected_group_dn")
         if self.directory_url:
             missing = [f"directory_{k}" for k in needed if not getattr(self, f"directory_{k}")]
@@ -139,6 +143,10 @@ class SegmentSettings(_Base):
                 raise ValueError(f"directory_url is set, so {', '.join(missing)} must be set too")
         elif any(getattr(self, f"directory_{k}") for k in (*needed, "ca_file")):
             raise ValueError("directory_* settings are given but directory_url is empty; set it")
+        if self.jit_listen and not (self.jit_cert_file and self.jit_key_file):
+            raise ValueError("jit_listen is set, so jit_cert_file and jit_key_file must be set too")
+        if not self.jit_listen and (self.jit_cert_file or self.jit_key_file):
+            raise ValueError("jit_cert_file or jit_key_file is given but jit_listen is empty; set it")
         return self
 
     def directory_config(self) -> DirectoryConfig | None:
