@@ -334,8 +334,9 @@ def keep_ssh(port: int) -> str:
 
 @needs_root_tools
 def test_confirmed_apply_stays_after_the_deadline(ns: Netns) -> None:
-    # long enough that a loaded machine still confirms in time (a CLI start can take a second)
-    window = 6
+    # long enough that a loaded machine still confirms in time: CI saw a CLI start, status and
+    # confirm take more than 6 s while other tests loaded both cores
+    window = 20
     started = time.monotonic()
     r = ns.apply(keep_ssh(ns.ssh_port), "--confirm-within", str(window))
     assert r.returncode == 0, r.stderr
@@ -388,7 +389,9 @@ def test_rules_that_cut_ssh_roll_back_at_once(ns: Netns) -> None:
     r = ns.apply(ruleset(ns.ssh_port, f"tcp dport {ns.ssh_port} drop"), check_timeout="1")
     assert r.returncode == 3, (r.stdout, r.stderr)
     assert "management check failed" in r.stderr and "rolled back" in r.stderr
-    assert time.monotonic() - start < 10
+    # at once: well before the default 60 s confirm window, whatever the machine's load
+    # (check timeout 1 s; CI saw 10.8 s for the whole CLI run on a loaded machine)
+    assert time.monotonic() - start < 30
     assert ns.listing() is None  # the table did not exist before: it is gone again
     assert ns.nft("list", "ruleset").stdout == before
     st = ns.status()

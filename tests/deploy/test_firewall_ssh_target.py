@@ -424,7 +424,7 @@ def test_detached_rollback_fires_on_the_target_after_the_controlling_process_is_
 
 @needs_root_tools
 def test_confirm_over_ssh_cancels_the_detached_rollback(site: Site) -> None:
-    window = 5
+    window = 20  # a loaded CI machine took more than 5 s from apply to status
     r = site.zg(
         "apply", str(site.rules_file(KEEP_SSH)), "--confirm-within", str(window), "--check-timeout", "5"
     )
