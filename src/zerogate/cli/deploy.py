@@ -15,9 +15,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zerogate.cli.common import JsonOpt, emit, fail, out
+from zerogate.cli.common import JsonOpt, emit, err, fail, out
 from zerogate.deploy.checks import Check, any_failed
 from zerogate.deploy.connectivity import check_enrolled, check_install_string
+from zerogate.deploy.connectivity_segment import (
+    CHECK_NAMES,
+    DEFAULT_TIMEOUT,
+    WINRM_PORT,
+    SegmentTargets,
+    parse_winrm,
+    run_segment_checks,
+)
 from zerogate.deploy.preflight import run_preflight, summary
 from zerogate.deploy.sizing import BENCHMARKS, LIMITS, SizingError, size
 
@@ -29,9 +37,10 @@ class Role(StrEnum):
     segment = "segment"
 
 
-class TunnelRole(StrEnum):
+class ConnectivityRole(StrEnum):
     connector = "connector"
     gateway = "gateway"
+    segment = "segment"
 
 
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
@@ -159,8 +168,72 @@ def sizing(
             out.print(f"  - {b.name}: {escape(b.workload)}: {escape(b.result)}", soft_wrap=True)
 
 
+_SKIP_HELP = "; ".join(f"{name}: {what}" for name, what in CHECK_NAMES.items())
+_SEGMENT_NOTES = (
+    "WinRM: the cached inventory has no OS field yet, so Windows assets are tested only when given with --winrm.",
+    "gc and kerberos exist only on Active Directory: against OpenLDAP they fail by design; "
+    "add --skip gc --skip kerberos there.",
+)
+
+
+def _connectivity_table(role: str, checks: Sequence[Check]) -> None:
+    table = Table(title=f"zerogate connectivity: {role}")
+    for column in ("check", "endpoint", "result", "latency", "detail"):
+        table.add_column(column, overflow="fold")
+    for c in checks:
+        detail = c.detail + (f" Fix: {c.fix}" if c.fix and c.status != "pass" else "")
+        table.add_row(
+            escape(c.title),
+            escape(c.endpoint or "-"),
+            f"[{_STYLE[c.status]}]{c.status}[/]",
+            f"{c.latency_ms:.1f} ms" if c.latency_ms is not None else "-",
+            escape(detail),
+        )
+    out.print(table)
+
+
+def _segment_checks(
+    state_dir: Path | None, config: Path | None, skip: Sequence[str], winrm: Sequence[str], timeout: float
+) -> list[Check]:
+    """Load the segment settings and run its checks, with a progress bar on a terminal."""
+    from rich.progress import Progress
+
+    from zerogate.agent.settings import ConfigError, SegmentSettings, load_settings
+
+    unknown = sorted(set(skip) - set(CHECK_NAMES))
+    if unknown:
+        fail(f"unknown --skip name; known: {', '.join(CHECK_NAMES)}", code=2)
+    try:
+        hosts = tuple(parse_winrm(h) for h in winrm)
+    except ValueError as exc:
+        fail(str(exc), code=2)
+    try:
+        settings, _ = load_settings(SegmentSettings, config=config, flags={"state_dir": state_dir})
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+    targets = SegmentTargets(
+        state_dir=settings.state_dir,
+        directory_url=settings.directory_url,
+        jit_listen=settings.jit_listen,
+        jit_cert_file=settings.jit_cert_file,
+        winrm=hosts,
+    )
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("testing", total=None)
+        return run_segment_checks(
+            targets,
+            dict(os.environ),
+            skip=skip,
+            timeout=timeout,
+            parallel=settings.max_ssh_operations,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+
+
 def connectivity_test(
-    role: TunnelRole = typer.Option(TunnelRole.connector, "--role", help="The local role to test for."),
+    role: ConnectivityRole = typer.Option(
+        ConnectivityRole.connector, "--role", help="The local role to test for."
+    ),
     state_dir: Path = typer.Option(
         None,
         "--state-dir",
@@ -169,39 +242,60 @@ def connectivity_test(
     install_string: str = typer.Option(
         None, "--install-string", help="Test with an install string instead (before enrolling)."
     ),
+    config: Path = typer.Option(
+        None, "--config", help="segment: the settings file (default /etc/zerogate/segment.toml)."
+    ),
+    skip: list[str] = typer.Option(
+        None, "--skip", help=f"segment: leave a check out (repeatable). Names: {_SKIP_HELP}."
+    ),
+    winrm: list[str] = typer.Option(
+        None,
+        "--winrm",
+        help=f"segment: a Windows asset, HOST or HOST:PORT (default {WINRM_PORT}); repeatable.",
+    ),
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT, "--timeout", min=0.1, max=120, help="segment: seconds each probe may take."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Test every endpoint and port this connector or gateway needs.
+    """Test every endpoint and port this connector, gateway or segment server needs.
 
     The controller: TCP, then TLS pinned to the deployment CA, then
     the device credential (with --install-string: the provisioning
     key). For a connector also every gateway: an authenticated UDP
     probe of its probe port (the first port of its range + 1).
 
+    For a segment server also: DNS to every resolver of /etc/resolv.conf,
+    the directory (LDAP, LDAPS, global catalog, Kerberos), SSH to every asset
+    of the cached inventory, WinRM to the --winrm hosts, and its own HTTPS
+    listener (jit_listen). HTTPS to the controller goes through HTTPS_PROXY
+    unless NO_PROXY matches.
+
     Each with its result and latency. Exit status 1 if anything fails.
     """
     env = dict(os.environ)
-    if install_string:
-        report = check_install_string(install_string, role.value, env, probe_udp=role.value == "connector")
+    if role.value == "segment":
+        if install_string:
+            fail("a segment server is tested once enrolled: drop --install-string", code=2)
+        checks = _segment_checks(state_dir, config, skip or [], winrm or [], timeout)
     else:
-        report = check_enrolled(role.value, state_dir or _STATE_ROOT / role.value, env)
-    checks = report.checks
+        if config or skip or winrm:
+            fail("--config, --skip and --winrm apply to --role segment only", code=2)
+        if install_string:
+            report = check_install_string(
+                install_string, role.value, env, probe_udp=role.value == "connector"
+            )
+        else:
+            report = check_enrolled(role.value, state_dir or _STATE_ROOT / role.value, env)
+        checks = report.checks
     ok = not any_failed(checks)
     if as_json:
-        emit({"role": role.value, "ok": ok, "results": [c.as_dict() for c in checks]}, True)
+        notes = {"notes": list(_SEGMENT_NOTES)} if role.value == "segment" else {}
+        emit({"role": role.value, "ok": ok, "results": [c.as_dict() for c in checks]} | notes, True)
     else:
-        table = Table(title=f"zerogate connectivity: {role.value}")
-        for column in ("check", "endpoint", "result", "latency", "detail"):
-            table.add_column(column, overflow="fold")
-        for c in checks:
-            detail = c.detail + (f" Fix: {c.fix}" if c.fix and c.status != "pass" else "")
-            table.add_row(
-                escape(c.title),
-                escape(c.endpoint or "-"),
-                f"[{_STYLE[c.status]}]{c.status}[/]",
-                f"{c.latency_ms:.1f} ms" if c.latency_ms is not None else "-",
-                escape(detail),
-            )
-        out.print(table)
+        _connectivity_table(role.value, checks)
+        if role.value == "segment":
+            for note in _SEGMENT_NOTES:
+                out.print(f"[dim]Note:[/] {escape(note)}", soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
