@@ -14,6 +14,7 @@ import typer
 from zerogate.agent import enrollment
 from zerogate.agent.settings import ConfigError, SegmentSettings, describe, load_settings
 from zerogate.agent.state import DeviceIdentity
+from zerogate.cli import segment_directory
 from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, say
 from zerogate.cli.device import CheckOpt, ConfigOpt, LogOpt, _serve, setup_logging
 
@@ -24,6 +25,7 @@ app = typer.Typer(
     help="Segment server: learns how Linux hosts talk and enforces it on their own nftables, over SSH.",
     no_args_is_help=True,
 )
+app.add_typer(segment_directory.app, name="directory")
 
 
 def _sudoers_hint(user: str) -> str:

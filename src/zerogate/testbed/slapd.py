@@ -19,6 +19,13 @@ Accounts (passwords are random per server and handed to slapd as ``{SSHA}``):
 - :data:`READER_RDN` (``cn=reader,ou=services``): reads everything, writes
   nothing.
 
+Opt-in ``config_database=True``: slapd also serves its ``cn=config`` database,
+with :data:`CONFIG_ADMIN_DN` (password in :attr:`Slapd.config_admin`) as its
+root, so a test can change ACLs online (``olcAccess`` of ``olcDatabase={1}mdb``).
+slapd then runs with ``-f slapd.conf -F slapd.d``: it converts the file into the
+``slapd.d`` directory inside the same temporary directory and writes online
+changes there. The default (no ``cn=config``, ``-f`` only) is unchanged.
+
 When run as root the server drops to the ``openldap`` OS user (the Debian
 package creates it) and the directory is handed to that user.
 
@@ -45,23 +52,25 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
-from ldap3.utils.dn import escape_rdn
 
 from zerogate.netops.command import CommandError, command_env, run, spawn
+from zerogate.testbed.slapd_entries import Entry, computer_entry, group_entry, render_ldif
 from zerogate.testbed.topology import TestbedError
 from zerogate.testbed.watchdog import dismiss_watchdog, start_watchdog
 
 __all__ = [
     "AD_COMPUTER_SCHEMA",
+    "CONFIG_ADMIN_DN",
     "READER_RDN",
     "WRITER_RDN",
+    "Entry",
     "Slapd",
     "SlapdError",
     "computer_entry",
@@ -75,6 +84,7 @@ SUFFIX = "dc=zerogate,dc=test"
 ROOT_RDN = "cn=admin"
 WRITER_RDN = "cn=segment,ou=services"
 READER_RDN = "cn=reader,ou=services"
+CONFIG_ADMIN_DN = "cn=admin,cn=config"
 SCHEMA_DIR = Path("/etc/ldap/schema")
 MODULE_DIR = Path("/usr/lib/ldap")
 SERVER_OS_USER = "openldap"
@@ -97,8 +107,6 @@ objectclass ( 1.2.840.113556.1.5.1.30 NAME 'computer'
     MAY dNSHostName )
 """
 
-Entry = tuple[str, Mapping[str, Sequence[str]]]
-
 
 class SlapdError(TestbedError):
     """The test slapd could not be configured, started, used or stopped."""
@@ -112,11 +120,17 @@ def ssha(password: str) -> str:
 
 
 def render_slapd_conf(
-    base: Path, suffix: str, root_dn: str, root_hash: str, writer_groups: Sequence[str] = ()
+    base: Path,
+    suffix: str,
+    root_dn: str,
+    root_hash: str,
+    writer_groups: Sequence[str] = (),
+    config_root_hash: str | None = None,
 ) -> str:
     """slapd.conf for one mdb database below ``base``; the ``member`` attribute of the
     ``writer_groups`` (DNs) writable by the writer, or of every group under ``ou=groups``
-    when none are named."""
+    when none are named. With ``config_root_hash``, a ``cn=config`` database whose
+    root is :data:`CONFIG_ADMIN_DN` comes first."""
     schemas = "".join(
         f"include {SCHEMA_DIR}/{name}.schema\n" for name in ("core", "cosine", "inetorgperson", "nis")
     )
@@ -126,6 +140,9 @@ def render_slapd_conf(
         f'access to {target} attrs=member\n    by dn.exact="{writer}" write\n    by users read\n    by * none\n'
         for target in targets
     )
+    config = ""
+    if config_root_hash is not None:
+        config = f'database config\nrootdn "{CONFIG_ADMIN_DN}"\nrootpw {config_root_hash}\n\n'
     return f"""\
 # zerogate testbed slapd (generated)
 {schemas}include {base}/ad-computer.schema
@@ -135,7 +152,7 @@ modulepath {MODULE_DIR}
 moduleload back_mdb
 sizelimit unlimited
 
-database mdb
+{config}database mdb
 maxsize 1073741824
 suffix "{suffix}"
 rootdn "{root_dn}"
@@ -152,47 +169,6 @@ access to attrs=userPassword
     by users read
     by * none
 """
-
-
-def _ldif_value(attr: str, value: str) -> str:
-    # Values that LDIF cannot carry verbatim (leading space/colon/<, non-ASCII,
-    # trailing space) go base64-encoded.
-    unsafe = not value.isascii() or value[:1] in (" ", ":", "<") or value.endswith(" ") or "\n" in value
-    if unsafe:
-        return f"{attr}:: {base64.b64encode(value.encode()).decode()}"
-    return f"{attr}: {value}"
-
-
-def render_ldif(entries: Iterable[Entry]) -> str:
-    """LDIF text for entries ``(dn, {attribute: [values]})`` (for slapadd / ldapadd)."""
-    blocks = []
-    for dn, attrs in entries:
-        lines = [_ldif_value("dn", dn)]
-        for attr, values in attrs.items():
-            lines.extend(_ldif_value(attr, v) for v in values)
-        blocks.append("\n".join(lines) + "\n")
-    return "\n".join(blocks)
-
-
-def computer_entry(
-    name: str, parent: str, *, address: str | None = None, dns_host_name: str | None = None
-) -> Entry:
-    """A computer entry ``cn=NAME,PARENT`` (``NAME`` escaped): device + ipHost, or the AD shape."""
-    classes = ["device"]
-    attrs: dict[str, list[str]] = {"cn": [name]}
-    if address is not None:
-        classes.append("ipHost")
-        attrs["ipHostNumber"] = [address]
-    if dns_host_name is not None:
-        classes.append("computer")
-        attrs["dNSHostName"] = [dns_host_name]
-    return f"cn={escape_rdn(name)},{parent}", {"objectClass": classes, **attrs}
-
-
-def group_entry(name: str, parent: str, members: Sequence[str] = ()) -> Entry:
-    """A groupOfNames ``cn=NAME,PARENT``; with no members it lists itself (groupOfNames needs one)."""
-    dn = f"cn={escape_rdn(name)},{parent}"
-    return dn, {"objectClass": ["groupOfNames"], "cn": [name], "member": list(members) or [dn]}
 
 
 def _free_port() -> int:
@@ -227,7 +203,12 @@ class Slapd:
     """One private slapd on 127.0.0.1; ``with Slapd() as ldap: ...``."""
 
     def __init__(
-        self, *, suffix: str = SUFFIX, start_timeout: float = START_TIMEOUT, writer_groups: Sequence[str] = ()
+        self,
+        *,
+        suffix: str = SUFFIX,
+        start_timeout: float = START_TIMEOUT,
+        writer_groups: Sequence[str] = (),
+        config_database: bool = False,
     ) -> None:
         self.suffix = suffix
         self.writer_groups = tuple(writer_groups)  # empty: the writer may change every group's members
@@ -237,6 +218,8 @@ class Slapd:
         self.root = _Account(f"{ROOT_RDN},{suffix}", secrets.token_urlsafe(18))
         self.writer = _Account(f"{WRITER_RDN},{suffix}", secrets.token_urlsafe(18))
         self.reader = _Account(f"{READER_RDN},{suffix}", secrets.token_urlsafe(18))
+        # The cn=config root (None: slapd serves no cn=config, the default).
+        self.config_admin = _Account(CONFIG_ADMIN_DN, secrets.token_urlsafe(18)) if config_database else None
         self._base: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
@@ -359,8 +342,11 @@ class Slapd:
         (base / "data").mkdir()
         (base / "ad-computer.schema").write_text(AD_COMPUTER_SCHEMA)
         conf = base / "slapd.conf"
+        config_hash = None if self.config_admin is None else ssha(self.config_admin.password)
         conf.write_text(
-            render_slapd_conf(base, self.suffix, self.root.dn, ssha(self.root.password), self.writer_groups)
+            render_slapd_conf(
+                base, self.suffix, self.root.dn, ssha(self.root.password), self.writer_groups, config_hash
+            )
         )
         pw_file = base / "root.pw"
         pw_file.touch(mode=0o600)
@@ -389,6 +375,8 @@ class Slapd:
             port = _free_port()
             # -d none: stay in the foreground (we keep the PID); errors and start-up messages only.
             argv = [_find("slapd"), "-d", "none", "-f", str(base / "slapd.conf")]
+            if self.config_admin is not None:
+                argv += ["-F", str(self._fresh_config_dir())]
             argv += ["-h", f"ldap://127.0.0.1:{port}/"]
             with open(log, "ab") as out:
                 self._proc = spawn([*argv, *privs], stdout=out, stderr=subprocess.STDOUT, cwd=base)
@@ -399,6 +387,17 @@ class Slapd:
             if _PORT_IN_USE not in _log_tail(log):
                 break
         raise SlapdError(f"slapd did not start in {base}; {log}:\n{_log_tail(log)}")
+
+    def _fresh_config_dir(self) -> Path:
+        """An empty ``slapd.d`` for slapd to convert ``slapd.conf`` into (again on a retry)."""
+        assert self._base is not None
+        config_dir = self._base / "slapd.d"
+        shutil.rmtree(config_dir, ignore_errors=True)
+        config_dir.mkdir(mode=0o700)
+        owner = _server_user()
+        if owner is not None:
+            os.chown(config_dir, owner.pw_uid, owner.pw_gid)
+        return config_dir
 
     def _wait_ready(self) -> bool:
         """Poll a root bind until it answers; False if slapd exited (e.g. port taken)."""
