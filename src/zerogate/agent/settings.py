@@ -125,7 +125,9 @@ class SegmentSettings(_Base):
     directory_ca_file: str = ""
     directory_sync_interval: float = Field(default=300.0, gt=0, le=86400)
     # just-in-time openings: the HTTPS listener where users ask for one ("" = none)
-    jit_listen: str = Field(default="", pattern=r"^((\[[0-9a-fA-F:.]+\]|[0-9.]+):[0-9]{1,5})?$", max_length=64)
+    jit_listen: str = Field(
+        default="", pattern=r"^((\[[0-9a-fA-F:.]+\]|[0-9.]+):[0-9]{1,5})?$", max_length=64
+    )
     jit_cert_file: str = ""
     jit_key_file: str = ""
 

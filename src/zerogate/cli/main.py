@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from zerogate import __version__
-from zerogate.cli import admin, client, controller, deploy, device, firewall, install, segment
+from zerogate.cli import admin, client, controller, deploy, device, firewall, install, jit, segment
 
 app = typer.Typer(
     name="zerogate",
@@ -20,6 +20,7 @@ app.add_typer(device.connector_app, name="connector")
 app.add_typer(device.gateway_app, name="gateway")
 app.add_typer(client.app, name="client")
 app.add_typer(segment.app, name="segment")
+app.add_typer(jit.app, name="jit")
 app.add_typer(firewall.app, name="firewall")
 app.command("preflight")(deploy.preflight)
 app.command("sizing")(deploy.sizing)

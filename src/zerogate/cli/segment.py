@@ -146,6 +146,9 @@ def run(
             watch_seconds=settings.watch_seconds,
             directory=Directory(directory_config) if directory_config else None,
             sync_interval=settings.directory_sync_interval,
+            jit_listen=(settings.jit_listen, settings.jit_cert_file, settings.jit_key_file)
+            if settings.jit_listen
+            else None,
         )
 
     _serve("segment", settings.state_dir, build, False)

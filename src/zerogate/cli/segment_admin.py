@@ -18,6 +18,7 @@ import typer
 
 from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, say
 from zerogate.cli.objects import item_path
+from zerogate.cli.segment_jit_admin import app as jit_app
 from zerogate.cli.session import client
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ rules_app = typer.Typer(help="Review an asset's rules: propose, approve, reject,
 app.add_typer(server_app, name="server")
 app.add_typer(asset_app, name="asset")
 app.add_typer(rules_app, name="rules")
+app.add_typer(jit_app, name="jit")
 
 ASSETS = "/v1/segment/assets"
 ASSET_COLUMNS = ["name", "address", "server", "mode", "state", "host_key_fingerprint", "flows", "reported_at"]

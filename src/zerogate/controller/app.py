@@ -31,6 +31,7 @@ from zerogate.controller.api import (
     preflight,
     provisioning_keys,
     segment,
+    segment_jit,
     segment_review,
     segment_servers,
 )
@@ -81,7 +82,7 @@ def create_app(state: ControllerState) -> FastAPI:
 
     objects = (accounts, groups, connector_groups, gateways, applications, policies, pool, audit)
     device_side = (meta, provisioning_keys, enrollment, devices, connectors, config, client_sessions)
-    segment_side = (segment_servers, segment, segment_review)
+    segment_side = (segment_servers, segment, segment_review, segment_jit)
     for module in (auth, tokens, *objects, *device_side, preflight, *segment_side):
         app.include_router(module.router)
 

@@ -238,7 +238,7 @@ def password_matches(stored: str | None, password: str) -> bool:
     return verify_password(stored, password)
 
 
-async def _check_password(
+async def check_password(
     state: ControllerState, username: str, password: str, source: str, action: str
 ) -> Account:
     """Throttled password check; failures are counted and audited (aggregated)."""
@@ -268,7 +268,7 @@ async def _check_password(
 async def confirm_totp(body: s.TotpConfirmRequest, request: Request, state: State) -> dict[str, str]:
     """Prove the authenticator works; this activates the account."""
     source = client_source(request)
-    account = await _check_password(state, body.username, body.password, source, "totp-confirm")
+    account = await check_password(state, body.username, body.password, source, "totp-confirm")
     who = Principal(kind="anonymous", name=body.username, source=source)
     async with state.mutation(who, "totp-confirm", "account", account.id, aggregate=True) as m:
         acc = await m.tx.session.get(Account, account.id)
@@ -290,7 +290,7 @@ async def confirm_totp(body: s.TotpConfirmRequest, request: Request, state: Stat
 @router.post("/login", response_model=s.LoginResponse)
 async def login(body: s.LoginRequest, request: Request, state: State) -> s.LoginResponse:
     source = client_source(request)
-    account = await _check_password(state, body.username, body.password, source, "login")
+    account = await check_password(state, body.username, body.password, source, "login")
     who = Principal(kind=account.kind, id=account.id, name=account.username, source=source)
     if account.status != "active":
         await state.refused(who, "login", "account", account.id, f"account {account.status}")

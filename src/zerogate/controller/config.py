@@ -60,6 +60,10 @@ class ControllerSettings(BaseModel):
     # Largest request body (bytes); see zerogate.controller.limits for the two larger ones.
     max_body_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     log_level: str = "info"
+    # Durations (seconds) a just-in-time opening may be asked for: 1 h, 4 h, 8 h, 12 h, 1 day.
+    segment_jit_durations: list[int] = Field(
+        default_factory=lambda: [3600, 14400, 28800, 43200, 86400], min_length=1, max_length=16
+    )
 
     @field_validator("database")
     @classmethod
@@ -121,6 +125,15 @@ class ControllerSettings(BaseModel):
             networks.append(str(net))
         return networks
 
+    @field_validator("segment_jit_durations")
+    @classmethod
+    def _jit_durations(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= v <= 7 * 86400 for v in value):
+            raise ValueError(
+                "segment_jit_durations takes seconds from 1 to 604800 (7 days), e.g. [3600, 14400]"
+            )
+        return sorted(set(value))
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -173,7 +186,7 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
         raw = environ.get(f"ZEROGATE_{name.upper()}")
         if raw is None:
             continue
-        is_list = name in ("server_names", "trusted_proxies")
+        is_list = name in ("server_names", "trusted_proxies", "segment_jit_durations")
         values[name] = [s.strip() for s in raw.split(",") if s.strip()] if is_list else raw
     return values
 

@@ -37,6 +37,7 @@ SECRET_CHECKING = frozenset(
         "/v1/auth/login",
         "/v1/enroll",
         "/v1/enroll/preflight",
+        "/v1/segment/jit-requests",
     }
 )
 # Successful answers a handler gives besides its declared status.

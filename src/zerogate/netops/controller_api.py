@@ -35,6 +35,7 @@ import json
 import logging
 import re
 import ssl
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -60,6 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CA_PATH = "/v1/ca"
+SEGMENT_JIT_PATH = "/v1/segment/jit-requests"
 _PEM_TYPES = ("application/x-pem-file", "text/plain", "application/x-x509-ca-cert")
 _HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 _IP_MISMATCH = 64  # X509_V_ERR_IP_ADDRESS_MISMATCH
@@ -351,6 +353,20 @@ class ControllerClient:
                 f"non-JSON content ({content_type}); check that the URL points at the "
                 "zerogate controller and not at a proxy or web server"
             ) from exc
+
+    # -- calls with a fixed shape
+
+    def segment_jit_request(self, body: Mapping[str, object]) -> dict[str, Any]:
+        """Forward a user's just-in-time request (segment servers only): returns
+        ``{opening_id, asset, source, protocol, port, expires_at}``. A refusal
+        raises :class:`ApiError`: 401 wrong credentials, 403 not allowed (the
+        reason in ``message``), 429 throttled (``retry_after`` set)."""
+        result = self.post(SEGMENT_JIT_PATH, dict(body))
+        if not isinstance(result, dict):
+            raise ControllerError(
+                f"the controller answered {SEGMENT_JIT_PATH} with something other than an object"
+            )
+        return result
 
     # -- lifecycle
 

@@ -52,6 +52,8 @@ from zerogate.segment import hosts
 from zerogate.segment.breakglass import save_inventory
 from zerogate.segment.events import PENDING_MAX, EventStreams
 from zerogate.segment.hosts import Collection, Enforcement, ScannedKey
+from zerogate.segment.jit import JitKeeper
+from zerogate.segment.jit_listener import start_listener
 from zerogate.segment.preflight import Preflight
 from zerogate.segment.reconcile import (
     FLOW_LIMIT,
@@ -162,6 +164,7 @@ class SegmentDaemon:
         sync_interval: float = 300.0,
         post: Callable[[dict[str, object]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        jit_listen: tuple[str, str, str] | None = None,  # (address, cert file, key file)
     ) -> None:
         self.identity = identity
         self.ops = ops
@@ -186,6 +189,7 @@ class SegmentDaemon:
         self.dirty = threading.Event()  # something to report
         self.directory_wake = threading.Event()  # an asset got (un)protected
         self.inventory = identity.state_dir / INVENTORY
+        self.jit, self.jit_listen = JitKeeper(getattr(ops, "access", None)), jit_listen  # segment.jit
         self.follower = SnapshotFollower(identity, SegmentSnapshot, self.apply, watch_seconds=watch_seconds)
 
     # ------------------------------------------------------------------ snapshot
@@ -198,6 +202,7 @@ class SegmentDaemon:
             )
             with self.lock:
                 self.assets = {}
+            self.jit.update(())
             self.ops.retain(frozenset())
             return
         save_inventory(self.inventory, snapshot.assets)
@@ -211,6 +216,7 @@ class SegmentDaemon:
                 if gone not in self.in_flight:
                     del self.memory[gone]
         self.ops.retain(frozenset(a.asset_id for a in snapshot.assets))
+        self.jit.update(snapshot.assets)
         log.info("revision %s: %d asset(s)", snapshot.revision, len(snapshot.assets))
         self.wake.set()
         self.dirty.set()
@@ -240,6 +246,8 @@ class SegmentDaemon:
     ) -> None:
         before = (memory.state, memory.detail, memory.enforced_revision, memory.table)
         execute(asset, memory, steps, self.ops, self.clock(), outbound=outbound, flows_guard=self.lock)
+        if "enforce" in steps:
+            self.jit.reloaded(asset.asset_id)  # the table was (re)loaded: its openings are synced again
         after = (memory.state, memory.detail, memory.enforced_revision, memory.table)
         if after != before or "collect" in steps or "preflight" in steps:
             self.dirty.set()
@@ -462,15 +470,18 @@ class SegmentDaemon:
 
     def run(self, stop: threading.Event, keep_on_exit: bool = False) -> None:
         """Until ``stop``; hosts keep whatever is enforced (``keep_on_exit`` has no other meaning here)."""
-        loops: list[Callable[[threading.Event], None]] = [self.round_loop, self.report_loop]
+        loops: list[Callable[[threading.Event], None]] = [self.round_loop, self.report_loop, self.jit.loop]
         if self.directory is not None:
             loops.append(self.directory_loop)
         threads = [threading.Thread(target=f, args=(stop,), name=f.__name__, daemon=True) for f in loops]
         for t in threads:
             t.start()
+        listener = start_listener(self.jit, self.identity, self.jit_listen) if self.jit_listen else None
         try:
             self.follower.run(stop)
         finally:
+            if listener is not None:
+                listener.stop()
             stop.set()
             self.wake.set()
             self.directory_wake.set()

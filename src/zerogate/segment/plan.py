@@ -12,7 +12,10 @@ needed for path MTU, errors and neighbour discovery, DHCP client replies, and
 SSH on the sshd ports really in use from the segment server and the declared
 jump hosts. Then, per mode:
 
-- ``protected``: the approved rules (accept), then drop (the chain policy too);
+- ``protected``: the approved rules (accept), then the just-in-time openings (sets
+  ``jit4`` / ``jit6`` of ``source . protocol . port`` with a kernel timeout, so an
+  opening closes by itself even when the server is down; a re-enforcement carries
+  the active ones with their remaining time), then drop (the chain policy too);
 - ``learning_with_blocks``: policy accept; only the explicit deny rules drop;
 - ``monitored`` / ``learning``: no enforcement table at all (:func:`render_asset_table`
   returns ``None``; :func:`removal_script` takes ours away).
@@ -24,11 +27,13 @@ the management path out (no server address, no SSH port).
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 from zerogate.model import nft
 from zerogate.model.segment import Address
-from zerogate.model.snapshot import SegmentAsset, SegmentRule
+from zerogate.model.snapshot import JitOpening, SegmentAsset, SegmentRule
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "zerogate_segment"
@@ -43,6 +48,8 @@ _ICMPV6 = (
     "nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-advert",
 )  # fmt: skip
 _FAMILIES = ((4, "ip"), (6, "ip6"))
+JIT_SETS = ((4, "ip", "jit4", "ipv4_addr"), (6, "ip6", "jit6", "ipv6_addr"))
+JIT_KEY_TYPE = "inet_proto . inet_service"
 
 
 class SegmentPlanError(ValueError):
@@ -116,13 +123,72 @@ def _rule(rule: SegmentRule) -> list[str]:
     ]
 
 
+def jit_set_name(opening: JitOpening) -> str:
+    """``jit4`` or ``jit6``: the set that holds ``opening`` (by its source's family)."""
+    return "jit4" if opening.source.version == 4 else "jit6"
+
+
+def jit_key(opening: JitOpening) -> str:
+    """The element key ``source . protocol . port`` (typed fields: nothing to quote)."""
+    return nft.concat(str(opening.source), opening.protocol, str(opening.port))
+
+
+def remaining_seconds(opening: JitOpening, now: datetime) -> int:
+    """Whole seconds until ``opening`` expires, rounded up (0: already expired)."""
+    return max(0, math.ceil((opening.expires_at - now).total_seconds()))
+
+
+def jit_element(opening: JitOpening, now: datetime) -> str | None:
+    """``source . proto . port timeout Ns`` (at least 1 s), or ``None`` once expired."""
+    seconds = remaining_seconds(opening, now)
+    return f"{jit_key(opening)} timeout {seconds}s" if seconds > 0 else None
+
+
+def _jit_sets(openings: Sequence[JitOpening], now: datetime) -> list[str]:
+    """The two set definitions, each with its family's active openings (latest expiry per key)."""
+    latest: dict[str, JitOpening] = {}
+    for o in openings:
+        key = jit_key(o)
+        if key not in latest or o.expires_at > latest[key].expires_at:
+            latest[key] = o
+    lines = []
+    for version, _fam, name, addr_type in JIT_SETS:
+        elements = [
+            e
+            for _, o in sorted(latest.items())
+            if o.source.version == version and (e := jit_element(o, now)) is not None
+        ]
+        body = f" elements = {nft.anonymous_set(elements)};" if elements else ""
+        lines.append(
+            f"\tset {nft.identifier(name, 'set name')} {{ type {nft.concat(addr_type, JIT_KEY_TYPE)}; "
+            f"flags timeout;{body} }}\n"
+        )
+    return lines
+
+
+def _jit_rules() -> list[str]:
+    return [
+        nft.statement(
+            nft.concat(f"{fam} saddr", nft.META_L4PROTO, "th dport"),
+            nft.set_ref(name),
+            "accept",
+            nft.comment("just-in-time openings"),
+        )
+        for _v, fam, name, _t in JIT_SETS
+    ]
+
+
 def render_asset_table(
-    asset: SegmentAsset, servers: Sequence[Address | Prefix], ssh_ports: Sequence[int]
+    asset: SegmentAsset,
+    servers: Sequence[Address | Prefix],
+    ssh_ports: Sequence[int],
+    now: datetime | None = None,
 ) -> str | None:
     """The ``nft -f`` script for ``asset`` in its mode, or ``None`` when the mode enforces nothing.
 
     ``servers``: the segment server's source address(es) as the asset sees them;
-    ``ssh_ports``: the ports sshd really listens on (from the preflight's ``ss``).
+    ``ssh_ports``: the ports sshd really listens on (from the preflight's ``ss``);
+    ``now``: the time the openings' remaining timeouts count from (default: now).
     """
     if asset.mode not in ENFORCING_MODES:
         return None
@@ -144,13 +210,17 @@ def render_asset_table(
     for rule in sorted(asset.rules, key=lambda r: r.rule_id):
         if rule.action == wanted:
             body += _rule(rule)
+    sets: list[str] = []
     if protected:
+        body += _jit_rules()
         body.append(nft.statement("counter", "drop", nft.comment("not approved")))
+        sets = _jit_sets(asset.jit_openings, now or datetime.now(UTC))
     header = (
         f"#!/usr/sbin/nft -f\n# zerogate segment: asset {asset.name}, mode {asset.mode}, "
         f"revision {asset.rules_revision}\n# Remove with: nft delete table {TABLE}\n"
     )
-    return header + nft.replace_table(TABLE_FAMILY, TABLE_NAME, nft.chain("input", body, indent="\t"))
+    chain = nft.chain("input", body, indent="\t")
+    return header + nft.replace_table(TABLE_FAMILY, TABLE_NAME, "".join(sets) + chain)
 
 
 def removal_script() -> str:

@@ -340,6 +340,43 @@ class SegmentJumpHost(Base):
     created_at: Mapped[datetime]
 
 
+class SegmentJitPort(Base):
+    """A port of an asset that users may open for themselves, just in time, with
+    password + TOTP: who may ask (user and group names, optionally only from
+    ``sources``) and the longest opening they may get (seconds)."""
+
+    __tablename__ = "segment_jit_ports"
+    __table_args__ = (UniqueConstraint("asset_id", "protocol", "port"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("segment_assets.id", ondelete="CASCADE"), index=True)
+    protocol: Mapped[str] = mapped_column(String(3))
+    port: Mapped[int]
+    users: Mapped[list[str]] = mapped_column(JSON)
+    groups: Mapped[list[str]] = mapped_column(JSON)
+    sources: Mapped[list[str]] = mapped_column(JSON)
+    max_duration: Mapped[int] = mapped_column(default=3600)
+    created_at: Mapped[datetime]
+
+
+class SegmentJitOpening(Base):
+    """One approved just-in-time opening: ``source`` may reach the asset's
+    ``protocol``/``port`` until ``expires_at`` unless revoked earlier.
+    ``expired_audited`` makes the expiry sweep write its record once."""
+
+    __tablename__ = "segment_jit_openings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("segment_assets.id", ondelete="CASCADE"), index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(45))
+    protocol: Mapped[str] = mapped_column(String(3))
+    port: Mapped[int]
+    duration: Mapped[int]
+    requested_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    expired_audited: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class ApiToken(Base):
     """A bearer token for an account: a login session or a named API token."""
 

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller.schemas import segment as ss
 from zerogate.controller.services.lookup import by_name, ensure_free
+from zerogate.controller.services.segment_jit import active_openings
 from zerogate.controller.state import Conflict, NotFound, Unprocessable
 from zerogate.model.segment import AssetMode, SegmentValueError, check_transition
 from zerogate.model.snapshot import SegmentAsset, SegmentRule, SegmentSnapshot
@@ -319,6 +320,7 @@ async def build_segment_snapshot(session: AsyncSession, device: Device, revision
         ):
             rules[r.asset_id].append(r)
     jumps = tuple(ip_network(p) for p in await jump_hosts(session))
+    jit = await active_openings(session, [a.id for a in assets])
     return SegmentSnapshot(
         revision=revision,
         device_id=device.id,
@@ -335,6 +337,7 @@ async def build_segment_snapshot(session: AsyncSession, device: Device, revision
                 rules_revision=a.rules_revision,
                 rules=_snapshot_rules(a, rules[a.id]),
                 jump_hosts=jumps,
+                jit_openings=jit[a.id],
             )
             for a in assets
         ),
