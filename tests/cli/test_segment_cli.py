@@ -15,8 +15,7 @@ from zerogate.agent import settings as settings_mod
 from zerogate.agent.enrollment import SSH_KEY, SSH_PUBLIC_KEY, ensure_ssh_key
 from zerogate.cli.main import app
 from zerogate.model.snapshot import SegmentAsset
-from zerogate.segment.breakglass import save_inventory
-from zerogate.segment.daemon import INVENTORY
+from zerogate.segment.breakglass import INVENTORY, save_inventory
 
 ENV = {"COLUMNS": "200"}
 

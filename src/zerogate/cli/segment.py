@@ -183,8 +183,7 @@ def break_glass(
     if bool(asset) == all_assets:
         fail("give --asset NAME (one or more) or --all")
     from zerogate.deploy.firewall.errors import FirewallApplyError
-    from zerogate.segment.breakglass import break_glass_from_inventory
-    from zerogate.segment.daemon import INVENTORY
+    from zerogate.segment.breakglass import INVENTORY, break_glass_from_inventory
     from zerogate.segment.ssh import Access
 
     key = _server_key(state_dir)

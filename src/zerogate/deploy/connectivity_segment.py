@@ -44,7 +44,7 @@ from zerogate.deploy.checks import Check, hostport
 from zerogate.deploy.connectivity import check_enrolled
 from zerogate.deploy.probes import resolve, tcp_connect, to_ms
 from zerogate.model.snapshot import SegmentAsset
-from zerogate.segment.breakglass import InventoryError, load_inventory
+from zerogate.segment.breakglass import INVENTORY, InventoryError, load_inventory
 
 __all__ = [
     "CHECK_NAMES",
@@ -75,7 +75,6 @@ OPENLDAP_ABSENT = ("gc", "kerberos")  # fail against OpenLDAP by design
 DEFAULT_TIMEOUT = 5.0
 WINRM_PORT = 5985
 MAX_RESOLVERS = 3  # glibc uses at most three nameserver lines
-INVENTORY = "inventory.json"  # zerogate.segment.daemon.INVENTORY (not imported: pulls the daemon in)
 _OPENLDAP_NOTE = "expected when the directory is OpenLDAP (it has no {what}): --skip {name} there"
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}\.?)*|\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Fa-f:.]{2,45}")
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")

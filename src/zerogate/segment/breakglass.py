@@ -26,6 +26,7 @@ from zerogate.segment.hosts import unprotect
 from zerogate.segment.ssh import Access
 
 DEFAULT_PARALLEL = 32
+INVENTORY = "inventory.json"  # in the server's state directory: the assets, cached for break-glass
 
 
 class InventoryError(FirewallApplyError):

@@ -49,7 +49,7 @@ from zerogate.netops.controller_api import ControllerError
 from zerogate.netops.ldap import Computer, DirectoryError, MonitoredRead, dn_key
 from zerogate.policy.segment import merge
 from zerogate.segment import hosts
-from zerogate.segment.breakglass import save_inventory
+from zerogate.segment.breakglass import INVENTORY, save_inventory
 from zerogate.segment.events import PENDING_MAX, EventStreams
 from zerogate.segment.hosts import Collection, Enforcement, ScannedKey
 from zerogate.segment.jit import JitKeeper
@@ -70,7 +70,6 @@ from zerogate.segment.ssh import Access
 log = logging.getLogger(__name__)
 
 REPORT_PATH = "/v1/segment/report"
-INVENTORY = "inventory.json"  # in the state directory: the break-glass inventory
 MAX_FLOWS_PER_REPORT = 20000  # a report body stays a few MB at most
 REPORT_DEBOUNCE = 0.5  # seconds: changes close together go in one report
 
