@@ -98,19 +98,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # module share it, so they use unique object names (see `unique`).
 
 
+@pytest.fixture(scope="module")
+def controller_env() -> dict[str, str]:
+    """Extra environment for the module's controller; a test module overrides it."""
+    return {}
+
+
 @pytest.fixture(
     scope="module",
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
 )
 def controller(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, controller_env: dict[str, str]
 ) -> Iterator[LocalController]:
     base = tmp_path_factory.mktemp("controller")
     database = ""
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres_server")
         database = server.create_database(f"zg_{uuid.uuid4().hex[:12]}")
-    lc = LocalController(base / "data", database=database).init()
+    lc = LocalController(base / "data", database=database, extra_env=controller_env).init()
     try:
         lc.start()
         yield lc

@@ -11,17 +11,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from jitfake import FakeController, loopback_listener, tls_files
 from zerogate.cli.main import app
 from zerogate.netops.controller_api import ApiError
-from zerogate.pki.ca import create_ca, issue_server_certificate
 from zerogate.segment import hosts
 from zerogate.segment.checks import tcp_connects
 from zerogate.segment.jit import JitKeeper
@@ -34,32 +32,9 @@ PASSWORD = "correct horse battery"
 ENV = {"COLUMNS": "200"}
 
 
-class FakeController:
-    """The controller call, faked: records each body, answers 201 or raises ``ApiError``."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.refuse: ApiError | None = None
-
-    def __call__(self, body: dict[str, Any]) -> Mapping[str, Any]:
-        self.bodies.append(body)
-        if self.refuse is not None:
-            raise self.refuse
-        expires = datetime.now(UTC) + timedelta(seconds=body["duration"])
-        return {"opening_id": 1, "asset": body["asset"], "source": body["source"], "protocol": body["protocol"],
-                "port": body["port"], "expires_at": expires.isoformat()}  # fmt: skip
-
-
 @pytest.fixture
 def tls(tmp_path: Path) -> tuple[Path, Path, Path]:
-    ca_key, ca_cert = create_ca("jit cli test CA")
-    key, cert = issue_server_certificate(ca_key, ca_cert, ["127.0.0.1", str(SERVER_ADDRESS)])
-    paths = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
-    paths[0].write_bytes(ca_cert)
-    paths[1].write_bytes(cert)
-    paths[2].touch(mode=0o600)
-    paths[2].write_bytes(key)
-    return paths
+    return tls_files(tmp_path)
 
 
 def invoke(*args: str, stdin: str = f"{PASSWORD}\n123456\n") -> tuple[int, str]:
@@ -69,13 +44,8 @@ def invoke(*args: str, stdin: str = f"{PASSWORD}\n123456\n") -> tuple[int, str]:
 
 @pytest.fixture
 def loopback(tls: tuple[Path, Path, Path]) -> Iterator[tuple[str, FakeController, Path]]:
-    controller = FakeController()
-    listener = JitListener(JitService(JitKeeper(None), controller), "127.0.0.1:0", str(tls[1]), str(tls[2]))
-    listener.start()
-    try:
-        yield f"https://127.0.0.1:{listener.port}", controller, tls[0]
-    finally:
-        listener.stop()
+    with loopback_listener(tls) as served:
+        yield served
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ import httpx
 import pytest
 
 from apiaccess import raw
-from pgserver import PostgresServer
 from zerogate.controller.config import ConfigError, load_settings
 from zerogate.netops.controller_api import ApiError, ControllerClient
 from zerogate.pki.ca import create_csr, generate_private_key
@@ -48,30 +46,10 @@ def new_source() -> str:
     return f"198.51.{100 + n // 250}.{n % 250 + 1}"
 
 
-@pytest.fixture(
-    scope="module",
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-)
-def controller(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalController]:
-    base = tmp_path_factory.mktemp("controller")
-    database = ""
-    if request.param == "postgresql":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        database = server.create_database(f"zg_{uuid.uuid4().hex[:12]}")
-    env = {"ZEROGATE_SEGMENT_JIT_DURATIONS": "3,3600,14400", "ZEROGATE_AUDIT_REFUSAL_WINDOW_SECONDS": "0"}
-    lc = LocalController(base / "data", database=database, extra_env=env).init()
-    try:
-        lc.start()
-        yield lc
-    finally:
-        lc.stop()
-
-
 @pytest.fixture(scope="module")
-def admin(controller: LocalController) -> AccountSession:
-    return controller.bootstrap_admin()
+def controller_env() -> dict[str, str]:
+    """Short durations for expiry; every refusal its own audit record."""
+    return {"ZEROGATE_SEGMENT_JIT_DURATIONS": "3,3600,14400", "ZEROGATE_AUDIT_REFUSAL_WINDOW_SECONDS": "0"}
 
 
 def new_server(controller: LocalController, admin: AccountSession, unique: Unique) -> tuple[str, str]:

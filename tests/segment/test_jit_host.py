@@ -14,8 +14,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +36,14 @@ from zerogate.segment.jit import (
 from zerogate.segment.plan import render_asset_table
 from zerogate.segment.ssh import Access
 from zerogate.testbed.lab import wait_for
-from zerogate.testbed.sshhosts import SERVER_ADDRESS, SshFleet, SshHost, call_in_netns, client_address
+from zerogate.testbed.sshhosts import (
+    SERVER_ADDRESS,
+    SshFleet,
+    SshHost,
+    call_in_netns,
+    client_address,
+    tcp_services,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("ZEROGATE_UPDATE_GOLDEN") == "1"
@@ -149,32 +154,11 @@ def fleet(tmp_path: Path) -> Iterator[SshFleet]:
             raise
 
 
-def listening(host: SshHost, port: int) -> Callable[[], bool]:
-    return lambda: call_in_netns(host.ns, lambda: tcp_connects(host.address, port, 1.0))
-
-
 @pytest.fixture
 def served(fleet: SshFleet) -> Iterator[SshHost]:
     """The host with a TCP service on OPEN and OTHER (stopped by PID)."""
-    host = fleet.hosts[0]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for port in (OPEN, OTHER):
-            argv = [sys.executable, "-m", "http.server", str(port), "--bind", str(host.address)]
-            procs.append(
-                subprocess.Popen(
-                    ["ip", "netns", "exec", host.ns, *argv],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            wait_for(listening(host, port), 30, f"the service on port {port}")
+    with tcp_services(fleet.hosts[0], (OPEN, OTHER)) as host:
         yield host
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
 
 
 @needs_hosts

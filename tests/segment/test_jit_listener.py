@@ -14,7 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from jitfake import FakeController, loopback_listener, tls_files
 from zerogate.netops.controller_api import ApiError
-from zerogate.pki.ca import create_ca, issue_server_certificate
 from zerogate.segment import hosts
 from zerogate.segment.checks import tcp_connects
 from zerogate.segment.jit import JitKeeper
@@ -48,45 +48,15 @@ def ctx(ca: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca))
 
 
-class FakeController:
-    """The controller call, faked: records each body, answers 201 or raises ``ApiError``."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.refuse: ApiError | None = None
-
-    def __call__(self, body: dict[str, Any]) -> Mapping[str, Any]:
-        self.bodies.append(body)
-        if self.refuse is not None:
-            raise self.refuse
-        expires = datetime.now(UTC) + timedelta(seconds=body["duration"])
-        return {"opening_id": len(self.bodies), "asset": body["asset"], "source": body["source"],
-                "protocol": body["protocol"], "port": body["port"], "expires_at": expires.isoformat()}  # fmt: skip
-
-
 @pytest.fixture
 def tls(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """(CA file, cert file, key file 0600) for the server's addresses."""
-    ca_key, ca_cert = create_ca("jit test CA")
-    key, cert = issue_server_certificate(ca_key, ca_cert, ["127.0.0.1", str(SERVER_ADDRESS)])
-    paths = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
-    paths[0].write_bytes(ca_cert)
-    paths[1].write_bytes(cert)
-    paths[2].touch(mode=0o600)
-    paths[2].write_bytes(key)
-    return paths
+    return tls_files(tmp_path)
 
 
 @pytest.fixture
 def loopback(tls: tuple[Path, Path, Path]) -> Iterator[tuple[str, FakeController, Path]]:
-    """A listener on 127.0.0.1 whose keeper knows no host access (nothing may get that far)."""
-    controller = FakeController()
-    listener = JitListener(JitService(JitKeeper(None), controller), "127.0.0.1:0", str(tls[1]), str(tls[2]))
-    listener.start()
-    try:
-        yield f"https://127.0.0.1:{listener.port}", controller, tls[0]
-    finally:
-        listener.stop()
+    with loopback_listener(tls) as served:
+        yield served
 
 
 def test_page_headers_and_tls_1_2_minimum(

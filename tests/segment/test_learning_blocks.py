@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,14 @@ from zerogate.segment.checks import tcp_connects
 from zerogate.segment.daemon import SshHostOps
 from zerogate.segment.reconcile import AssetMemory, asset_report, decide, execute, remember
 from zerogate.segment.ssh import Access
-from zerogate.testbed.lab import wait_for
-from zerogate.testbed.sshhosts import SERVER_ADDRESS, SshFleet, SshHost, call_in_netns, client_address
+from zerogate.testbed.sshhosts import (
+    SERVER_ADDRESS,
+    SshFleet,
+    SshHost,
+    call_in_netns,
+    client_address,
+    tcp_services,
+)
 
 pytestmark = [
     pytest.mark.xdist_group("segment-hosts"),
@@ -46,11 +50,6 @@ ALLOWED, DENIED = 8080, 9090  # no rule names 8080; an approved deny rule names 
 COLLECT_EVERY = 1.0
 
 
-def listening(host: SshHost, port: int) -> Callable[[], bool]:
-    """Whether ``port`` answers on the host, from the host itself."""
-    return lambda: call_in_netns(host.ns, lambda: tcp_connects(host.address, port, 1.0))
-
-
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[SshFleet]:
     with SshFleet(1, tmp_path / "fleet") as f:
@@ -64,25 +63,8 @@ def fleet(tmp_path: Path) -> Iterator[SshFleet]:
 @pytest.fixture
 def served(fleet: SshFleet) -> Iterator[SshHost]:
     """The fleet's host with an HTTP server on each of ALLOWED and DENIED (stopped by PID)."""
-    host = fleet.hosts[0]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for port in (ALLOWED, DENIED):
-            argv = [sys.executable, "-m", "http.server", str(port), "--bind", str(host.address)]
-            procs.append(
-                subprocess.Popen(
-                    ["ip", "netns", "exec", host.ns, *argv],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            wait_for(listening(host, port), 30, f"the server on port {port}")
+    with tcp_services(fleet.hosts[0], (ALLOWED, DENIED)) as host:
         yield host
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
 
 
 @pytest.fixture

@@ -37,9 +37,10 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -49,8 +50,10 @@ from typing import Any, TypeVar
 from zerogate.model.snapshot import SegmentAsset
 from zerogate.netops import netns
 from zerogate.netops.command import CommandError, run
+from zerogate.segment.checks import tcp_connects
 from zerogate.segment.ssh import sudoers_line
 from zerogate.testbed.apps import SshdProcess, launch_sshd, netns_launcher
+from zerogate.testbed.lab import wait_for
 from zerogate.testbed.topology import TestbedError
 
 T = TypeVar("T")
@@ -337,3 +340,24 @@ def call_in_netns(name: str, fn: Callable[[], T], timeout: float = 600) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
+
+
+def answers(host: SshHost, port: int) -> Callable[[], bool]:
+    """Whether TCP ``port`` answers on the host, asked from the host itself."""
+    return lambda: call_in_netns(host.ns, lambda: tcp_connects(host.address, port, 1.0))
+
+
+@contextlib.contextmanager
+def tcp_services(host: SshHost, ports: Sequence[int]) -> Iterator[SshHost]:
+    """A small HTTP server on each of ``ports`` of the host, up before this yields and
+    stopped by PID afterwards (learned, approved, denied or opened services in tests)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            argv = [sys.executable, "-m", "http.server", str(port), "--bind", str(host.address)]
+            procs.append(subprocess.Popen(["ip", "netns", "exec", host.ns, *argv],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+            wait_for(answers(host, port), 30, f"the service on port {port} of {host.ns}")
+        yield host
+    finally:
+        _stop_all(procs)
