@@ -211,3 +211,26 @@ def test_the_segment_directory_takes_its_password_from_a_private_file(tmp_path: 
     path.write_text('[segment]\ndirectory_password = "s3cret"\n')
     with pytest.raises(ConfigError, match="directory_password: Extra inputs are not permitted"):
         load_settings(SegmentSettings, config=path, environ={})
+
+
+def test_the_segment_jit_listener_is_off_unless_set_and_complete(tmp_path: Path) -> None:
+    assert SegmentSettings().jit_listen == ""  # no port opened unless asked
+    files = {"jit_cert_file": str(tmp_path / "c.pem"), "jit_key_file": str(tmp_path / "k.pem")}
+    for good in ("0.0.0.0:443", "[::]:8443", "192.0.2.1:1"):
+        s, _ = load_settings(SegmentSettings, flags={"jit_listen": good, **files}, environ={})
+        assert s.jit_listen == good
+    for bad in (
+        "0.0.0.0:0",
+        "0.0.0.0:65536",
+        "[0.0.0.0]:443",
+        "::1:443",
+        "host:443",
+        "0.0.0.0:443\n",
+        "1.2.3.4",
+    ):
+        with pytest.raises(ConfigError, match="jit_listen"):
+            load_settings(SegmentSettings, flags={"jit_listen": bad, **files}, environ={})
+    with pytest.raises(ConfigError, match="jit_cert_file and jit_key_file"):
+        load_settings(SegmentSettings, flags={"jit_listen": "0.0.0.0:443"}, environ={})
+    with pytest.raises(ConfigError, match="jit_listen is empty"):
+        load_settings(SegmentSettings, flags=files, environ={})

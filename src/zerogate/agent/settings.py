@@ -17,7 +17,9 @@ and prints the effective settings without starting. Errors are
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +38,22 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 class ConfigError(Exception):
     """The settings are invalid or the file unreadable; the message says where and why."""
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """``ADDRESS:PORT`` or ``[V6ADDRESS]:PORT`` as (address, port), or None if it is not one
+    (port 0, "any free port", is one: the tests listen so; the settings refuse it)."""
+    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]{2,45})\]|([0-9.]{7,15})):([0-9]{1,5})", text)
+    if m is None:
+        return None
+    host, port = m[1] or m[2], int(m[3])
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if (address.version == 6) != bool(m[1]) or port > 65535:
+        return None
+    return str(address), port
 
 
 def _lower(value: object) -> object:
@@ -125,9 +143,7 @@ class SegmentSettings(_Base):
     directory_ca_file: str = ""
     directory_sync_interval: float = Field(default=300.0, gt=0, le=86400)
     # just-in-time openings: the HTTPS listener where users ask for one ("" = none)
-    jit_listen: str = Field(
-        default="", pattern=r"^((\[[0-9a-fA-F:.]+\]|[0-9.]+):[0-9]{1,5})?$", max_length=64
-    )
+    jit_listen: str = Field(default="", max_length=64)  # "ADDRESS:PORT", "[V6]:PORT" or ""
     jit_cert_file: str = ""
     jit_key_file: str = ""
 
@@ -135,6 +151,13 @@ class SegmentSettings(_Base):
     @classmethod
     def _lower(cls, value: object) -> object:
         return _lower(value)
+
+    @field_validator("jit_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value and (parse_listen(value) or ("", 0))[1] == 0:
+            raise ValueError('jit_listen takes ADDRESS:PORT (e.g. 0.0.0.0:443 or [::]:443), or "" for none')
+        return value
 
     @model_validator(mode="after")
     def _complete(self) -> SegmentSettings:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from zerogate.agent.settings import parse_listen
 from zerogate.deploy.checks import Check, hostport
 from zerogate.deploy.connectivity import check_enrolled
 from zerogate.deploy.probes import resolve, tcp_connect, to_ms
@@ -309,11 +310,9 @@ def _directory_rows(url: str, timeout: float, skip: set[str]) -> list[Callable[[
 
 def _jit_row(listen: str, cert_file: str, timeout: float) -> Check:
     """TLS handshake with our own listener; it must present jit_cert_file's certificate."""
-    host, _, port_text = listen.rpartition(":")
-    host = host.strip("[]")
+    host, port = parse_listen(listen) or ("127.0.0.1", 443)  # the settings checked it
     if ipaddress.ip_address(host).is_unspecified:  # listening everywhere: ask on loopback
         host = "::1" if ":" in host else "127.0.0.1"
-    port = int(port_text)
     endpoint = hostport(host, port)
     title = "this server's HTTPS listener (jit_listen)"
     fix = "start the segment server ('zerogate segment run') with jit_listen set, and check nothing else holds the port"

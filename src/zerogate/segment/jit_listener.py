@@ -39,6 +39,7 @@ from urllib.parse import parse_qs
 
 from pydantic import ValidationError
 
+from zerogate.agent.settings import parse_listen
 from zerogate.agent.state import DeviceIdentity
 from zerogate.deploy.firewall.errors import FirewallApplyError
 from zerogate.model.snapshot import JitOpening
@@ -59,7 +60,6 @@ _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 _TOTP = re.compile(r"[0-9]{6,8}")
 _ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _PORT = re.compile(r"[1-9][0-9]{0,4}")
-_LISTEN = re.compile(r"(\[([0-9a-fA-F:.]+)\]|([0-9.]+)):([0-9]{1,5})")
 
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
@@ -373,16 +373,6 @@ class _Server(ThreadingHTTPServer):
         log.debug("jit listener: a connection failed", exc_info=True)
 
 
-def parse_listen(listen: str) -> tuple[str, int, bool]:
-    """``host:port`` / ``[v6]:port`` -> (host, port, is IPv6)."""
-    m = _LISTEN.fullmatch(listen)
-    if m is None or not 0 <= int(m.group(4)) <= 65535:
-        raise ValueError("jit_listen must be ADDRESS:PORT or [IPv6]:PORT")
-    host = m.group(2) or m.group(3)
-    ipaddress.ip_address(host)
-    return host, int(m.group(4)), m.group(2) is not None
-
-
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -395,7 +385,11 @@ class JitListener:
     are daemon threads that end with the process)."""
 
     def __init__(self, service: JitService, listen: str, cert_file: str, key_file: str) -> None:
-        host, port, ipv6 = parse_listen(listen)
+        parsed = parse_listen(listen)
+        if parsed is None:
+            raise ValueError("jit_listen must be ADDRESS:PORT or [IPv6]:PORT")
+        host, port = parsed
+        ipv6 = ":" in host
         self.server = _Server((host, port), server_context(cert_file, key_file), service, ipv6)
         self.thread = threading.Thread(target=self.server.serve_forever, name="jit-listener", daemon=True)
 
