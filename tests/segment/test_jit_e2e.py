@@ -1,13 +1,9 @@
 """End to end, nothing faked: a real controller (:class:`~zerogate.testbed.segmentlab.SegmentLab`),
-a real enrolled segment server with its JIT listener, a real protected SSH host serving
-TCP, two client namespaces. The admin marks a port for just-in-time access; the user asks
+``zerogate segment run`` enrolled and configured with its JIT listener through the
+environment (``ZEROGATE_SEGMENT_JIT_*``), a real protected SSH host serving TCP, two
+client namespaces. The admin marks a port for just-in-time access; the user asks
 through the listener with password and TOTP, reaches the port from exactly that client,
 and the admin's revocation closes it on the host.
-
-The segment daemon runs in this process (in the fleet's server namespace) rather than as
-``zerogate segment run``, because the listener's settings reach the daemon through
-``zerogate segment run`` only once its wiring passes ``jit_listen`` on (see the JIT
-README notes); the daemon, its snapshot follower, SSH and the listener are the real ones.
 """
 
 from __future__ import annotations
@@ -15,23 +11,17 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from zerogate.agent.state import DeviceIdentity
 from zerogate.pki.ca import create_ca, issue_server_certificate
 from zerogate.segment.checks import tcp_connects
-from zerogate.segment.daemon import SegmentDaemon, SshHostOps
 from zerogate.segment.jit_listener import API_PATH
-from zerogate.segment.ssh import Access
-from zerogate.testbed.segmentlab import SegmentLab, host_key_fingerprint
-from zerogate.testbed.sshhosts import SERVER_ADDRESS, SshFleet, call_in_netns, client_address
+from zerogate.testbed.segmentlab import FAST_SETTINGS, SegmentLab, host_key_fingerprint
+from zerogate.testbed.sshhosts import SERVER_ADDRESS, SshFleet, call_in_netns, client_address, tcp_services
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/usr/sbin/sshd").exists() or shutil.which("nft") is None,
@@ -54,14 +44,6 @@ def fleet(tmp_path: Path) -> Iterator[SshFleet]:
 
 def test_user_asks_reaches_the_port_and_revocation_closes_it(fleet: SshFleet, tmp_path: Path) -> None:
     host = fleet.hosts[0]
-    services = [
-        subprocess.Popen(
-            ["ip", "netns", "exec", host.ns, sys.executable, "-m", "http.server", str(p), "--bind", str(host.address)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for p in (PORT, LEARNED)
-    ]  # fmt: skip
     ca_key, ca_cert = create_ca("jit e2e CA")
     key_pem, cert_pem = issue_server_certificate(ca_key, ca_cert, [str(SERVER_ADDRESS)])
     cert, key, ca = tmp_path / "jit.crt", tmp_path / "jit.key", tmp_path / "ca.pem"
@@ -69,36 +51,20 @@ def test_user_asks_reaches_the_port_and_revocation_closes_it(fleet: SshFleet, tm
     key.touch(mode=0o600)
     key.write_bytes(key_pem)
     ca.write_bytes(ca_cert)
-    stop = threading.Event()
-    runner: threading.Thread | None = None
     lab = SegmentLab(fleet, tmp_path)
 
     def reaches(client: int) -> bool:
         return call_in_netns(fleet.client_ns(client), lambda: tcp_connects(host.address, PORT, 0.5))
 
-    try:
+    jit = {
+        "ZEROGATE_SEGMENT_JIT_LISTEN": f"{SERVER_ADDRESS}:{LISTEN_PORT}",
+        "ZEROGATE_SEGMENT_JIT_CERT_FILE": str(cert),
+        "ZEROGATE_SEGMENT_JIT_KEY_FILE": str(key),
+    }
+    with lab, tcp_services(host, (PORT, LEARNED)):
         lab.start_controller()
-        lab.wait(
-            "the host's service",
-            lambda: call_in_netns(host.ns, lambda: tcp_connects(host.address, PORT, 1.0)),
-        )
         lab.enroll_server(user="root")
-        state = lab.server.state_dir
-        identity = DeviceIdentity.load(state, "segment")
-        ops = SshHostOps(
-            Access(state / "ssh_ed25519", state / "assets", remote_dir=str(tmp_path / "on-host"))
-        )
-        daemon = SegmentDaemon(
-            identity, ops, collect_interval=1, report_interval=1, watch_seconds=2,
-            jit_listen=(f"{SERVER_ADDRESS}:{LISTEN_PORT}", str(cert), str(key)),
-        )  # fmt: skip
-
-        def start() -> threading.Thread:
-            t = threading.Thread(target=daemon.run, args=(stop,), name="segment-daemon", daemon=True)
-            t.start()
-            return t
-
-        runner = fleet.call(start)
+        lab.start_server(FAST_SETTINGS | jit)
         api = lab.api
         api.add_asset("db", str(host.address), server=lab.server_name, ssh_user="root")
         lab.wait("the offered host key", lambda: bool(api.asset("db")["observed_host_key_fingerprint"]))
@@ -149,11 +115,3 @@ def test_user_asks_reaches_the_port_and_revocation_closes_it(fleet: SshFleet, tm
         opening = next(o for o in openings if o["source"] == str(client_address(0)))
         api.call("POST", f"/v1/segment/jit-openings/{opening['id']}/revoke", {})
         lab.wait("the revoked opening to close", lambda: not reaches(0), timeout=30)
-    finally:
-        stop.set()
-        if runner is not None:
-            runner.join(timeout=15)
-        lab.close()
-        for service in services:
-            service.kill()
-            service.wait(5)
