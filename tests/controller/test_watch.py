@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from zerogate.model.snapshot import parse_snapshot
+from zerogate.model.snapshot import SCHEMA_VERSION, parse_snapshot
 from zerogate.netops.controller_api import make_ssl_context
 from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
@@ -130,7 +130,7 @@ def test_gateway_snapshot_has_connectors_clients_and_compiled_policy(
 ) -> None:
     snap = snapshot(controller, site.gateway["credential"])
     assert (snap["role"], snap["name"], snap["device_id"]) == ("gateway", "edge1", site.gateway["device_id"])
-    assert snap["schema_version"] == "1.0"
+    assert snap["schema_version"] == SCHEMA_VERSION
     assert snap["gateway"] == {
         "name": "edge1",
         "public_endpoint": "edge1.example.test",
