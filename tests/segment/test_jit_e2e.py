@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,16 +29,6 @@ pytestmark = pytest.mark.skipif(
 PORT = 5432
 LEARNED = 8080  # the controller protects only an asset with an approved rule: this port's
 LISTEN_PORT = 8443
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[SshFleet]:
-    with SshFleet(1, tmp_path / "fleet", clients=2) as f:
-        try:
-            yield f
-        except BaseException:
-            print(f.logs())
-            raise
 
 
 def test_user_asks_reaches_the_port_and_revocation_closes_it(fleet: SshFleet, tmp_path: Path) -> None:

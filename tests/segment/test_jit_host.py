@@ -145,16 +145,6 @@ def test_nft_accepts_the_rendering_and_the_changes(make_netns: Callable[[str], N
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[SshFleet]:
-    with SshFleet(1, tmp_path / "fleet", clients=2) as f:
-        try:
-            yield f
-        except BaseException:
-            print(f.logs())
-            raise
-
-
-@pytest.fixture
 def served(fleet: SshFleet) -> Iterator[SshHost]:
     """The host with a TCP service on OPEN and OTHER (stopped by PID)."""
     with tcp_services(fleet.hosts[0], (OPEN, OTHER)) as host:

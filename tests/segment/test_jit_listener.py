@@ -182,16 +182,6 @@ needs_hosts = pytest.mark.skipif(
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[SshFleet]:
-    with SshFleet(1, tmp_path / "fleet", clients=2) as f:
-        try:
-            yield f
-        except BaseException:
-            print(f.logs())
-            raise
-
-
-@pytest.fixture
 def service_on(fleet: SshFleet) -> Iterator[SshHost]:
     host = fleet.hosts[0]
     argv = [sys.executable, "-m", "http.server", "8080", "--bind", str(host.address)]

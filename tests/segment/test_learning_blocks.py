@@ -51,16 +51,6 @@ COLLECT_EVERY = 1.0
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[SshFleet]:
-    with SshFleet(1, tmp_path / "fleet") as f:
-        try:
-            yield f
-        except BaseException:
-            print(f.logs())
-            raise
-
-
-@pytest.fixture
 def served(fleet: SshFleet) -> Iterator[SshHost]:
     """The fleet's host with an HTTP server on each of ALLOWED and DENIED (stopped by PID)."""
     with tcp_services(fleet.hosts[0], (ALLOWED, DENIED)) as host:
