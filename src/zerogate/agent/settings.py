@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from zerogate.netops.files import SecretFileError, read_private_secret
 from zerogate.netops.ldap import DirectoryBadConfig, DirectoryConfig
 from zerogate.netops.wireguard import DEFAULT_INTERFACES, check_ifname
 
@@ -183,11 +184,9 @@ class SegmentSettings(_Base):
             return None
         path = Path(self.directory_password_file)
         try:
-            if path.stat().st_mode & 0o077:
-                raise ConfigError(f"directory_password_file {path} is readable by others: chmod 600 it")
-            password = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"directory_password_file {path}: {exc.strerror}") from None
+            password = read_private_secret(path)
+        except SecretFileError as exc:
+            raise ConfigError(f"directory_password_file {path}: {exc}") from None
         try:
             return DirectoryConfig(
                 url=self.directory_url,

@@ -9,12 +9,12 @@ protected group's members for the service account; the work is in
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import typer
 
 from zerogate.cli.common import JsonOpt, emit, fail, say, visible
+from zerogate.netops.files import SecretFileError, read_private_secret
 from zerogate.netops.ldap import DirectoryError
 from zerogate.segment.directory_render import (
     DEFAULT_SERVICE_NAME,
@@ -30,24 +30,13 @@ from zerogate.segment.directory_setup import Credentials, Step, apply_setup, pla
 app = typer.Typer(help="The LDAP / Active Directory side of the segment server.", no_args_is_help=True)
 
 DEFAULT_PASSWORD_OUT = Path("zerogate-segment-directory.password")
-MAX_PASSWORD_FILE = 4096
 
 
 def _read_password(path: Path, option: str) -> str:
-    """The password in ``path`` (one line; a trailing newline is dropped)."""
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PASSWORD_FILE:
-            fail(f"{option}: not a regular file of at most {MAX_PASSWORD_FILE} bytes")
-        if info.st_mode & 0o077:
-            fail(f"{option}: the password file is readable by others; chmod 600 it")
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"{option}: cannot read the password file ({getattr(exc, 'strerror', None) or 'not text'})")
-    password = text.removesuffix("\n").removesuffix("\r")
-    if not password or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in password):
-        fail(f"{option}: the file must hold one password on one line")
-    return password
+        return read_private_secret(path)
+    except SecretFileError as exc:
+        fail(f"{option}: {exc}")
 
 
 @app.command("init")
