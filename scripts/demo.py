@@ -6,14 +6,16 @@ Steps, each printed as it runs:
      an application host running real nginx, OpenSSH and PostgreSQL
   2. start the controller (its own CA, SQLite) and create the first admin
   3. create an organisation: connector group, apps, groups, policies, users
-  4. enroll the gateway and a connector with install strings and start them
-     (the connector only dials out)
+  4. enroll the gateway and two connectors of one group with install strings
+     and start them (the connectors only dial out)
   5. sign the user in on the client (password + TOTP) and bring the split
      tunnel up
   6. show the user reaching an allowed application, being refused a port no
      policy grants and an application of another group, and the internet
      side not reaching the LAN at all
-  7. tear everything down (processes by PID, namespaces, tunnels)
+  7. fail over: cut the serving connector's uplink and time how long alice's
+     new connections take to reach the app through the other connector
+  8. tear everything down (processes by PID, namespaces, tunnels)
 
 Needs root (namespaces, WireGuard, nftables). With a terminal attached it waits
 for Enter before tearing down, so you can look around; otherwise it cleans up
@@ -34,7 +36,7 @@ from zerogate.testbed.lab import Lab
 from zerogate.testbed.topology import Topology
 
 console = Console(highlight=False, soft_wrap=True)
-STEPS = 7
+STEPS = 8
 
 
 def step(n: int, text: str) -> None:
@@ -64,38 +66,92 @@ def show_access(lab: Lab, apps: Apps) -> bool:
         (alice, "alice (eng): curl http://app/ (web)", apps.nginx.curl_argv(app), True),
         (alice, "alice (eng): ssh app 'echo $SSH_CLIENT'", apps.sshd.ssh_argv(app, "echo $SSH_CLIENT"), True),
         (alice, "alice (eng): curl http://app:8080/ (no policy)", apps.nginx.curl_argv(app, 8080), False),
-        (alice, "alice (eng): psql app (dba's database)",
-         apps.postgres.psql_argv(app, "select inet_client_addr()"), False),
-        (dave, "dave (dba): psql app 'select inet_client_addr()'",
-         apps.postgres.psql_argv(app, "select inet_client_addr()"), True),
+        (
+            alice,
+            "alice (eng): psql app (dba's database)",
+            apps.postgres.psql_argv(app, "select inet_client_addr()"),
+            False,
+        ),
+        (
+            dave,
+            "dave (dba): psql app 'select inet_client_addr()'",
+            apps.postgres.psql_argv(app, "select inet_client_addr()"),
+            True,
+        ),
         (dave, "dave (dba): curl http://app/ (eng's web)", apps.nginx.curl_argv(app), False),
         ("atk", "internet host: curl http://app/ via the connector", apps.nginx.curl_argv(app), False),
     ]
     return all([attempt(lab, ns, label, argv, ok) for ns, label, argv, ok in checks])
 
 
+def show_failover(lab: Lab, apps: Apps) -> bool:
+    """Cut the serving connector's uplink; alice's next connections go through the other one.
+    With SNAT on, the app's answer (the address it sees) names the connector that carried it."""
+    t = lab.topo
+    lan = {str(t.connector_lan(i)): i for i in (1, 2)}
+
+    def via() -> int | None:
+        r = t.run(
+            lab.client_ns("alice"), [*apps.nginx.curl_argv(t.app_address), "-m", "1"], check=False, timeout=5
+        )
+        return lan.get(r.stdout.strip()) if r.returncode == 0 else None
+
+    serving = via()
+    if serving is None:
+        console.print("  [red]alice does not reach the app before the failover[/]")
+        return False
+    other = 3 - serving
+    console.print(f"  alice reaches the app through cn{serving}; cutting cn{serving}'s uplink")
+    t.set_link(f"cn{serving}", t.wan_interface(f"cn{serving}"), up=False)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 15:
+            if via() == other:
+                took = time.monotonic() - started
+                console.print(
+                    f"  [green]alice's new connections reach the app through cn{other} after {took:.1f} s[/]"
+                )
+                return True
+            time.sleep(0.1)
+        console.print(f"  [red]no failover to cn{other} within 15 s[/]")
+        return False
+    finally:
+        t.set_link(f"cn{serving}", t.wan_interface(f"cn{serving}"), up=True)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--no-wait", action="store_true", help="tear down at the end even with a terminal attached")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="tear down at the end even with a terminal attached"
+    )
     args = parser.parse_args()
     import os
 
     if os.geteuid() != 0:
-        console.print("[red]The demo builds network namespaces, WireGuard tunnels and nftables rules: run it as root.[/]")
+        console.print(
+            "[red]The demo builds network namespaces, WireGuard tunnels and nftables rules: run it as root.[/]"
+        )
         return 1
     good = False
-    step(1, "Build the topology: namespaces, an internet segment, a private LAN with nginx, OpenSSH, PostgreSQL")
-    with Topology(clients=2, connectors=1, attacker=True) as topo:
+    step(
+        1,
+        "Build the topology: namespaces, an internet segment, a private LAN with nginx, OpenSSH, PostgreSQL",
+    )
+    with Topology(clients=2, connectors=2, attacker=True) as topo:
         apps = start_apps(topo)
         console.print(
             f"  internet {topo.internet}: gateway {topo.gateway_address}, clients {topo.client_address(1)} and "
             f"{topo.client_address(2)}, connector {topo.connector_wan(1)}, internet host {topo.attacker_address}\n"
-            f"  LAN {topo.lan}: connector {topo.connector_lan(1)}, app host {topo.app_address} "
+            f"  LAN {topo.lan}: connectors {topo.connector_lan(1)} and {topo.connector_lan(2)}, app host {topo.app_address} "
             f"(nginx :80 and :8080, sshd :22, PostgreSQL :5432)"
         )
         lab = Lab(topo)
         try:
-            step(2, "Start the controller and bootstrap the first admin (the demo plays the authenticator app)")
+            step(
+                2, "Start the controller and bootstrap the first admin (the demo plays the authenticator app)"
+            )
             lab.start_controller()
             console.print(f"  controller at {lab.controller.url}  CA pin {lab.controller.ca_pin}")
 
@@ -108,11 +164,17 @@ def main() -> int:
                 "  users: alice (eng) on client 1, dave (dba) on client 2"
             )
 
-            step(4, "Enroll and start the gateway and a connector (install strings; the connector only dials out)")
+            step(
+                4,
+                "Enroll and start the gateway and two connectors (install strings; connectors only dial out)",
+            )
             lab.start_gateway()
             lab.start_connector(1)
-            lab.wait_connectors_up(["cn1"])
-            console.print("  gateway 'edge' is up and probing; connector 'cn1' dialled out and answers probes")
+            lab.start_connector(2)
+            lab.wait_connectors_up(["cn1", "cn2"])
+            console.print(
+                "  gateway 'edge' is up and probing; connectors 'cn1' and 'cn2' dialled out and answer probes"
+            )
 
             step(5, "Sign the users in on their clients and bring the split tunnels up")
             for user in lab.people:
@@ -125,6 +187,9 @@ def main() -> int:
 
             step(6, "Reach what policy allows, and nothing else")
             good = show_access(lab, apps)
+
+            step(7, "Fail over: cut the serving connector's uplink, the gateway moves the group to the other")
+            good = show_failover(lab, apps) and good
             if sys.stdin.isatty() and not args.no_wait:
                 console.print(
                     f"\n  Look around, e.g.:  ip netns exec {topo.ns('gw')} nft list table inet zerogate\n"
@@ -134,13 +199,15 @@ def main() -> int:
                 input()
         except (RuntimeError, subprocess.SubprocessError, TimeoutError) as exc:
             console.print(f"[red]demo failed:[/] {exc}")
-            for role in ("gw", "cn1"):
+            for role in ("gw", "cn1", "cn2"):
                 console.print(f"[dim]--- {role} log ---\n{lab.log(role)[-2000:]}[/]")
         finally:
-            step(7, "Tear down: stop the daemons, delete tunnels and namespaces")
+            step(8, "Tear down: stop the daemons, delete tunnels and namespaces")
             lab.close()
     console.print("  done: no namespaces, tunnels or processes left behind")
-    console.print("\n[bold green]Demo passed.[/]" if good else "\n[bold red]Demo did not behave as expected.[/]")
+    console.print(
+        "\n[bold green]Demo passed.[/]" if good else "\n[bold red]Demo did not behave as expected.[/]"
+    )
     return 0 if good else 1
 
 
