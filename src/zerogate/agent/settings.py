@@ -111,6 +111,47 @@ class ConnectorSettings(_DaemonSettings):
     interface: str = DEFAULT_INTERFACES["connector"]
     listen_port: int = Field(default=51820, ge=1, le=65535)
     keepalive: int = Field(default=5, ge=1, le=600)  # connector.plan.KEEPALIVE_SECONDS
+    # VRRP, for a group with a virtual IP (connector.vrrp): keepalived between its connectors.
+    # vrrp_peers: the other connectors' LAN IPv4 addresses (unicast VRRP); empty: multicast
+    vrrp_peers: list[str] = Field(default_factory=list, max_length=8)
+    vrrp_priority: int = Field(default=100, ge=1, le=254)
+    vrrp_preempt: bool = False  # a returning higher-priority connector takes the VIP back (cuts flows)
+    vrrp_router_id: int = Field(default=0, ge=0, le=255)  # 0: derived from the group name
+    vrrp_advert_interval: float = Field(default=0.2, ge=0.01, le=40.95)  # seconds, steps of 0.01
+
+    @field_validator("vrrp_peers", mode="before")
+    @classmethod
+    def _peer_list(cls, value: object) -> object:
+        if isinstance(value, str):  # ZEROGATE_CONNECTOR_VRRP_PEERS=10.0.0.2,10.0.0.3
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("vrrp_peers")
+    @classmethod
+    def _peers(cls, value: list[str]) -> list[str]:
+        out = []
+        for p in value:
+            try:
+                if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", p):
+                    raise ValueError
+                address = ipaddress.IPv4Address(p)
+            except ValueError:
+                raise ValueError(
+                    "vrrp_peers takes IPv4 addresses (the other connectors' LAN addresses)"
+                ) from None
+            if address.is_multicast or address.is_unspecified or address.is_loopback:
+                raise ValueError("vrrp_peers: a peer must be a unicast LAN address")
+            out.append(str(address))
+        if len(set(out)) != len(out):
+            raise ValueError("vrrp_peers: an address is listed twice")
+        return out
+
+    @field_validator("vrrp_advert_interval")
+    @classmethod
+    def _centiseconds(cls, value: float) -> float:
+        if abs(round(value * 100) - value * 100) > 1e-6:
+            raise ValueError("vrrp_advert_interval: VRRPv3 counts in steps of 0.01 s")
+        return round(value * 100) / 100
 
 
 class ClientSettings(_Settings):
@@ -147,8 +188,12 @@ class SegmentSettings(_Base):
     jit_listen: str = Field(default="", max_length=64)  # "ADDRESS:PORT", "[V6]:PORT" or ""
     jit_cert_file: str = ""
     jit_key_file: str = ""
+    # Windows assets (WinRM): the account is each asset's ssh_user; only these are the server's
+    winrm_password_file: str = ""  # "" = none: Windows assets then say so in their state
+    winrm_auth: Literal["kerberos", "ntlm", "negotiate"] = "kerberos"
+    winrm_transport: Literal["https", "http"] = "https"
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "winrm_auth", "winrm_transport", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return _lower(value)
@@ -173,7 +218,23 @@ class SegmentSettings(_Base):
             raise ValueError("jit_listen is set, so jit_cert_file and jit_key_file must be set too")
         if not self.jit_listen and (self.jit_cert_file or self.jit_key_file):
             raise ValueError("jit_cert_file or jit_key_file is given but jit_listen is empty; set it")
+        if self.winrm_transport == "http" and self.winrm_auth != "kerberos":
+            raise ValueError(
+                'winrm_transport "http" needs winrm_auth "kerberos" (NTLM cannot prove the host)'
+            )
         return self
+
+    def winrm_password(self) -> str | None:
+        """The WinRM account's password from ``winrm_password_file``, None when none is set.
+
+        Raises :class:`ConfigError` when the file cannot be read (the password never in it)."""
+        if not self.winrm_password_file:
+            return None
+        path = Path(self.winrm_password_file)
+        try:
+            return read_private_secret(path)
+        except SecretFileError as exc:
+            raise ConfigError(f"winrm_password_file {path}: {exc}") from None
 
     def directory_config(self) -> DirectoryConfig | None:
         """The directory to use (the password read from its file), or None when none is set.

@@ -22,7 +22,8 @@ DEFAULT_STATE = Path("/var/lib/zerogate/segment")
 DEFAULT_USER = "zerogate-segment"  # the controller's default login on an asset
 
 app = typer.Typer(
-    help="Segment server: learns how Linux hosts talk and enforces it on their own nftables, over SSH.",
+    help="Segment server: learns how hosts talk and enforces it on their own firewall "
+    "(Linux: nftables over SSH; Windows: Windows Firewall over WinRM).",
     no_args_is_help=True,
 )
 app.add_typer(segment_directory.app, name="directory")
@@ -122,14 +123,20 @@ def run(
     try:
         settings, path = load_settings(SegmentSettings, config=config, flags=flags)
         directory_config = settings.directory_config()  # reads the password file: fails here, not later
+        windows_password = settings.winrm_password() is not None  # the same for WinRM's
     except ConfigError as exc:
         fail(str(exc))
     if check:
         emit(describe(settings, path), False)
-        say("[green]OK[/] the segment settings are valid{}", "" if directory_config else " (no directory)")
+        say(
+            "[green]OK[/] the segment settings are valid{}{}",
+            "" if directory_config else " (no directory)",
+            "" if windows_password else " (no WinRM password: Windows assets cannot be managed)",
+        )
         raise typer.Exit(0)
     from zerogate.netops.ldap import Directory
-    from zerogate.segment.daemon import SegmentDaemon, SshHostOps
+    from zerogate.segment.daemon import SegmentDaemon, SshHostOps, source_address
+    from zerogate.segment.router import HostOpsRouter, windows_ops
     from zerogate.segment.ssh import Access
 
     setup_logging(settings.log_level)
@@ -137,9 +144,11 @@ def run(
 
     def build(ident: DeviceIdentity) -> SegmentDaemon:
         access = Access(key, settings.state_dir / "assets", kex_algorithms=settings.ssh_kex_algorithms)
+        windows, why_not = windows_ops(settings, lambda a: [source_address(a.address, a.ssh_port)])
         return SegmentDaemon(
             ident,
-            SshHostOps(access, check_timeout=settings.check_timeout),
+            HostOpsRouter(SshHostOps(access, check_timeout=settings.check_timeout), windows, why_not),
+            ssh_access=access,
             max_ssh=settings.max_ssh_operations,
             collect_interval=settings.collect_interval,
             report_interval=settings.report_interval,
@@ -171,27 +180,36 @@ def break_glass(
         DEFAULT_STATE, "--state-dir", help="The segment server's state directory."
     ),
     parallel: int = typer.Option(32, "--parallel", min=1, max=1024, help="Hosts worked on at once."),
+    config: Path = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Remove enforcement (our nftables table) from assets, now, without the controller.
+    """Remove enforcement (our nftables table; on Windows our firewall rules) from assets, now,
+    without the controller.
 
     Works while the controller is down: it uses the inventory the server saved with
-    its last snapshot and the server's own SSH key. Run it on the segment server host.
+    its last snapshot and the server's own SSH key (Windows assets: the winrm_* settings
+    of --config). Run it on the segment server host.
     Each host says removed or failed (and why); exit 1 when any failed. The controller
     still believes the assets are protected: unprotect them there too once it is back.
     """
     if bool(asset) == all_assets:
         fail("give --asset NAME (one or more) or --all")
     from zerogate.deploy.firewall.errors import FirewallApplyError
-    from zerogate.segment.breakglass import INVENTORY, break_glass_from_inventory
+    from zerogate.segment.breakglass import INVENTORY, WindowsBreakGlass, break_glass_from_inventory
+    from zerogate.segment.router import windows_ops
     from zerogate.segment.ssh import Access
 
     key = _server_key(state_dir)
     access = Access(identity=key, state_dir=state_dir / "assets")
+    try:  # only the Windows assets need the settings: the others go ahead without them
+        settings, _ = load_settings(SegmentSettings, config=config, flags={})
+        windows = WindowsBreakGlass(*windows_ops(settings, lambda a: []))
+    except ConfigError as exc:
+        windows = WindowsBreakGlass(None, f"the settings are invalid: {exc}")
     with errors_to_exit():
         try:
             results = break_glass_from_inventory(
-                state_dir / INVENTORY, access, None if all_assets else list(asset), parallel
+                state_dir / INVENTORY, access, None if all_assets else list(asset), parallel, windows
             )
         except FirewallApplyError as exc:  # the inventory unreadable, the SSH directory unsafe
             fail(str(exc))

@@ -34,7 +34,17 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(jit_app, name="jit")
 
 ASSETS = "/v1/segment/assets"
-ASSET_COLUMNS = ["name", "address", "server", "mode", "state", "host_key_fingerprint", "flows", "reported_at"]
+ASSET_COLUMNS = [
+    "name",
+    "address",
+    "os",
+    "server",
+    "mode",
+    "state",
+    "host_key_fingerprint",
+    "flows",
+    "reported_at",
+]
 RULE_COLUMNS = ["id", "status", "action", "protocol", "port_first", "port_last", "sources", "stale"]
 _DURATION = re.compile(r"([0-9]{1,7})([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -116,19 +126,31 @@ def asset_add(
     host: str = typer.Argument(..., help="The host's name (letters, digits, . _ -)."),
     server: str = typer.Option(..., "--server", help="The segment server that manages it."),
     address: str = typer.Option(None, "--address", help="Its address (default: HOST resolved here)."),
-    port: int = typer.Option(22, "--port", help="Its sshd port."),
-    user: str = typer.Option("zerogate-segment", "--user", help="The account the server logs in with."),
+    os_name: str = typer.Option(
+        "linux", "--os", help="linux (managed over SSH) or windows (over WinRM).", case_sensitive=False
+    ),
+    port: int = typer.Option(
+        None, "--port", min=1, max=65535, help="Its sshd port (default 22), or WinRM port (default 5986)."
+    ),
+    user: str = typer.Option(
+        "zerogate-segment",
+        "--user",
+        help="The account the server logs in with: SSH user, or the WinRM account (DOMAIN\\user, user@REALM).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Add a host in mode monitored; once its server reached it, trust its host key."""
+    """Add a host in mode monitored; once its server reached it, trust its host key
+    (Windows: its WinRM listener's certificate)."""
     with errors_to_exit(), client() as c:
-        body = {
+        body: dict[str, object] = {
             "name": host,
             "address": address or resolve(host),
             "server": server,
-            "ssh_port": port,
+            "os": os_name.lower(),
             "ssh_user": user,
         }
+        if port is not None:
+            body["ssh_port"] = port
         r = c.post(ASSETS, body)
     emit(r, as_json)
 
@@ -159,7 +181,8 @@ def asset_trust(
     name: str,
     fingerprint: str = typer.Argument(
         ...,
-        help="SHA256:... of the host key, as 'ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub' prints it on the host.",
+        help="SHA256:... of the host key, as 'ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub' prints it on "
+        "the host; for Windows, the base64 SHA-256 of the WinRM listener's certificate.",
     ),
     as_json: bool = JsonOpt,
 ) -> None:

@@ -47,6 +47,7 @@ one keeps its previous state.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
@@ -71,7 +72,7 @@ from pydantic import (
 from zerogate.policy.intervals import disjoint
 
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 1  # 1.1: segment assets carry their just-in-time openings
+SCHEMA_MINOR = 1  # 1.1: segment assets carry their just-in-time openings and os
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
 
@@ -127,15 +128,17 @@ WgKeyText = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}[
 EndpointHost = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,253}$")]
 # A segment asset's name as the inventory holds it (host name or directory cn).
 AssetName = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")]
-# The account the segment server logs in with (a POSIX user name).
-SshUser = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
-# A pinned SSH host key as OpenSSH writes it in known_hosts: type and base64 key, no comment.
-HostKeyText = Annotated[
-    StrictStr,
-    StringConstraints(
-        pattern=r"^(?:ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa) [A-Za-z0-9+/]{16,1400}={0,3}$"
-    ),
-]
+# The account the segment server logs in with: a POSIX user name for a Linux asset (SSH);
+# for a Windows asset the WinRM account (user, DOMAIN\user or user@REALM), checked per os
+# by SegmentAsset. 32 characters at most either way (the controller's column).
+SSH_USER = r"[a-z_][a-z0-9_-]{0,31}"
+WINRM_USER = r"[A-Za-z0-9][A-Za-z0-9._@\\-]{0,31}"
+AccountName = Annotated[StrictStr, StringConstraints(pattern=rf"^(?:{SSH_USER}|{WINRM_USER})$")]
+# A pinned SSH host key as OpenSSH writes it in known_hosts: type and base64 key, no comment;
+# or, for a Windows asset, its WinRM listener certificate: the base64 SHA-256 of its DER.
+SSH_HOST_KEY = r"(?:ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa) [A-Za-z0-9+/]{16,1400}={0,3}"
+X509_PIN = r"x509-sha256 [A-Za-z0-9+/]{43}="
+HostKeyText = Annotated[StrictStr, StringConstraints(pattern=rf"^(?:{SSH_HOST_KEY}|{X509_PIN})$")]
 SchemaVersion = Annotated[StrictStr, StringConstraints(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")]
 
 # nftables element text, checked by pattern (fast for the half million elements of a large site).
@@ -380,9 +383,11 @@ class JitOpening(Wire):
 
 
 class SegmentAsset(Wire):
-    """A host the segment server manages over SSH, and the state it must be in.
+    """A host the segment server manages (``os`` linux: over SSH; windows: over WinRM,
+    ``ssh_port``/``ssh_user`` then being the WinRM port and account), and the state it must be in.
 
-    ``host_key`` is pinned at onboarding; without it the server only scans the
+    ``host_key`` is pinned at onboarding (an SSH host key, or for Windows the listener
+    certificate's ``x509-sha256`` pin); without it the server only scans the
     key and reports it for the admin to trust. ``rules_revision`` changes with
     the mode or the rules: the server enforces each revision once."""
 
@@ -390,13 +395,25 @@ class SegmentAsset(Wire):
     name: AssetName
     address: AnyAddress
     ssh_port: Port
-    ssh_user: SshUser
+    ssh_user: AccountName
     host_key: HostKeyText | None
     mode: Literal["monitored", "learning", "learning_with_blocks", "protected"]
     rules_revision: StrictInt
     rules: tuple[SegmentRule, ...] = Field(max_length=1024)
     jump_hosts: tuple[AnyPrefix, ...] = Field(max_length=64)
     jit_openings: tuple[JitOpening, ...] = Field(default=(), max_length=4096)
+    os: Literal["linux", "windows"] = "linux"  # 1.1: absent means linux
+
+    @model_validator(mode="after")
+    def _per_os(self) -> SegmentAsset:
+        """The account and the pin must be of the asset's kind: an SSH login never takes a
+        Windows account (it goes into ssh's argv), a WinRM session never an SSH key."""
+        windows = self.os == "windows"
+        if not re.fullmatch(WINRM_USER if windows else SSH_USER, self.ssh_user):
+            raise ValueError("ssh_user is not a " + ("WinRM account" if windows else "POSIX user name"))
+        if self.host_key is not None and windows != bool(re.fullmatch(X509_PIN, self.host_key)):
+            raise ValueError("host_key is not a " + ("certificate pin" if windows else "SSH host key"))
+        return self
 
 
 class SegmentSnapshot(SnapshotBase):

@@ -1,5 +1,5 @@
 """``zerogate segment run``: follow the controller's segment snapshot, bring each
-asset to its mode over SSH, and report what the assets show.
+asset to its mode (over SSH; Windows over WinRM, :mod:`.router`), and report what they show.
 
 Wiring only; the decisions are :mod:`zerogate.segment.reconcile`'s. Threads:
 
@@ -164,6 +164,7 @@ class SegmentDaemon:
         post: Callable[[dict[str, object]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         jit_listen: tuple[str, str, str] | None = None,  # (address, cert file, key file)
+        ssh_access: Access | None = None,  # the JIT keeper's SSH login (Linux assets only)
     ) -> None:
         self.identity = identity
         self.ops = ops
@@ -172,8 +173,7 @@ class SegmentDaemon:
         self.report_interval = report_interval
         self.directory = directory
         self.sync_interval = sync_interval
-        self.post = post  # None: POST to the controller with the identity's client
-        self.clock = clock
+        self.post, self.clock = post, clock  # post None: POST with the identity's client
         self.lock = threading.RLock()  # a done callback may run inside round()
         self.assets: dict[int, SegmentAsset] = {}
         self.outbound = False
@@ -188,7 +188,7 @@ class SegmentDaemon:
         self.dirty = threading.Event()  # something to report
         self.directory_wake = threading.Event()  # an asset got (un)protected
         self.inventory = identity.state_dir / INVENTORY
-        self.jit, self.jit_listen = JitKeeper(getattr(ops, "access", None)), jit_listen  # segment.jit
+        self.jit, self.jit_listen = JitKeeper(ssh_access), jit_listen  # segment.jit
         self.follower = SnapshotFollower(identity, SegmentSnapshot, self.apply, watch_seconds=watch_seconds)
 
     # ------------------------------------------------------------------ snapshot
@@ -215,7 +215,7 @@ class SegmentDaemon:
                 if gone not in self.in_flight:
                     del self.memory[gone]
         self.ops.retain(frozenset(a.asset_id for a in snapshot.assets))
-        self.jit.update(snapshot.assets)
+        self.jit.update(a for a in snapshot.assets if a.os == "linux")  # openings are nft elements
         log.info("revision %s: %d asset(s)", snapshot.revision, len(snapshot.assets))
         self.wake.set()
         self.dirty.set()

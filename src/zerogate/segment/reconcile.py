@@ -60,6 +60,13 @@ FLOW_LIMIT = MAX_FLOWS_PER_ASSET  # flows kept per asset between two delivered r
 PREFLIGHT_EVERY = 600.0  # seconds: reachability, the host key and sshd's ports, checked again
 RETRY_AFTER = 30.0  # seconds: a host whose last step failed is left alone this long
 DETAIL_MAX = 500  # the report's detail field
+LINUX_CHECK = "the host offers {}; check it on the host (ssh-keygen -lf)"
+# A Windows asset offers its WinRM listener's certificate, not an SSH key: what the admin compares
+WINDOWS_CHECK = (
+    "the WinRM listener offers a certificate with SHA-256 {}; compare it with the SHA-256 (base64) of "
+    "the listener's certificate on the host (PowerShell: [Convert]::ToBase64String([Security."
+    "Cryptography.SHA256]::Create().ComputeHash($cert.RawData)), not its SHA-1 thumbprint)"
+)
 
 LEARNING_MODES = ("learning", "learning_with_blocks")
 ENFORCING_MODES = ("learning_with_blocks", "protected")
@@ -266,11 +273,12 @@ def _step(
     if step == "scan":
         scanned = ops.scan_host_key(asset)
         memory.observed_host_key, memory.preflight_at = scanned.key, now
+        check = WINDOWS_CHECK if asset.os == "windows" else LINUX_CHECK
         _set(
             asset,
             memory,
             "host_key_unknown",
-            f"the host offers {scanned.fingerprint}; check it on the host (ssh-keygen -lf) and trust it: "
+            f"{check.format(scanned.fingerprint)} and trust it: "
             f"zerogate admin segment asset trust {asset.name} {scanned.fingerprint}",
         )
     elif step == "preflight":

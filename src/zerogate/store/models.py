@@ -272,7 +272,9 @@ class SegmentAssetRow(Base):
     name: Mapped[str] = mapped_column(String(253), unique=True)
     address: Mapped[str] = mapped_column(String(45))
     ssh_port: Mapped[int] = mapped_column(default=22)
+    # linux: ssh_port/ssh_user are sshd's; windows: the WinRM listener's port and account
     ssh_user: Mapped[str] = mapped_column(String(32), default="zerogate-segment")
+    os: Mapped[str] = mapped_column(String(8), default="linux", server_default="linux")
     server_id: Mapped[int] = mapped_column(ForeignKey("segment_servers.id", ondelete="RESTRICT"))
     source: Mapped[str] = mapped_column(String(16), default="static")  # static | directory
     directory_dn: Mapped[str | None] = mapped_column(String(1024), default=None)

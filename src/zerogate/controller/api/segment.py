@@ -54,6 +54,7 @@ async def assets_out(session: AsyncSession, rows: Sequence[SegmentAssetRow]) -> 
             id=a.id,
             name=a.name,
             address=a.address,
+            os=a.os,
             ssh_port=a.ssh_port,
             ssh_user=a.ssh_user,
             server=servers.get(a.server_id, ""),
@@ -97,7 +98,7 @@ async def add_asset(body: ss.AssetCreate, admin: Admin, state: State) -> ss.Asse
     """Add a host by name and address; it starts in mode monitored, its host key not yet pinned."""
     async with state.mutation(admin, "create-segment-asset", "segment-asset") as m:
         row = await segment.add_asset(m.tx.session, body)
-        m.object_id, m.details = row.id, body.model_dump(mode="json")
+        m.object_id, m.details = row.id, body.model_dump(mode="json") | {"ssh_port": row.ssh_port}
         return await asset_out(m.tx.session, row)
 
 

@@ -16,9 +16,11 @@ from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from zerogate.controller.fields import Cidr, Description, IpAddress, ObjectName, cidr_text, plain_text
 from zerogate.controller.schemas.base import Strict
+from zerogate.model.snapshot import SSH_USER, WINRM_USER
 
 _ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
-_SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_SSH_USER = re.compile(SSH_USER)
+_WINRM_USER = re.compile(WINRM_USER)
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 _GROUP_SOURCE = re.compile(
     r"clients|site:[A-Za-z0-9][A-Za-z0-9._-]{0,63}|asset:[A-Za-z0-9][A-Za-z0-9._-]{0,252}"
@@ -54,7 +56,11 @@ def _source(value: str) -> str:
 AssetNameField = Annotated[
     str, Field(min_length=1, max_length=253), _full(_ASSET_NAME, "asset name (letters, digits, . _ -)")
 ]
-SshUserField = Annotated[str, Field(min_length=1, max_length=32), _full(_SSH_USER, "POSIX user name")]
+# A POSIX user name (Linux, SSH) or a WinRM account (Windows: user, DOMAIN\\user, user@REALM);
+# AssetCreate holds it to the asset's os.
+SshUserField = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(plain_text)]
+AssetOs = Literal["linux", "windows"]
+DEFAULT_PORT = {"linux": 22, "windows": 5986}  # sshd; the WinRM HTTPS listener
 Fingerprint = Annotated[
     str,
     Field(min_length=50, max_length=50),
@@ -88,14 +94,30 @@ class AssetCreate(Strict):
     name: AssetNameField
     address: IpAddress
     server: ObjectName
-    ssh_port: Port = 22
-    ssh_user: SshUserField = "zerogate-segment"
+    os: AssetOs = "linux"
+    ssh_port: Port | None = Field(default=None, description="Default: 22 (linux), 5986 (windows).")
+    ssh_user: SshUserField = Field(
+        default="zerogate-segment", description="The SSH login (linux) or the WinRM account (windows)."
+    )
+
+    @model_validator(mode="after")
+    def _per_os(self) -> AssetCreate:
+        if self.os == "windows" and not _WINRM_USER.fullmatch(self.ssh_user):
+            raise ValueError("ssh_user is not a WinRM account (user, DOMAIN\\user or user@REALM)")
+        if self.os == "linux" and not _SSH_USER.fullmatch(self.ssh_user):
+            raise ValueError("ssh_user is not a valid POSIX user name")
+        return self
+
+    @property
+    def port(self) -> int:
+        return DEFAULT_PORT[self.os] if self.ssh_port is None else self.ssh_port
 
 
 class AssetOut(BaseModel):
     id: int
     name: str
     address: str
+    os: AssetOs
     ssh_port: int
     ssh_user: str
     server: str

@@ -43,15 +43,23 @@ from zerogate.store.models import (
     SegmentServer,
 )
 
+# On the Windows host: the SHA-256 of the WinRM HTTPS listener's certificate, as trusted here
+WINDOWS_CHECK = (
+    "[Convert]::ToBase64String([Security.Cryptography.SHA256]::Create().ComputeHash("
+    "(Get-Item Cert:\\LocalMachine\\My\\<listener thumbprint>).RawData)) (the SHA256: part, without =)"
+)
 ENFORCING = (AssetMode.PROTECTED.value, AssetMode.LEARNING_WITH_BLOCKS.value)
 LEARNING = (AssetMode.LEARNING.value, AssetMode.LEARNING_WITH_BLOCKS.value)
 
 
 def fingerprint(host_key: str | None) -> str | None:
-    """``SHA256:<base64>`` of an OpenSSH public key line, as ``ssh-keygen -lf`` prints it."""
+    """``SHA256:<base64>`` of an OpenSSH public key line, as ``ssh-keygen -lf`` prints it; of a
+    Windows asset's ``x509-sha256 <base64>`` pin, that SHA-256 of the listener certificate."""
     if host_key is None:
         return None
     parts = host_key.split()
+    if parts[0] == "x509-sha256" and len(parts) == 2:
+        return "SHA256:" + parts[1].rstrip("=")
     try:
         blob = base64.b64decode(parts[1], validate=True)
     except (IndexError, binascii.Error):
@@ -125,7 +133,8 @@ async def add_asset(session: AsyncSession, body: ss.AssetCreate) -> SegmentAsset
     row = SegmentAssetRow(
         name=body.name,
         address=body.address,
-        ssh_port=body.ssh_port,
+        os=body.os,
+        ssh_port=body.port,
         ssh_user=body.ssh_user,
         server_id=server.id,
         source="static",
@@ -156,10 +165,17 @@ async def trust(session: AsyncSession, asset: SegmentAssetRow, given: str) -> tu
         raise Unprocessable(
             f"asset {asset.name} has not offered a host key yet: wait for its segment server to reach it"
         )
+    if (asset.os == "windows") != asset.observed_host_key.startswith("x509-sha256 "):
+        # the snapshot could not carry it: an SSH key is no WinRM pin and the other way round
+        raise Unprocessable(
+            f"asset {asset.name} offered a key of the wrong kind for a {asset.os} asset; "
+            "if its os is wrong, remove the asset and add it again with the right --os"
+        )
     if given != offered:
+        check = WINDOWS_CHECK if asset.os == "windows" else "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
         raise Unprocessable(
             f"that fingerprint is not the key asset {asset.name} offered ({offered}); "
-            "check it on the host with: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"
+            f"check it on the host with: {check}"
         )
     previous = fingerprint(asset.host_key)
     if asset.host_key != asset.observed_host_key:
@@ -333,6 +349,7 @@ async def build_segment_snapshot(session: AsyncSession, device: Device, revision
                 ssh_port=a.ssh_port,
                 ssh_user=a.ssh_user,
                 host_key=a.host_key,
+                os=a.os,
                 mode=a.mode,
                 rules_revision=a.rules_revision,
                 rules=_snapshot_rules(a, rules[a.id]),

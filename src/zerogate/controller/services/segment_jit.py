@@ -99,6 +99,8 @@ async def add_port(
     """Mark a port MFA-protected. Unprocessable without anyone allowed or for a
     maximum that is not an allowed duration; NotFound for an unknown user or
     group; Conflict when the port is already marked."""
+    if asset.os != "linux":  # the segment server opens JIT elements with nftables over SSH
+        raise Unprocessable("just-in-time openings are for Linux assets only (not yet on Windows)")
     if not body.users and not body.groups:
         raise Unprocessable("name at least one user or group who may ask for this port")
     if body.max_duration not in durations:

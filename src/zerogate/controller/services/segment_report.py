@@ -63,7 +63,8 @@ def _store_state(tx: WriteTx, asset: SegmentAssetRow, report: AssetReport, actor
             )
         asset.state = "host_key_changed"
         asset.detail = (
-            f"the host offered another SSH host key ({offered_fp}) than the pinned one ({pinned_fp}): "
+            f"the host offered another {'WinRM listener certificate' if asset.os == 'windows' else 'SSH host key'} "
+            f"({offered_fp}) than the pinned one ({pinned_fp}): "
             "management stopped. Check the key on the host; if the change is expected: "
             f"zerogate admin segment asset trust {asset.name} {offered_fp}"
         )
