@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -39,3 +40,22 @@ def register(
         "local_networks": local_networks or [],
     }
     return raw(controller, "POST", "/v1/clients", body, token=session.token)
+
+
+def enroll_connector(
+    controller: LocalController, admin: AccountSession, prefix: str, subnet: str
+) -> dict[str, Any]:
+    """A connector enrolled in a new group ``<prefix>-<random>`` fronting ``subnet``:
+    the enrollment answer (device_id, name, credential, ...)."""
+    group = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    admin.client.post("/v1/connector-groups", {"name": group, "subnets": [subnet]})
+    key = admin.client.post(f"/v1/connector-groups/{group}/provisioning-keys", {})
+    body = {
+        "key": key["key"],
+        "name": f"conn-{uuid.uuid4().hex[:6]}",
+        "csr": create_csr(generate_private_key(), "connector").decode(),
+        "wg_public_key": generate_keypair()[1],
+    }
+    with controller.client() as c:
+        enrolled: dict[str, Any] = c.post("/v1/enroll", body)
+    return enrolled

@@ -25,7 +25,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from zerogate.testbed.ports import free_port
 from zerogate.testbed.watchdog import dismiss_watchdog, start_watchdog
 
 __all__ = ["PostgresServer", "PostgresServerError", "find_bindir"]
@@ -118,12 +118,6 @@ def _run_as() -> _RunAs:
             f"PostgreSQL refuses to run as root; {BOOTSTRAP_HINT}"
         ) from None
     return _RunAs(uid=pw.pw_uid, gid=pw.pw_gid, home=pw.pw_dir)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _temp_parent() -> str:
@@ -323,7 +317,7 @@ class PostgresServer:
         assert self._base is not None
         log_path = self._base / "postgres.log"
         for _attempt in range(_START_ATTEMPTS):
-            port = _free_port()
+            port = free_port()
             with open(log_path, "ab") as log:
                 # Same process group as the tests: a Ctrl-C in the terminal
                 # also reaches the server, which then shuts down by itself.

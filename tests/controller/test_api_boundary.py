@@ -23,10 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from apiaccess import raw
+from apiaccess import enroll_connector, raw
 from dbaccess import run_sql
 from zerogate.netops.controller_api import make_ssl_context
-from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
 from zerogate.testbed.localrun import AccountSession, LocalController
 
@@ -78,18 +77,7 @@ def status_file(controller: LocalController) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def device(controller: LocalController, admin: AccountSession) -> dict[str, Any]:
     """An enrolled connector: its id and credential."""
-    group = f"bnd-{uuid.uuid4().hex[:6]}"
-    admin.client.post("/v1/connector-groups", {"name": group, "subnets": ["10.77.0.0/24"]})
-    key = admin.client.post(f"/v1/connector-groups/{group}/provisioning-keys", {})
-    body = {
-        "key": key["key"],
-        "name": f"conn-{uuid.uuid4().hex[:6]}",
-        "csr": create_csr(generate_private_key(), "connector").decode(),
-        "wg_public_key": generate_keypair()[1],
-    }
-    with controller.client() as c:
-        enrolled: dict[str, Any] = c.post("/v1/enroll", body)
-    return enrolled
+    return enroll_connector(controller, admin, "bnd", "10.77.0.0/24")
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def test_when_slapd_cannot_start_the_error_carries_its_log(monkeypatch: pytest.M
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: slapd's bind fails, probes are refused
         port = taken.getsockname()[1]
-        monkeypatch.setattr("zerogate.testbed.slapd._free_port", lambda: port)
+        monkeypatch.setattr("zerogate.testbed.slapd.free_port", lambda: port)
         before = set(Path("/tmp").glob("zerogate-slapd-*"))
         with pytest.raises(SlapdError, match="did not start") as failed:
             Slapd().start()

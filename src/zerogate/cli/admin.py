@@ -143,10 +143,18 @@ app.add_typer(token_app, name="token")
 
 
 @token_app.command("create")
-def token_create(name: str, ttl_days: int = typer.Option(30, "--ttl-days"), as_json: bool = JsonOpt) -> None:
+def token_create(
+    name: str,
+    ttl_days: int = typer.Option(30, "--ttl-days"),
+    metrics: bool = typer.Option(
+        False, "--metrics", help="A token that can read GET /metrics and nothing else (for Prometheus)."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
     """Create a token acting as you (shown once)."""
+    body = {"name": name, "ttl_days": ttl_days, "kind": "metrics" if metrics else "api"}
     with errors_to_exit(), client() as c:
-        emit(c.post("/v1/tokens", {"name": name, "ttl_days": ttl_days}), as_json)
+        emit(c.post("/v1/tokens", body), as_json)
 
 
 @token_app.command("list")

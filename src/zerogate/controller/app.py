@@ -26,6 +26,7 @@ from zerogate.controller.api import (
     gateways,
     groups,
     meta,
+    metrics_api,
     policies,
     pool,
     preflight,
@@ -36,6 +37,7 @@ from zerogate.controller.api import (
     segment_servers,
 )
 from zerogate.controller.limits import BodyLimit, known_query_only
+from zerogate.controller.metrics import RequestMetrics
 from zerogate.controller.openapi_doc import build_openapi
 from zerogate.controller.state import ApiProblem, ControllerState
 
@@ -79,9 +81,19 @@ def create_app(state: ControllerState) -> FastAPI:
 
     # Outermost: a too-large body is refused before any of the app sees it.
     app.add_middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes, caller_kind=caller_kind)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)  # outside BodyLimit: counts its 413s too
 
     objects = (accounts, groups, connector_groups, gateways, applications, policies, pool, audit)
-    device_side = (meta, provisioning_keys, enrollment, devices, connectors, config, client_sessions)
+    device_side = (
+        meta,
+        metrics_api,
+        provisioning_keys,
+        enrollment,
+        devices,
+        connectors,
+        config,
+        client_sessions,
+    )
     segment_side = (segment_servers, segment, segment_review, segment_jit)
     for module in (auth, tokens, *objects, *device_side, preflight, *segment_side):
         app.include_router(module.router)

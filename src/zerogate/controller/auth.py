@@ -21,7 +21,9 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 
 from zerogate.controller import schemas as s
+from zerogate.controller.metrics import outcome
 from zerogate.controller.state import (
+    ApiProblem,
     ControllerState,
     Forbidden,
     Principal,
@@ -95,8 +97,9 @@ async def resolve_credential(state: ControllerState, header: str, source: str) -
         account = row.account
         if account.status != "active":
             raise Unauthorized(f"account {account.username} is {account.status}")
+        # A metrics token reads /metrics and nothing else: every other check wants admin or user.
         return Principal(
-            kind=account.kind,
+            kind="metrics" if row.kind == "metrics" else account.kind,
             id=account.id,
             name=account.username,
             token_id=row.id,
@@ -122,6 +125,14 @@ async def require_account(who: Caller) -> Principal:
     return who
 
 
+async def require_metrics(who: Caller) -> Principal:
+    if who.kind == "anonymous":
+        raise Unauthorized("use a metrics token: zerogate admin token create NAME --metrics")
+    if who.kind not in ("metrics", "admin"):
+        raise Forbidden("this needs a metrics token or an admin account")
+    return who
+
+
 async def require_device(who: Caller) -> Principal:
     if who.kind != "device":
         raise Unauthorized("this endpoint is for enrolled devices (bearer device credential)")
@@ -137,6 +148,7 @@ async def require_segment(who: Annotated[Principal, Depends(require_device)]) ->
 Admin = Annotated[Principal, Depends(require_admin)]
 AnyAccount = Annotated[Principal, Depends(require_account)]
 DeviceCaller = Annotated[Principal, Depends(require_device)]
+MetricsReader = Annotated[Principal, Depends(require_metrics)]
 SegmentCaller = Annotated[Principal, Depends(require_segment)]
 
 
@@ -289,6 +301,16 @@ async def confirm_totp(body: s.TotpConfirmRequest, request: Request, state: Stat
 
 @router.post("/login", response_model=s.LoginResponse)
 async def login(body: s.LoginRequest, request: Request, state: State) -> s.LoginResponse:
+    try:
+        answer = await _sign_in(body, request, state)
+    except ApiProblem as exc:
+        state.metrics.signins.labels(outcome(exc)).inc()
+        raise
+    state.metrics.signins.labels("success").inc()
+    return answer
+
+
+async def _sign_in(body: s.LoginRequest, request: Request, state: ControllerState) -> s.LoginResponse:
     source = client_source(request)
     account = await check_password(state, body.username, body.password, source, "login")
     who = Principal(kind=account.kind, id=account.id, name=account.username, source=source)

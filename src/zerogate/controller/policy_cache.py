@@ -14,6 +14,8 @@ result without a write.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -91,6 +93,7 @@ class PolicyCache:
         self._lock = asyncio.Lock()
         self.hits = 0
         self.misses = 0
+        self.observe_compile: Callable[[float], None] | None = None  # seconds per load + compile
 
     @property
     def revision(self) -> int | None:
@@ -108,7 +111,10 @@ class PolicyCache:
                 self.hits += 1
                 return entry
             self.misses += 1
+            started = time.monotonic()
             view = await load_view(session, revision, now)
+            if self.observe_compile is not None:
+                self.observe_compile(time.monotonic() - started)
             # Under PostgreSQL's read committed a write can land mid-load; such a
             # mixed view serves this request (its device refetches) but is not kept.
             if await read_revision(session) == revision and (

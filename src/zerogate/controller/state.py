@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from zerogate.controller import background
 from zerogate.controller.config import ControllerSettings
+from zerogate.controller.metrics import ControllerMetrics
 from zerogate.controller.policy_cache import PolicyCache
 from zerogate.controller.refusals import RefusalAudit
 from zerogate.controller.throttle import Throttle, retry_after
@@ -69,7 +70,7 @@ class TooManyAttempts(ApiProblem):
 class Principal:
     """Who is calling: an account (admin/user), an enrolled device, or nobody."""
 
-    kind: str  # admin | user | device | anonymous
+    kind: str  # admin | user | device | metrics (a token for GET /metrics only) | anonymous
     id: int = 0
     name: str = ""
     role: str = ""  # device role: gateway | connector | client
@@ -106,6 +107,7 @@ class RevisionWatch:
         self._poller: asyncio.Task[None] | None = None
         self._wakers: set[asyncio.Task[None]] = set()
         self.going_away = False
+        self.waiting = 0  # long-polls waiting now (the metric zerogate_watchers)
 
     async def start(self) -> None:
         self.current = await self.db.revision()
@@ -153,14 +155,18 @@ class RevisionWatch:
     async def wait_past(self, revision: int, seconds: float) -> int:
         """Return the current revision as soon as it is above ``revision``, or at
         timeout, or at once when the server is going away (see ``going_away``)."""
-        async with self._cond:
-            try:
-                await asyncio.wait_for(
-                    self._cond.wait_for(lambda: self.current > revision or self.going_away), seconds
-                )
-            except TimeoutError:
-                pass
-            return self.current
+        self.waiting += 1
+        try:
+            async with self._cond:
+                try:
+                    await asyncio.wait_for(
+                        self._cond.wait_for(lambda: self.current > revision or self.going_away), seconds
+                    )
+                except TimeoutError:
+                    pass
+                return self.current
+        finally:
+            self.waiting -= 1
 
 
 def _as_problem(exc: Exception, object_type: str) -> ApiProblem:
@@ -199,6 +205,12 @@ class ControllerState:
     watch: RevisionWatch
     refusals: RefusalAudit
     policies: PolicyCache = field(default_factory=PolicyCache)
+    metrics: ControllerMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        watch = self.watch
+        self.metrics = ControllerMetrics(lambda: watch.current, lambda: watch.waiting)
+        self.policies.observe_compile = self.metrics.policy_compile_seconds.observe
 
     @asynccontextmanager
     async def mutation(

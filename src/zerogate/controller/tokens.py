@@ -53,7 +53,7 @@ async def create_token(body: s.TokenCreate, admin: Admin, state: State) -> s.Tok
             digest=token_digest(token),
             hint=token_hint(token),
             name=body.name,
-            kind="api",
+            kind=body.kind,
             account_id=admin.id,
             mfa=False,
             expires_at=now + timedelta(days=body.ttl_days),
@@ -62,7 +62,11 @@ async def create_token(body: s.TokenCreate, admin: Admin, state: State) -> s.Tok
         m.tx.session.add(row)
         await m.tx.session.flush()
         await m.tx.session.refresh(row, ["account"])
-        m.object_id, m.details, m.config_change = row.id, {"name": body.name, "hint": row.hint}, False
+        m.object_id, m.details, m.config_change = (
+            row.id,
+            {"name": body.name, "kind": body.kind, "hint": row.hint},
+            False,
+        )
         return s.TokenCreated(**token_out(row).model_dump(), token=token)
 
 

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Self
 
 from zerogate.netops.command import spawn
+from zerogate.testbed.ports import free_port
 from zerogate.testbed.topology import TestbedError
 
 __all__ = ["ProxyError", "Squid", "render_squid_conf", "squid_binary"]
@@ -66,12 +67,6 @@ http_access deny all
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -105,7 +100,7 @@ class Squid:
         if binary is None:
             raise ProxyError("squid is not installed (Debian package 'squid'; scripts/bootstrap installs it)")
         self.base.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         conf = self.base / "squid.conf"
         conf.write_text(render_squid_conf(self.base, self.port, self.connect_ports))
         if os.geteuid() == 0:

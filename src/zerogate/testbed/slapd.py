@@ -48,7 +48,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -61,6 +60,7 @@ import ldap3
 from ldap3.core.exceptions import LDAPException
 
 from zerogate.netops.command import CommandError, command_env, run, spawn
+from zerogate.testbed.ports import free_port
 from zerogate.testbed.slapd_entries import Entry, computer_entry, group_entry, render_ldif
 from zerogate.testbed.topology import TestbedError
 from zerogate.testbed.watchdog import dismiss_watchdog, start_watchdog
@@ -169,12 +169,6 @@ access to attrs=userPassword
     by users read
     by * none
 """
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _log_tail(path: Path) -> str:
@@ -372,7 +366,7 @@ class Slapd:
         owner = _server_user()
         privs = [] if owner is None else ["-u", owner.pw_name, "-g", str(owner.pw_gid)]
         for _attempt in range(_START_ATTEMPTS):
-            port = _free_port()
+            port = free_port()
             # -d none: stay in the foreground (we keep the PID); errors and start-up messages only.
             argv = [_find("slapd"), "-d", "none", "-f", str(base / "slapd.conf")]
             if self.config_admin is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
@@ -60,7 +61,9 @@ async def snapshot(
         device = await devices.active_device(session, who.id)
         stale = devices.seen_is_due(device, utcnow())
         if after < 0 or revision > after:
+            started = time.monotonic()
             snap = await build_snapshot(session, device, revision, state.policies)
+            state.metrics.snapshot_seconds.labels(device.role).observe(time.monotonic() - started)
     if stale:
         async with state.db.write() as tx:
             await devices.mark_seen(tx.session, who.id)

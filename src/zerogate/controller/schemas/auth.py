@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -52,6 +53,8 @@ class LoginResponse(BaseModel):
 class TokenCreate(Strict):
     name: ObjectName
     ttl_days: int = Field(default=30, ge=1, le=3650)
+    # "metrics": good for GET /metrics only (a Prometheus server's credential), nothing else
+    kind: Literal["api", "metrics"] = "api"
 
 
 class TokenOut(BaseModel):

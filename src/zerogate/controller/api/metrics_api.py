@@ -1,0 +1,36 @@
+"""``GET /metrics``: the controller's and the devices' series in the Prometheus text format
+(see :mod:`zerogate.controller.metrics`), for an admin or a metrics token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from sqlalchemy import Text, cast, select
+from sqlalchemy.orm import defer
+
+from zerogate.controller.auth import MetricsReader, State
+from zerogate.controller.metrics import CONTENT_TYPE, device_families
+from zerogate.controller.reports import read_stored
+from zerogate.store.db import utcnow
+from zerogate.store.models import Device
+
+router = APIRouter(tags=["meta"])
+
+
+class MetricsResponse(Response):
+    media_type = CONTENT_TYPE
+
+
+@router.get("/metrics", response_class=MetricsResponse)
+async def metrics(_: MetricsReader, state: State) -> MetricsResponse:
+    """Prometheus exposition. Device series come from the latest stored reports of
+    active gateways and connectors (clients are summed per gateway)."""
+    query = (
+        select(Device, cast(Device.report, Text))
+        .options(defer(Device.report))
+        .where(Device.role.in_(("gateway", "connector")), Device.status == "active")
+        .order_by(Device.id)
+    )
+    async with state.db.read() as session:
+        rows = (await session.execute(query)).all()
+    devices = [(d.role, d.name, read_stored(raw)[0], d.last_seen_at) for d, raw in rows]
+    return MetricsResponse(state.metrics.render(device_families(devices, utcnow())))
