@@ -9,19 +9,24 @@ Regenerate the golden files with ``ZEROGATE_UPDATE_GOLDEN=1``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from subprocess import CompletedProcess
+from typing import Any, Protocol
 
 import pytest
 
-from nstools import Netns, tcp
+from nstools import Netns, call_in_netns, tcp
 from zerogate.connector.plan import KEEPALIVE_SECONDS, forwarding_notice, plan_connector
 from zerogate.model.dataplane import WgPeer
 from zerogate.model.snapshot import ConnectorSnapshot, parse_snapshot
 from zerogate.netops import nftables
+from zerogate.testbed.lab import wait_for
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("ZEROGATE_UPDATE_GOLDEN") == "1"
@@ -109,7 +114,8 @@ def test_snat_adds_exactly_one_masquerade_chain() -> None:
     on = plan_connector(snapshot(snat=True), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
     off = plan_connector(snapshot(snat=False), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
     assert on.count("masquerade") == 1 and "masquerade" not in off
-    assert on.startswith(off) and on[len(off) :].startswith("  chain postrouting {")  # SNAT only appends
+    # SNAT appends the postrouting chain; only without it may the LAN continue failed-over flows
+    assert off.replace(f"    {FAILED_OVER}\n", "") + on[on.index("  chain postrouting {") :] == on
     assert f"udp dport {LISTEN_PORT} ct state new drop" in off
 
 
@@ -141,13 +147,15 @@ def test_the_forwarding_notice_says_what_is_dropped_and_why() -> None:
 
 
 @pytest.mark.parametrize(
-    ("snat", "strict"), [(True, True), (False, False)], ids=["strict-snat", "shared-no-snat"]
+    ("snat", "strict", "vrrp"),
+    [(True, True, False), (False, False, False), (True, True, True), (False, True, True)],
+    ids=["strict-snat", "shared-no-snat", "strict-snat-vrrp", "strict-no-snat-vrrp"],
 )
-def test_render_connector_nft_matches_the_golden_file(snat: bool, strict: bool) -> None:
-    body = plan_connector(
-        snapshot(snat=snat), interface="zg0", listen_port=LISTEN_PORT, strict=strict
-    ).nft_body
-    path = GOLDEN / f"connector-{'strict' if strict else 'shared'}-{'snat' if snat else 'no-snat'}.nft"
+def test_render_connector_nft_matches_the_golden_file(snat: bool, strict: bool, vrrp: bool) -> None:
+    snap = vrrp_snapshot(snat=snat) if vrrp else snapshot(snat=snat)
+    body = plan_connector(snap, interface="zg0", listen_port=LISTEN_PORT, strict=strict).nft_body
+    name = f"{'strict' if strict else 'shared'}-{'snat' if snat else 'no-snat'}{'-vrrp' if vrrp else ''}"
+    path = GOLDEN / f"connector-{name}.nft"
     if UPDATE:
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(body)
@@ -165,12 +173,19 @@ def load(ns: Netns, body: str) -> None:
 
 
 @needs_root_nft
-@pytest.mark.parametrize("snat", [True, False], ids=["snat", "no-snat"])
+@pytest.mark.parametrize(
+    ("snat", "vrrp_peers"),
+    [(True, None), (False, None), (True, []), (False, ["192.168.202.2", "192.168.202.3"])],
+    ids=["snat", "no-snat", "snat-vrrp-multicast", "no-snat-vrrp-unicast"],
+)
 def test_the_rendered_table_loads_and_reloads_in_a_fresh_namespace(
-    make_netns: Callable[[str], Netns], snat: bool
+    make_netns: Callable[[str], Netns], snat: bool, vrrp_peers: list[str] | None
 ) -> None:
     ns = make_netns("c")
-    body = plan_connector(snapshot(snat=snat), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
+    snap = snapshot(snat=snat) if vrrp_peers is None else vrrp_snapshot(snat=snat)
+    body = plan_connector(
+        snap, interface="zg0", listen_port=LISTEN_PORT, strict=True, vrrp_peers=vrrp_peers or ()
+    ).nft_body
     load(ns, body)
     first = ns.run("nft", "list", "table", "inet", "zerogate").stdout
     load(ns, body)
@@ -307,3 +322,296 @@ def test_strict_mode_forwards_nothing_else_and_shared_mode_keeps_the_hosts_own_f
     assert tcp(oth, other, lan, unfronted, 80) == other
     assert tcp(oth, other, lan, fronted, 80) == "dropped"  # the fronted subnets: only via the tunnel
     assert tcp(lan, fronted, oth, other, 80) == "dropped"
+
+
+# --------------------------------------------------------------------------- failover and VRRP (pure)
+
+FAILED_OVER = (
+    'oifname "zg0" ip saddr @fronted ip daddr @clients tcp flags & (syn | ack) == ack accept '
+    'comment "continues a flow opened via another connector; the gateway admits only flows clients opened"'
+)
+VIP = "192.168.202.100"
+
+
+def vrrp_snapshot(snat: bool = True, vip: str = VIP) -> ConnectorSnapshot:
+    snap = wire(snat)
+    snap["connector_group"]["vrrp_virtual_ip"] = vip
+    return parse_snapshot("connector", snap)
+
+
+def test_snat_off_lets_the_lan_continue_a_tcp_flow_to_a_client_but_never_open_one() -> None:
+    off = plan_connector(snapshot(snat=False), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
+    on = plan_connector(snapshot(snat=True), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
+    lines = [line.strip() for line in off.splitlines()]
+    # right after the replies, before the shared mode's drops; only ACK without SYN
+    assert lines[lines.index('oifname "zg0" ct state established,related accept') + 1] == FAILED_OVER
+    assert (
+        FAILED_OVER not in on
+    )  # with SNAT a failed-over flow cannot continue: the app answers the old address
+
+
+def test_a_group_with_a_virtual_ip_admits_multicast_vrrp_from_its_subnet_only() -> None:
+    body = plan_connector(vrrp_snapshot(), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
+    input_ = body.split("  chain input {\n")[1].split("  }\n")[0]
+    assert input_.splitlines()[-2:] == [
+        "    ip saddr 192.168.202.0/24 ip daddr 224.0.0.18 ip ttl 255 ip protocol 112 accept "
+        'comment "VRRP multicast from the virtual IP subnet, same link (TTL 255)"',
+        '    ip protocol 112 drop comment "VRRP from anyone else: it could take the virtual IP"',
+    ]
+    assert (
+        "ip protocol 112"
+        not in plan_connector(
+            snapshot(), interface="zg0", listen_port=LISTEN_PORT, strict=True, vrrp_peers=["192.168.202.2"]
+        ).nft_body
+    )  # no virtual IP: no VRRP rules, whatever the settings say
+
+
+def test_the_multicast_source_is_the_most_specific_subnet_holding_the_virtual_ip() -> None:
+    snap = wire()
+    snap["connector_group"] |= {"subnets": ["10.0.0.0/8"], "vrrp_virtual_ip": "10.1.2.3"}
+    body = plan_connector(
+        parse_snapshot("connector", snap), interface="zg0", listen_port=1, strict=True
+    ).nft_body
+    assert "ip saddr 10.0.0.0/8 ip daddr 224.0.0.18 ip ttl 255 ip protocol 112 accept" in body
+
+
+def test_unicast_vrrp_peers_replace_multicast() -> None:
+    body = plan_connector(
+        vrrp_snapshot(),
+        interface="zg0",
+        listen_port=LISTEN_PORT,
+        strict=True,
+        vrrp_peers=["192.168.202.3", "192.168.202.2", "192.168.202.3"],
+    ).nft_body
+    assert (
+        '    ip saddr { 192.168.202.2, 192.168.202.3 } ip protocol 112 accept comment "VRRP from the unicast '
+        'peers of this group"\n    ip protocol 112 drop comment "VRRP from anyone else: it could take the '
+        'virtual IP"\n  }\n'
+    ) in body
+    assert "224.0.0.18" not in body
+
+
+@pytest.mark.parametrize(
+    "peers", [["192.168.202.2/24"], ["192.168.202.2 } accept"], ["fe80::1"], ["10.0.0.1"] * 17]
+)
+def test_a_bad_vrrp_peer_is_refused_without_echoing_it(peers: list[str]) -> None:
+    with pytest.raises(ValueError, match="vrrp_peers") as err:
+        plan_connector(vrrp_snapshot(), interface="zg0", listen_port=1, strict=True, vrrp_peers=peers)
+    assert peers[0] not in str(err.value)
+
+
+def test_snat_with_a_virtual_ip_translates_to_it_instead_of_masquerading() -> None:
+    body = plan_connector(vrrp_snapshot(), interface="zg0", listen_port=LISTEN_PORT, strict=True).nft_body
+    assert body.endswith(
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    oifname != "zg0" ip saddr @clients ip daddr @fronted snat ip to {VIP}\n'
+        "  }\n"
+    )
+    assert "masquerade" not in body
+    off = plan_connector(vrrp_snapshot(snat=False), interface="zg0", listen_port=1, strict=True).nft_body
+    assert "postrouting" not in off and FAILED_OVER in off
+
+
+# --------------------------------------------------------------------------- failover and VRRP (namespaces)
+
+
+class RunsCommands(Protocol):
+    """What :class:`Counters` needs of a namespace: a :class:`Netns`, or an adapter to a topology's."""
+
+    def run(self, *argv: str, input: str | None = None, check: bool = True) -> CompletedProcess[str]: ...
+
+
+class Counters:
+    """Two counter chains around our filter on one hook in ``ns`` (table ``inet zsn_probe``):
+    ``seen`` at priority -10 counts what reached the hook, ``passed`` at +10 what our
+    table (priority 0) let through (its drop is final; an accept does not stop later chains).
+
+    Both run in the same traversal of the hook, so once ``seen`` shows a packet, its
+    ``passed`` count is final: no waiting for something not to happen."""
+
+    def __init__(self, ns: RunsCommands, hook: str, matches: list[str]) -> None:
+        self.ns, self.matches = ns, matches
+        rules = "".join(f"    {m} counter\n" for m in matches)
+        ns.run(
+            "nft",
+            "-f",
+            "-",
+            input=(
+                "table inet zsn_probe {\n"
+                f"  chain seen {{\n    type filter hook {hook} priority -10; policy accept;\n{rules}  }}\n"
+                f"  chain passed {{\n    type filter hook {hook} priority 10; policy accept;\n{rules}  }}\n"
+                "}\n"
+            ),
+        )
+
+    def read(self) -> dict[str, list[int]]:
+        doc = json.loads(self.ns.run("nft", "-j", "list", "table", "inet", "zsn_probe").stdout)
+        out: dict[str, list[int]] = {"seen": [], "passed": []}
+        for item in doc["nftables"]:
+            rule = item.get("rule")
+            if rule:
+                out[rule["chain"]] += [e["counter"]["packets"] for e in rule["expr"] if "counter" in e]
+        return out
+
+    def remove(self) -> None:
+        self.ns.run("nft", "delete", "table", "inet", "zsn_probe", check=False)
+
+    def passed_once_seen(self, n: int) -> list[int]:
+        """Wait until every match has seen ``n`` packets; what passed of them."""
+        wait_for(lambda: self.read()["seen"] == [n] * len(self.matches), 5, f"{n} packets at each probe")
+        return self.read()["passed"]
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int(x) for x in struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10}
+
+
+def send_tcp_segment(ns: str, src: str, dst: str, dport: int, flags: str, count: int = 1) -> None:
+    """Send ``count`` bare TCP segments (``flags`` e.g. ``"ack"``, ``"syn"``) from ``src`` in
+    namespace ``ns`` (a full name under /run/netns) with a raw socket: a segment of a flow
+    the kernel of ``ns`` never opened, as a server continuing a failed-over flow sends it."""
+    bits = sum(TCP_FLAGS[f] for f in flags.split("|"))
+    sport = 40000 + dport % 20000
+    header = struct.pack(
+        "!HHIIBBHHH", sport, dport, 1000, 2000 if bits & 0x10 else 0, 5 << 4, bits, 64240, 0, 0
+    )
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, 20)
+    segment = header[:16] + struct.pack("!H", _checksum(pseudo + header)) + header[18:]
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as s:
+            s.bind((src, 0))
+            for _ in range(count):
+                s.sendto(segment, (dst, 0))
+
+    call_in_netns(ns, send)
+
+
+@needs_root_nft
+@pytest.mark.parametrize(
+    ("strict", "loose"), [(True, 1), (False, 1), (True, 0)], ids=["strict", "shared", "strict-not-loose"]
+)
+def test_with_snat_off_the_lan_continues_a_failed_over_flow_but_opens_nothing(
+    site: dict[str, Netns], strict: bool, loose: int
+) -> None:
+    """``loose``: nf_conntrack_tcp_loose. At 0 the kernel does not pick up a flow mid-stream
+    and marks the segment invalid; the rule has no ct state match, so it still passes."""
+    tun, cn, lan = site["tun"], site["cn"], site["lan"]
+    cn.run("sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_loose={loose}")
+    client, app = "100.64.0.2", "192.168.202.10"
+    snap = wire(snat=True)
+    snap["connector_group"]["subnets"] = ["192.168.202.0/24"]
+    table = {
+        snat: plan_connector(
+            parse_snapshot("connector", snap | {"connector_group": snap["connector_group"] | {"snat": snat}}),
+            interface="zgcn",
+            listen_port=LISTEN_PORT,
+            strict=strict,
+        ).nft_body
+        for snat in (True, False)
+    }
+    # (flags, destination, port): segments a server sends when continuing a flow, and
+    # what would open one or end one; the last goes to an address that is no client
+    cases = [
+        ("ack", client, 7001),
+        ("psh|ack", client, 7002),
+        ("syn", client, 7003),
+        ("syn|ack", client, 7004),
+        ("rst", client, 7005),
+        ("ack", "192.168.50.9", 7006),
+    ]
+    probe = Counters(cn, "forward", [f"tcp dport {port}" for _, _, port in cases])
+
+    def send_all() -> None:
+        for flags, dst, port in cases:
+            send_tcp_segment(lan.name, app, dst, port, flags)
+
+    load(cn, table[True])  # SNAT on: nothing from the LAN enters the tunnel unless it is a reply
+    send_all()
+    assert probe.passed_once_seen(1) == [0, 0, 0, 0, 0, 0]
+
+    load(cn, table[False])  # SNAT off: segments that continue a flow to a client pass, nothing else
+    send_all()
+    assert probe.passed_once_seen(2) == [1, 1, 0, 0, 0, 0]
+    assert tcp(lan, app, tun, client, 7000) == "dropped"  # a new connection from the LAN: still none
+    assert tcp(tun, client, lan, app, 80) == client  # the client's own flows work as before
+
+
+def send_vrrp(ns: str, src: str, dst: str, ttl: int) -> None:
+    """One IP protocol 112 packet (the body is not parsed here; nothing runs keepalived)."""
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, 112) as s:
+            s.bind((src, 0))
+            if dst == "224.0.0.18":
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("192.168.202.10"))
+            else:
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            s.sendto(b"\x31\x07\x64\x01\x00\x64\x00\x00", (dst, 0))
+
+    call_in_netns(ns, send)
+
+
+@needs_root_nft
+@pytest.mark.parametrize("peers", [[], ["192.168.202.11"]], ids=["multicast", "unicast"])
+def test_vrrp_is_admitted_only_from_the_peers_or_the_link_and_dropped_from_anyone_else(
+    site: dict[str, Netns], peers: list[str]
+) -> None:
+    cn, lan = site["cn"], site["lan"]
+    group, me, peer, stranger, off_subnet = (
+        "224.0.0.18",
+        "192.168.202.1",
+        "192.168.202.11",
+        "192.168.202.12",
+        "10.9.0.5",
+    )
+    for addr in (peer, stranger):
+        lan.ip("addr", "add", f"{addr}/24", "dev", "h0")
+    snap = wire(snat=True)
+    snap["connector_group"] |= {"subnets": ["192.168.202.0/24"], "vrrp_virtual_ip": "192.168.202.100"}
+    load(
+        cn,
+        plan_connector(
+            parse_snapshot("connector", snap),
+            interface="zgcn",
+            listen_port=LISTEN_PORT,
+            strict=True,
+            vrrp_peers=peers,
+        ).nft_body,
+    )
+    # what keepalived does: join the VRRP group on the LAN side (else the kernel discards the multicast)
+    member = cn.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, 112))
+    member.setsockopt(
+        socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(group) + socket.inet_aton(me)
+    )
+    cases = [  # source, destination, TTL
+        (peer, group, 255),
+        (peer, group, 64),  # multicast from another link (routed: TTL below 255)
+        (off_subnet, group, 255),
+        (stranger, group, 255),
+        (peer, me, 64),
+        (stranger, me, 255),
+    ]
+    probe = Counters(
+        cn,
+        "input",
+        [f"ip saddr {src} ip daddr {dst} ip ttl {ttl} ip protocol 112" for src, dst, ttl in cases],
+    )
+    with member:
+        for src, dst, ttl in cases:
+            send_vrrp(lan.name, src, dst, ttl)
+        passed = probe.passed_once_seen(1)
+    if peers:  # unicast: the peer whatever its TTL or destination, nobody else
+        assert passed == [1, 1, 0, 0, 1, 0]
+    else:  # multicast: to the group, from the subnet, with TTL 255 only
+        assert passed == [1, 0, 0, 1, 0, 0]

@@ -18,17 +18,65 @@ hook, but a ``drop`` (a drop policy too) anywhere is final. Hence two modes:
   host's own forwarding keeps working; everything that touches the tunnel or
   the fronted subnets is still dropped except those paths. The rest is left
   to the host's own firewall.
+
+Failover with SNAT off. The LAN routes the client pool to the serving
+connector (or to the VRRP virtual IP). When another connector takes over, the
+flows it carries were opened through the old one: this host has no conntrack
+entry for them. A client's packet is picked up mid-stream (the kernel's
+default ``nf_conntrack_tcp_loose=1``) and passes, the tunnel -> subnets path
+does not look at ``ct state``; but a server that only sends (a download) has
+its next segment leave the LAN first, and ``ct state established`` alone would
+drop it for good. So with SNAT off, TCP segments from the fronted subnets to
+the client blocks that carry ACK and no SYN also pass: they can continue a
+flow, never open one (a new connection starts with a SYN without ACK). This is
+safe because the gateway decides, not us: its ``from_tunnel`` chain accepts
+only ``ct state established,related`` or a live client's source address, so a
+packet from the LAN reaches a client only as part of a flow that client opened
+(the gateway's conntrack entry survives the failover, it does not depend on
+which connector peer carried the flow). The rule has no ``ct state`` match on
+purpose: with ``nf_conntrack_tcp_loose=0`` the kernel refuses mid-stream
+pickups and marks them ``invalid``, and the flow must still continue. UDP is
+not included: a UDP flow resumes with the client's next datagram, which this
+host then tracks, and the LAN keeps no way to send unsolicited UDP into the
+tunnel. With SNAT on, a failed-over flow cannot continue anyway (the server
+answers the old connector's address; see the README).
+
+VRRP (the group has a virtual IP): the connectors run keepalived on the LAN.
+VRRPv3 has no authentication, so whoever may send VRRP advertisements may take
+the virtual IP and the group's traffic; the input chain admits VRRP (IP
+protocol 112) only from the configured unicast peers or, without peers, as
+multicast to 224.0.0.18 from the virtual IP's subnet with TTL 255 (RFC 5798:
+a router discards advertisements with another TTL, so they come from the same
+link), and drops every other VRRP packet. With SNAT on, the connector
+translates to the virtual IP rather than its own address, so the LAN sees one
+stable address whichever connector is master.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
 
 from zerogate.model import nft
 from zerogate.model.dataplane import WgPeer
 from zerogate.model.snapshot import ConnectorSnapshot
 
 KEEPALIVE_SECONDS = 5
+VRRP_PROTOCOL = 112  # IANA; written as a number so the rule does not depend on /etc/protocols
+VRRP_MULTICAST = "224.0.0.18"
+VRRP_TTL = 255
+MAX_VRRP_PEERS = 16
+
+
+@dataclass(frozen=True)
+class VrrpFilter:
+    """What the table needs of a group's VRRP: the virtual IP (the SNAT source),
+    the unicast peers, or (no peers) the subnet multicast advertisements come from."""
+
+    virtual_ip: str
+    peers: tuple[str, ...]
+    subnet: str | None
 
 
 @dataclass(frozen=True)
@@ -44,10 +92,51 @@ def _endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def vrrp_filter(virtual_ip: str, subnets: Sequence[str], peers: Sequence[str]) -> VrrpFilter:
+    """The VRRP part of the table; ``ValueError`` for a peer that is not an IPv4
+    address (the settings validate it too; this is what reaches nft text).
+
+    The multicast source subnet is the most specific fronted subnet holding the
+    virtual IP (the controller refuses a virtual IP outside them); the
+    connectors' own LAN addresses must lie in it, or ``vrrp_peers`` is needed.
+    """
+    try:
+        vip = IPv4Address(virtual_ip)
+    except ValueError:
+        raise ValueError("the group's virtual IP is not an IPv4 address: VRRP runs over IPv4 only") from None
+    if len(peers) > MAX_VRRP_PEERS:
+        raise ValueError(f"vrrp_peers: at most {MAX_VRRP_PEERS} addresses")
+    checked = []
+    for p in peers:
+        try:
+            checked.append(IPv4Address(p))
+        except ValueError:
+            raise ValueError("vrrp_peers: each peer must be an IPv4 address") from None
+    homes = [n for n in (IPv4Network(s) for s in subnets if ":" not in s) if vip in n]
+    home = max(homes, key=lambda n: n.prefixlen, default=None)
+    if home is None and not checked:
+        raise ValueError(
+            "the group's virtual IP is in none of its subnets, so multicast VRRP has no source "
+            "subnet to admit: set vrrp_peers"
+        )
+    return VrrpFilter(
+        str(vip),
+        tuple(str(p) for p in sorted(set(checked))),
+        str(home) if home is not None else None,
+    )
+
+
 def plan_connector(
-    snapshot: ConnectorSnapshot, *, interface: str, listen_port: int, strict: bool
+    snapshot: ConnectorSnapshot,
+    *,
+    interface: str,
+    listen_port: int,
+    strict: bool,
+    vrrp_peers: Sequence[str] = (),
 ) -> ConnectorPlan:
-    """``strict``: the host forwarded nothing before zerogate (see the module docstring)."""
+    """``strict``: the host forwarded nothing before zerogate (see the module docstring).
+    ``vrrp_peers``: the other connectors' LAN addresses for unicast VRRP (empty:
+    multicast); used only when the group has a virtual IP."""
     if snapshot.address is None:
         raise ValueError("the snapshot gives this connector no tunnel address")
     group = snapshot.connector_group
@@ -63,12 +152,14 @@ def plan_connector(
         peers.append(WgPeer(g.wg_public_key, tuple(blocks), _endpoint(g.endpoint, g.port), KEEPALIVE_SECONDS))
     subnets = [str(n) for n in group.subnets]
     probers = sorted({str(g.tunnel_address) for g in gateways if g.tunnel_address is not None})
+    vip = group.vrrp_virtual_ip
+    vrrp = vrrp_filter(str(vip), subnets, vrrp_peers) if vip is not None else None
     return ConnectorPlan(
         address=f"{snapshot.address}/32",
         routes=tuple(blocks),
         peers=tuple(peers),
         nft_body=render_connector_nft(
-            interface, listen_port, blocks, subnets, probers, group.snat, strict=strict
+            interface, listen_port, blocks, subnets, probers, group.snat, strict=strict, vrrp=vrrp
         ),
         gateway=gateway_name,
     )
@@ -87,6 +178,7 @@ def render_connector_nft(
     snat: bool,
     *,
     strict: bool,
+    vrrp: VrrpFilter | None = None,
 ) -> str:
     into, out_of = nft.iifname(interface), nft.oifname(interface)
     clients, fronted = nft.set_ref("clients"), nft.set_ref("fronted")
@@ -104,6 +196,7 @@ def render_connector_nft(
             "drop",
             nft.comment("WireGuard only answers the gateway it dialled"),
         ),
+        *(_vrrp_input(vrrp) if vrrp is not None else []),
     ]
     forward = [
         nft.base_chain("filter", "forward", "filter", "drop" if strict else "accept"),
@@ -121,6 +214,7 @@ def render_connector_nft(
         ),
         nft.statement(into, "accept"),
         nft.statement(out_of, nft.ct_state("established", "related"), "accept"),
+        *([] if snat else [_failed_over(out_of, fronted, clients)]),
         *([] if strict else _shared_tail(out_of, fronted)),
     ]
     nat = [
@@ -129,7 +223,7 @@ def render_connector_nft(
             nft.oifname(interface, negate=True),
             nft.address("ip", "saddr", clients),
             nft.address("ip", "daddr", fronted),
-            "masquerade",
+            nft.statement("snat", "ip", "to", vrrp.virtual_ip) if vrrp is not None else "masquerade",
         ),
     ]
     return (
@@ -139,6 +233,50 @@ def render_connector_nft(
         + nft.chain("forward", forward)
         + (nft.chain("postrouting", nat) if snat else "")
     )
+
+
+def _failed_over(out_of: str, fronted: str, clients: str) -> str:
+    """SNAT off: a LAN -> client TCP segment that can only continue a flow (ACK,
+    no SYN), for flows opened through another connector (see the module docstring)."""
+    return nft.statement(
+        out_of,
+        nft.address("ip", "saddr", fronted),
+        nft.address("ip", "daddr", clients),
+        "tcp flags & (syn | ack) == ack",
+        "accept",
+        nft.comment(
+            "continues a flow opened via another connector; the gateway admits only flows clients opened"
+        ),
+    )
+
+
+def _vrrp_input(vrrp: VrrpFilter) -> list[str]:
+    """Admit VRRP from the group's peers only, drop the rest (VRRPv3 has no authentication)."""
+    proto = f"ip protocol {VRRP_PROTOCOL}"
+    if vrrp.peers:
+        admit = [
+            nft.statement(
+                nft.address("ip", "saddr", nft.anonymous_set(vrrp.peers)),
+                proto,
+                "accept",
+                nft.comment("VRRP from the unicast peers of this group"),
+            )
+        ]
+    else:  # vrrp_filter refuses a virtual IP without a home subnet when there are no peers
+        admit = [
+            nft.statement(
+                nft.address("ip", "saddr", vrrp.subnet or VRRP_MULTICAST),
+                nft.address("ip", "daddr", VRRP_MULTICAST),
+                f"ip ttl {VRRP_TTL}",
+                proto,
+                "accept",
+                nft.comment("VRRP multicast from the virtual IP subnet, same link (TTL 255)"),
+            )
+        ]
+    return [
+        *admit,
+        nft.statement(proto, "drop", nft.comment("VRRP from anyone else: it could take the virtual IP")),
+    ]
 
 
 def _shared_tail(out_of: str, fronted: str) -> list[str]:
