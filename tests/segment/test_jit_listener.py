@@ -31,8 +31,12 @@ from zerogate.segment.jit_listener import (
     API_PATH,
     MAX_BODY,
     MAX_CONNECTIONS,
+    THROTTLE_DEFAULT,
+    THROTTLE_ENTRIES,
+    THROTTLE_MAX,
     JitListener,
     JitService,
+    ThrottleMemory,
     server_context,
 )
 from zerogate.segment.ssh import Access
@@ -242,3 +246,22 @@ def test_json_request_opens_the_peer_address_on_the_host_fake_controller(
         assert r.status_code == 503 and not reaches(1)
     finally:
         listener.stop()
+
+
+def test_throttle_memory_expires_and_stays_bounded() -> None:
+    """The listener answers a source the controller throttled itself until Retry-After
+    runs out (capped), and remembers a bounded number of (source, user) pairs."""
+    now = [1000.0]
+    memory = ThrottleMemory(clock=lambda: now[0])
+    memory.throttled("10.0.0.1", "alice", 30.0)
+    assert memory.wait("10.0.0.1", "alice") == 30.0
+    assert memory.wait("10.0.0.1", "bob") == 0.0 and memory.wait("10.0.0.2", "alice") == 0.0
+    memory.throttled("10.0.0.3", "carol", 10**9)  # capped, whatever the controller says
+    assert memory.wait("10.0.0.3", "carol") == THROTTLE_MAX
+    now[0] += 30.0
+    assert memory.wait("10.0.0.1", "alice") == 0.0 and ("10.0.0.1", "alice") not in memory.until
+    for i in range(THROTTLE_ENTRIES + 10):
+        memory.throttled(f"10.1.{i // 256}.{i % 256}", "mallory", None)
+    assert len(memory.until) <= THROTTLE_ENTRIES
+    last = THROTTLE_ENTRIES + 9
+    assert memory.wait(f"10.1.{last // 256}.{last % 256}", "mallory") == THROTTLE_DEFAULT

@@ -6,7 +6,10 @@ validates the request, forwards it to the controller with the *TCP peer address*
 the source (never a header such as X-Forwarded-For: the opening is for the machine
 that is really connecting), and on approval adds the element on the host at once
 (:meth:`~zerogate.segment.jit.JitKeeper.grant`) before it answers. Who may ask, the
-credentials, throttling and audit are the controller's.
+credentials, throttling and audit are the controller's; the listener only remembers the
+controller's "too many attempts" (429 with ``Retry-After``) for that user from that address
+and refuses the same pair itself until then (:class:`ThrottleMemory`), so a guesser's
+further tries do not even reach the controller.
 
 It is the standard library's threading HTTP server under TLS 1.2+ in one thread of
 the daemon's process: a handful of requests a day needs no framework, and nothing
@@ -31,8 +34,10 @@ import re
 import socket
 import ssl
 import threading
+import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -55,6 +60,9 @@ API_PATH = "/v1/jit/requests"
 DURATIONS = {3600: "1 hour", 14400: "4 hours", 28800: "8 hours", 43200: "12 hours", 86400: "1 day"}
 CONNECTION_TIMEOUT = 15.0
 MAX_CONNECTIONS = 32  # served at once; more are closed at once (a request is a human's click)
+THROTTLE_DEFAULT = 60.0  # seconds remembered when the controller's 429 names no Retry-After
+THROTTLE_MAX = 3600.0  # the most a 429 is remembered, whatever the controller said
+THROTTLE_ENTRIES = 4096  # pairs remembered at most (the oldest go first)
 
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 _TOTP = re.compile(r"[0-9]{6,8}")
@@ -158,19 +166,58 @@ def peer_source(host: str) -> str:
     return str(address)
 
 
+class ThrottleMemory:
+    """The controller's 429 verdicts per (source, user) until they run out; thread-safe and
+    bounded (:data:`THROTTLE_ENTRIES`), so a flood of pairs costs memory only up to that."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.until: dict[tuple[str, str], float] = {}
+
+    def wait(self, source: str, username: str) -> float:
+        """Seconds this pair must still wait (0: ask the controller)."""
+        with self.lock:
+            until = self.until.get((source, username))
+            left = 0.0 if until is None else until - self.clock()
+            if until is not None and left <= 0:
+                del self.until[(source, username)]
+            return max(0.0, left)
+
+    def throttled(self, source: str, username: str, retry_after: float | None) -> None:
+        seconds = min(THROTTLE_MAX, THROTTLE_DEFAULT if retry_after is None else max(1.0, retry_after))
+        with self.lock:
+            now = self.clock()
+            if len(self.until) >= THROTTLE_ENTRIES:
+                self.until = {k: t for k, t in self.until.items() if t > now}
+                while len(self.until) >= THROTTLE_ENTRIES:
+                    del self.until[next(iter(self.until))]
+            self.until.pop((source, username), None)  # re-inserted last: the newest
+            self.until[(source, username)] = now + seconds
+
+
 class JitService:
     """What a request does, apart from HTTP: ask the controller, open on the host."""
 
-    def __init__(self, keeper: JitKeeper, controller: JitController) -> None:
+    def __init__(self, keeper: JitKeeper, controller: JitController, memory: ThrottleMemory | None = None):
         self.keeper, self.controller = keeper, controller
+        self.memory = memory or ThrottleMemory()
 
     def request(self, fields: Mapping[str, object], peer: str) -> dict[str, Any]:
         checked = validate(fields)
         source = peer_source(peer)
+        wait = self.memory.wait(source, checked["username"])
+        if wait > 0:
+            log.info(
+                "jit request by %s for %s refused here (throttled)", checked["username"], checked["asset"]
+            )
+            raise RequestError(429, MESSAGES[429], wait)
         body = {**checked, "source": source}
         try:
             answer = dict(self.controller(body))
         except ApiError as exc:
+            if exc.status == 429:
+                self.memory.throttled(source, checked["username"], exc.retry_after)
             status = exc.status if exc.status in MESSAGES else 502
             log.info(
                 "jit request by %s for %s refused (%s)", checked["username"], checked["asset"], exc.status
@@ -212,6 +259,14 @@ class JitService:
         }
 
 
+def _when(iso: str) -> str:
+    """An expiry for people: ``2026-12-06 05:28:01 UTC`` (the JSON answer keeps ISO 8601)."""
+    try:
+        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return iso
+
+
 def page(message: str = "", opened: Mapping[str, Any] | None = None) -> str:
     """The form (and the outcome of the last request): plain HTML, no script, no style."""
     durations = "".join(f'<option value="{s}">{t}</option>' for s, t in DURATIONS.items())
@@ -220,7 +275,7 @@ def page(message: str = "", opened: Mapping[str, Any] | None = None) -> str:
         note = (
             f"<p><strong>Opened: {html.escape(str(opened['source']))} to {html.escape(str(opened['asset']))} "
             f"{html.escape(str(opened['protocol']))}/{int(opened['port'])} until "
-            f"{html.escape(str(opened['expires_at']))}</strong></p>"
+            f"{html.escape(_when(str(opened['expires_at'])))}</strong></p>"
         )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>zerogate: just-in-time access</title>'
@@ -318,10 +373,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(201, "text/html; charset=utf-8", page(opened=opened))
 
     def _same_site(self) -> None:
-        """Refuse a cross-site POST (a browser says so in ``Sec-Fetch-Site`` / ``Origin``)."""
+        """Refuse a cross-site POST (a browser says so in ``Sec-Fetch-Site`` / ``Origin``).
+
+        ``Sec-Fetch-Site`` decides when it is there (no page can set it): under the page's
+        ``Referrer-Policy: no-referrer`` a browser sends ``Origin: null`` even for the page's
+        own form, so the origin is compared only when a client sends no fetch metadata."""
         site = self.headers.get("Sec-Fetch-Site")
-        if site is not None and site not in ("same-origin", "none"):
-            raise RequestError(403, "cross-site request refused")
+        if site is not None:
+            if site not in ("same-origin", "none"):
+                raise RequestError(403, "cross-site request refused")
+            return
         origin = self.headers.get("Origin")
         if origin is not None and origin != f"https://{self.headers.get('Host', '')}":
             raise RequestError(403, "cross-site request refused")
