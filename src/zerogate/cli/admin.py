@@ -125,10 +125,38 @@ def device_list(
 ) -> None:
     _table(
         "/v1/devices",
-        ["id", "role", "name", "status", "owner", "address", "last_seen_at"],
+        ["id", "role", "name", "status", "online", "owner", "address", "last_seen_at"],
         as_json,
         {"role": role} if role else None,
     )
+
+
+@app.command("status")
+def status(
+    role: str = typer.Option(None, "--role", help="Only gateway, connector, client or segment."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Every active component online or offline (offline: three report intervals without
+    a word), with its version and last sign of life, then what needs attention.
+    Exit status 1 when anything is offline or needs attention (for scripts and checks)."""
+    with errors_to_exit(), client() as c:
+        found = c.get("/v1/status", {"role": role} if role else None)
+    if as_json:
+        emit(found, True)
+    else:
+        rows = [
+            comp | {"state": "online" if comp["online"] else "OFFLINE", "age_s": comp["age_seconds"]}
+            for comp in found["components"]
+        ]
+        emit(rows, False, ["role", "name", "state", "age_s", "version", "last_seen_at", "last_handshake_at"])
+        tally = ", ".join(f"{n} {r}" for r, n in sorted(found["online"].items())) or "nothing"
+        down = ", ".join(f"{n} {r}" for r, n in sorted(found["offline"].items())) or "nothing"
+        say("revision {}: online {}; offline {}", found["revision"], tally, down)
+        for comp in found["components"]:
+            for item in comp["attention"]:
+                say("[yellow]attention[/] {} {}: {}", comp["role"], comp["name"], item)
+    if any(comp["attention"] for comp in found["components"]):
+        raise typer.Exit(1)
 
 
 @device_app.command("revoke")

@@ -147,9 +147,15 @@ def _method(method: str) -> str:
 
 
 def device_families(
-    devices: Iterable[tuple[str, str, StoredReport | None, datetime | None]], now: datetime
+    devices: Iterable[tuple[str, str, StoredReport | None, datetime | None, bool]], now: datetime
 ) -> list[GaugeMetricFamily]:
-    """Series from each gateway's and connector's latest report: ``(role, name, report, last_seen)``."""
+    """Series from each gateway's and connector's latest report:
+    ``(role, name, report, last_seen, online)`` (online: :mod:`zerogate.controller.health`)."""
+    up = GaugeMetricFamily(
+        "zerogate_device_online",
+        "1 when the device was heard from within three of its report intervals",
+        labels=["role", "device"],
+    )
     age = GaugeMetricFamily(
         "zerogate_device_report_age_seconds",
         "Seconds since the device's last report",
@@ -197,7 +203,8 @@ def device_families(
         "zerogate_connector_tunnel_up", "1 when the connector's tunnel is up", labels=["connector"]
     )
     unix_now = now.timestamp()
-    for role, name, report, last_seen in devices:
+    for role, name, report, last_seen, online in devices:
+        up.add_metric([role, name], float(online))
         if last_seen is not None:
             seen.add_metric([role, name], max(0.0, (now - last_seen).total_seconds()))
         if report is None:
@@ -228,4 +235,4 @@ def device_families(
                 peers.add_metric([name, peer_role], float(n))
             clients_rx.add_metric([name], float(sums[0]))
             clients_tx.add_metric([name], float(sums[1]))
-    return [age, seen, peers, cn_up, cn_active, rtt, handshake, rx, tx, clients_rx, clients_tx, tunnel]
+    return [up, age, seen, peers, cn_up, cn_active, rtt, handshake, rx, tx, clients_rx, clients_tx, tunnel]

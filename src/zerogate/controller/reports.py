@@ -83,6 +83,16 @@ class PeerReport(_Report):
     rtt_ms: Annotated[float, Field(ge=0, le=3_600_000, allow_inf_nan=False)] | None = None
 
 
+class VrrpReport(_Report):
+    """A connector's VRRP state (its group has a virtual IP): connector/vrrp_agent.py report()."""
+
+    state: Literal["master", "backup", "fault", "stopped", "error"]
+    virtual_ip: Text64 | None = None
+    interface: Annotated[str, Field(max_length=15), AfterValidator(_printable)] | None = None
+    router_id: Annotated[int, Field(ge=1, le=255)] | None = None
+    problem: Hint | None = None
+
+
 class ReportDetails(_Report):
     """The device's own state: gateways and connectors fill different fields."""
 
@@ -94,6 +104,12 @@ class ReportDetails(_Report):
     last_handshake_at: UtcTime | None = None
     tunnel_hint: Hint | None = None
     active_connectors: dict[Text64, Text64] = Field(default_factory=dict, max_length=1000)
+    # seconds between the device's reports: it is offline after three missed (controller/health.py)
+    report_interval: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
+    vrrp: VrrpReport | None = None  # a connector whose group has a virtual IP
+    vrrp_masters: dict[Text64, Text64] = Field(
+        default_factory=dict, max_length=1000
+    )  # a gateway: group -> master
 
 
 class DeviceReport(_Report):

@@ -1,5 +1,6 @@
 """``GET /v1/devices`` and ``POST /v1/devices/{device_id}/revoke``: every
-enrolled gateway, connector and client, with its latest report."""
+enrolled gateway, connector and client, with its latest report; ``GET /v1/status``:
+which of them are online and what needs attention (:mod:`zerogate.controller.health`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from fastapi import APIRouter
 
 from zerogate.controller import schemas as s
 from zerogate.controller.auth import Admin, State
+from zerogate.controller.health import component_health
 from zerogate.controller.ids import shown_id
 from zerogate.controller.reports import read_stored
 from zerogate.controller.services import devices
+from zerogate.store.db import utcnow
 from zerogate.store.models import Device
 
 router = APIRouter(prefix="/v1", tags=["devices"])
@@ -19,6 +22,9 @@ router = APIRouter(prefix="/v1", tags=["devices"])
 
 def _device_out(d: Device, owners: dict[int, str], raw_report: str | None) -> s.DeviceOut:
     stored, problem = read_stored(raw_report)
+    health = (
+        component_health(d.role, d.last_seen_at, stored, problem, utcnow()) if d.status == "active" else None
+    )
     return s.DeviceOut(
         id=d.id,
         role=d.role,
@@ -33,6 +39,7 @@ def _device_out(d: Device, owners: dict[int, str], raw_report: str | None) -> s.
         last_seen_at=d.last_seen_at,
         report=stored,
         report_problem=problem,
+        online=health.online if health else None,
     )
 
 
@@ -53,3 +60,40 @@ async def revoke_device(device_id: int, admin: Admin, state: State) -> s.DeviceO
         device, raw = await devices.revoke(m.tx.session, device_id)
         m.details = {"role": device.role, "name": device.name}
         return _device_out(device, await devices.owners(m.tx.session), raw)
+
+
+@router.get("/status", response_model=s.StatusOut, tags=["devices"])
+async def status(
+    admin: Admin, state: State, role: Literal["gateway", "connector", "client", "segment"] | None = None
+) -> s.StatusOut:
+    """Every active component: online or offline (three report intervals), version, last
+    seen, and what needs attention (offline, tunnel down, connectors not answering...)."""
+    async with state.db.read() as session:
+        rows = await devices.list_devices(session, role)
+    now = utcnow()
+    online: dict[str, int] = {}
+    offline: dict[str, int] = {}
+    components = []
+    for d, raw_report in rows:
+        if d.status != "active":
+            continue
+        stored, problem = read_stored(raw_report)
+        health = component_health(d.role, d.last_seen_at, stored, problem, now)
+        tally = online if health.online else offline
+        tally[d.role] = tally.get(d.role, 0) + 1
+        components.append(
+            s.ComponentStatus(
+                id=d.id,
+                role=d.role,
+                name=d.name,
+                online=health.online,
+                age_seconds=None if health.age_seconds is None else round(health.age_seconds, 1),
+                version=stored.version if stored else None,
+                last_seen_at=d.last_seen_at,
+                last_handshake_at=stored.details.last_handshake_at if stored else None,
+                attention=list(health.attention),
+            )
+        )
+    order = {"gateway": 0, "connector": 1, "segment": 2, "client": 3}
+    components.sort(key=lambda c: (order.get(c.role, 9), c.name, c.id))
+    return s.StatusOut(revision=state.watch.current, online=online, offline=offline, components=components)

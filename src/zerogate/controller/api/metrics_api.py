@@ -8,6 +8,7 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import defer
 
 from zerogate.controller.auth import MetricsReader, State
+from zerogate.controller.health import component_health
 from zerogate.controller.metrics import CONTENT_TYPE, device_families
 from zerogate.controller.reports import read_stored
 from zerogate.store.db import utcnow
@@ -32,5 +33,10 @@ async def metrics(_: MetricsReader, state: State) -> MetricsResponse:
     )
     async with state.db.read() as session:
         rows = (await session.execute(query)).all()
-    devices = [(d.role, d.name, read_stored(raw)[0], d.last_seen_at) for d, raw in rows]
-    return MetricsResponse(state.metrics.render(device_families(devices, utcnow())))
+    now = utcnow()
+    devices = []
+    for d, raw in rows:
+        report, problem = read_stored(raw)
+        online = component_health(d.role, d.last_seen_at, report, problem, now).online
+        devices.append((d.role, d.name, report, d.last_seen_at, online))
+    return MetricsResponse(state.metrics.render(device_families(devices, now)))

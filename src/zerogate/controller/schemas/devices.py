@@ -83,6 +83,30 @@ class DeviceOut(BaseModel):
     last_seen_at: datetime | None
     report: StoredReport | None = None
     report_problem: str | None = Field(default=None, description="why a stored report is not shown")
+    online: bool | None = Field(
+        default=None, description="active devices: heard from within 3 report intervals"
+    )
+
+
+class ComponentStatus(BaseModel):
+    id: int
+    role: str
+    name: str
+    online: bool
+    age_seconds: float | None = Field(
+        description="since the last report (gateway, connector) or sign of life"
+    )
+    version: str | None
+    last_seen_at: datetime | None
+    last_handshake_at: str | None = Field(description="a connector's last handshake with its gateway")
+    attention: list[str]
+
+
+class StatusOut(BaseModel):
+    revision: int
+    online: dict[str, int] = Field(description="role -> active devices online")
+    offline: dict[str, int] = Field(description="role -> active devices offline")
+    components: list[ComponentStatus]
 
 
 class ClientSessionOut(BaseModel):
