@@ -134,7 +134,14 @@ def connector_status(
             status = tunnel_status(state_dir, check_ifname(interface))
         except CommandError as exc:
             fail(str(exc))
-        emit({"name": device.get("name"), "device_id": device.get("device_id"), **status}, as_json)
+        shown = {"name": device.get("name"), "device_id": device.get("device_id"), **status}
+        vrrp = None if as_json else shown.pop("vrrp", None)
+        if vrrp:  # a table row per field; the keepalived config as it is, after the table
+            config = vrrp.pop("config", None)
+            shown |= {f"vrrp_{key}": value for key, value in vrrp.items()}
+        emit(shown, as_json)
+        if vrrp and config:
+            typer.echo(f"\n{shown['vrrp_config_path']}:\n{config}", nl=False)
 
 
 ConfigOpt = typer.Option(
@@ -221,10 +228,20 @@ def connector_run(
         "listen_port": listen_port,
     }
     settings = _settings(ConnectorSettings, config, flags, check)
+    from ipaddress import IPv4Address
+
     from zerogate.connector.daemon import ConnectorDaemon
+    from zerogate.connector.vrrp import VrrpOptions
     from zerogate.netops.dataplane import Dataplane
 
     setup_logging(settings.log_level)
+    vrrp = VrrpOptions(
+        peers=tuple(IPv4Address(p) for p in settings.vrrp_peers),
+        priority=settings.vrrp_priority,
+        preempt=settings.vrrp_preempt,
+        router_id=settings.vrrp_router_id,
+        advert_interval=settings.vrrp_advert_interval,
+    )
 
     def build(ident: DeviceIdentity) -> ConnectorDaemon:
         return ConnectorDaemon(
@@ -234,6 +251,7 @@ def connector_run(
             keepalive=settings.keepalive,
             watch_seconds=settings.watch_seconds,
             report_interval=settings.report_interval,
+            vrrp=vrrp,
         )
 
     _serve("connector", settings.state_dir, build, keep_on_exit)

@@ -22,6 +22,8 @@ from zerogate.agent.reporting import report_loop
 from zerogate.agent.runtime import guard_firewalld, serve
 from zerogate.agent.state import DeviceIdentity
 from zerogate.connector.plan import KEEPALIVE_SECONDS, ConnectorPlan, forwarding_notice, plan_connector
+from zerogate.connector.vrrp import VrrpOptions
+from zerogate.connector.vrrp_agent import VrrpAgent
 from zerogate.model.snapshot import ConnectorSnapshot, GatewayEntry, RevokedSnapshot
 from zerogate.netops import links
 from zerogate.netops.wireguard import REJECT_AFTER
@@ -60,6 +62,7 @@ class ConnectorDaemon:
         keepalive: int = KEEPALIVE_SECONDS,
         watch_seconds: float | None = None,
         report_interval: float | None = None,
+        vrrp: VrrpOptions | None = None,
     ) -> None:
         self.identity = identity
         self.listen_port = listen_port
@@ -72,12 +75,15 @@ class ConnectorDaemon:
         self.follower = SnapshotFollower(identity, ConnectorSnapshot, self.apply, watch_seconds=watch_seconds)
         self.tunnel_up = False
         self.tunnel_hint: str | None = None  # what to check while the tunnel is not up
+        self.vrrp_options = vrrp or VrrpOptions()
+        self.vrrp = VrrpAgent(identity.state_dir, self.vrrp_options)  # keepalived, when the group has a VIP
 
     def apply(self, snapshot: ConnectorSnapshot | RevokedSnapshot) -> None:
         with self.lock:
             if isinstance(snapshot, RevokedSnapshot):
                 log.error("this connector was revoked or removed: tunnel and forwarding rules removed")
                 self.release_forwarding()
+                self.vrrp.release()
                 self.dp.teardown()
                 self.plan = self.snapshot = None
                 return
@@ -89,7 +95,11 @@ class ConnectorDaemon:
                 notice = forwarding_notice(forwarded_before=before, docker=docker, subnets=subnets)
                 (log.info if self.strict else log.warning)("%s", notice)
             plan = plan_connector(
-                snapshot, interface=self.dp.interface, listen_port=self.listen_port, strict=self.strict
+                snapshot,
+                interface=self.dp.interface,
+                listen_port=self.listen_port,
+                strict=self.strict,
+                vrrp_peers=[str(p) for p in self.vrrp_options.peers],
             )
             if self.keepalive != KEEPALIVE_SECONDS:  # the settings' keepalive for the gateway peer
                 plan = replace(plan, peers=tuple(replace(p, keepalive=self.keepalive) for p in plan.peers))
@@ -104,6 +114,9 @@ class ConnectorDaemon:
             if self.plan is None or plan.gateway != self.plan.gateway:
                 log.info("dialling gateway %s", plan.gateway or "(none enrolled yet)")
             self.plan, self.snapshot = plan, snapshot
+            gateway_addresses = tuple(g.tunnel_address for g in snapshot.gateways if g.tunnel_address)
+            group = snapshot.connector_group
+            self.vrrp.configure(group.name, group.vrrp_virtual_ip, snapshot.address, gateway_addresses)
             log.info(
                 "applied revision %s: fronting %s (SNAT %s)",
                 snapshot.revision,
@@ -143,6 +156,7 @@ class ConnectorDaemon:
         else:
             self._tunnel_is_down(plan, w, now, age)
         self.tunnel_up = up
+        self.vrrp.set_tunnel(up)  # a connector without its tunnel must not hold the VIP
 
     def _tunnel_is_up(self, plan: ConnectorPlan, w: TunnelWatch, now: float, hs: int) -> None:
         if not self.tunnel_up:
@@ -220,7 +234,8 @@ class ConnectorDaemon:
                 "last_handshake_at": handshake_time(hs, iso=True),
                 "tunnel_hint": None if self.tunnel_up else self.tunnel_hint,
                 "wireguard": self.dp.implementation,
-            },
+            }
+            | ({"vrrp": vrrp} if (vrrp := self.vrrp.report()) else {}),
         }
 
     def release_forwarding(self) -> None:
@@ -244,6 +259,7 @@ class ConnectorDaemon:
             try:
                 self.follower.run(ev)
             finally:
+                self.vrrp.shutdown()  # keepalived is our child: it never outlives us
                 if not keep_on_exit:  # before serve() removes the table: no forwarding without it
                     self.release_forwarding()
 
@@ -252,7 +268,7 @@ class ConnectorDaemon:
             self.dp,
             self.lock,
             follow,
-            [self.tunnel_loop, self.report_loop],
+            [self.tunnel_loop, self.report_loop, self.vrrp.run],
             stop,
             keep_on_exit,
         )

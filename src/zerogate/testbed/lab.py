@@ -12,7 +12,10 @@ The organisation it creates:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zerogate.netops.command import run
 from zerogate.netops.controller_api import ControllerClient
 from zerogate.testbed.localrun import Authenticator, LocalController, zerogate_argv
 from zerogate.testbed.topology import Topology
@@ -45,7 +49,7 @@ class Lab:
     admin_token: str = ""
     people: dict[str, Person] = field(default_factory=dict)
     daemons: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    spawned: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # role -> (ns, args)
+    spawned: dict[str, tuple[str, list[str], dict[str, str] | None]] = field(default_factory=dict)
 
     # -- control plane
 
@@ -108,11 +112,15 @@ class Lab:
     def state(self, role: str) -> Path:
         return self.topo.tmp / f"state-{role}"
 
-    def _spawn(self, role: str, ns: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, role: str, ns: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``env``: extra variables (e.g. ``ZEROGATE_CONNECTOR_VRRP_PEERS``) on top of ours."""
         log = self.topo.tmp / f"{role}.log"
-        proc = self.topo.popen(ns, [*zerogate_argv(), *args, "--log-level", "debug"], log=log)
+        full_env = {**os.environ, **env} if env else None
+        proc = self.topo.popen(ns, [*zerogate_argv(), *args, "--log-level", "debug"], log=log, env=full_env)
         self.daemons[role] = proc
-        self.spawned[role] = (ns, args)
+        self.spawned[role] = (ns, args, env)
         return proc
 
     def log(self, role: str) -> str:
@@ -139,7 +147,7 @@ class Lab:
             ],
         )
 
-    def start_connector(self, i: int, *, enroll: bool = True) -> None:
+    def start_connector(self, i: int, *, enroll: bool = True, env: dict[str, str] | None = None) -> None:
         role = f"cn{i}"
         if enroll:
             key = self.admin.post("/v1/connector-groups/site/provisioning-keys", {})["install_string"]
@@ -155,7 +163,34 @@ class Lab:
                 "--interface",
                 self.topo.wg_interface(role),
             ],
+            env,
         )
+
+    def crash_connector(self, i: int) -> None:
+        """Connector ``i`` dies as with its host: SIGKILL (by PID) to its keepalived
+        (stopped first, so it cannot respawn its VRRP child or give up the virtual IP
+        politely), to the daemon, and to the wireguard-go it started; a kernel
+        WireGuard interface (which outlives its daemon) is deleted. The virtual IP
+        stays on the dead connector's interface, as after a crash of keepalived."""
+        role = f"cn{i}"
+        pids = [_read_pid(self.state(role) / name) for name in ("keepalived.pid", "keepalived-vrrp.pid")]
+        parent, child = pids
+        with contextlib.suppress(ProcessLookupError):
+            if parent:
+                os.kill(parent, signal.SIGSTOP)
+            if child:
+                os.kill(child, signal.SIGKILL)
+            if parent:
+                os.kill(parent, signal.SIGKILL)
+        proc = self.daemons.pop(role)
+        proc.kill()
+        proc.wait(timeout=10)
+        ns = self.topo.ns(role)
+        for pid in run(["ip", "netns", "pids", ns], check=False).stdout.split():
+            with contextlib.suppress(OSError, ValueError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go":
+                    os.kill(int(pid), signal.SIGKILL)
+        self.topo.run(role, ["ip", "link", "del", self.topo.wg_interface(role)], check=False)
 
     def stop(self, role: str) -> None:
         proc = self.daemons.pop(role)
@@ -166,7 +201,8 @@ class Lab:
         """Start ``role``'s daemon again with the same arguments (SIGTERM first if it runs)."""
         if role in self.daemons:
             self.stop(role)
-        self._spawn(role, *self.spawned[role])
+        ns, args, env = self.spawned[role]
+        self._spawn(role, ns, args, env)
 
     def client_login(self, user: str) -> str:
         p = self.people[user]
@@ -241,6 +277,14 @@ class Lab:
             self.admin.close()
         if hasattr(self, "controller"):
             self.controller.stop()
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 1 else None
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:

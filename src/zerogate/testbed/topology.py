@@ -208,6 +208,11 @@ class Layout:
     def app_address(self) -> IPv4Address:
         return self._host(self.lan, 10)
 
+    @property
+    def virtual_ip(self) -> IPv4Address:
+        """An address on the LAN for a VRRP pair of connectors (connector group virtual IP)."""
+        return self._host(self.lan, 100)
+
     @staticmethod
     def _check(what: str, i: int, count: int) -> int:
         if not 1 <= i <= count:
@@ -471,10 +476,10 @@ class Topology(Layout):
 
     # -- network changes used by tests
 
-    def app_route_clients(self, via_connector: int = 1) -> None:
-        """Route the client pool 100.64.0.0/10 from the app via connector ``via_connector``'s LAN address
-        (the return route a LAN needs when the connector does not masquerade)."""
-        netns.replace_route(self.ns("app"), CLIENT_NETWORK, self.connector_lan(via_connector))
+    def app_route_clients(self, via_connector: int = 1, *, via: IPv4Address | None = None) -> None:
+        """Route the client pool 100.64.0.0/10 from the app via connector ``via_connector``'s LAN address,
+        or via ``via`` (e.g. ``virtual_ip``): the return route a LAN needs when the connector does not masquerade."""
+        netns.replace_route(self.ns("app"), CLIENT_NETWORK, via or self.connector_lan(via_connector))
 
     def app_route_clients_remove(self) -> None:
         netns.delete_route(self.ns("app"), CLIENT_NETWORK, missing_ok=True)
