@@ -242,6 +242,16 @@ def test_fail_static_gateway_forwards_while_controller_is_down(env: tuple[Lab, A
     wait_for(lambda: lab.log("gw").count("connected to the controller") >= 2, 40, "gateway reconnects")
 
 
+# The README: new connections work again about a second after the serving connector is cut
+# off. The gateway probes every 0.2 s and calls a connector down after 0.9 s without an
+# answer. Each attempt below is a fresh connection allowed 0.3 s (curl's default would let a
+# lost SYN be resent after 1 s and hide the failover time), so the figure overshoots by at
+# most ~0.4 s. Measured 1.02-1.30 s (5 runs, 2 of them with both cores kept busy on top of a
+# load average near 10); the bound leaves room for a slower machine, not for the old 5 s.
+FAILOVER_BOUND = 2.0
+QUICK_CONNECT = "0.3"
+
+
 def test_connector_failover_within_about_a_second(env: tuple[Lab, Apps]) -> None:
     lab, apps = env
     t = lab.topo
@@ -249,17 +259,20 @@ def test_connector_failover_within_about_a_second(env: tuple[Lab, Apps]) -> None
     serving = 1 if r.stdout.strip() == str(t.connector_lan(1)) else 2
     other = 3 - serving
     lab.wait_connectors_up([f"cn{other}"])
+    quick = ["curl", "-sS", "--noproxy", "*", "--connect-timeout", QUICK_CONNECT, "--max-time", "1"]
+    quick.append(apps.nginx.url(t.app_address))
     t.set_link(f"cn{serving}", t.wan_interface(f"cn{serving}"), up=False)
     started = time.monotonic()
     try:
 
         def moved() -> bool:
-            r = http(lab, apps, "alice")
+            r = _run(lab, lab.client_ns("alice"), quick)
             return r.returncode == 0 and r.stdout.strip() == str(t.connector_lan(other))
 
-        wait_for(moved, 15, f"failover from cn{serving} to cn{other}", interval=0.1)
+        wait_for(moved, 15, f"failover from cn{serving} to cn{other}", interval=0.02)
         took = time.monotonic() - started
-        assert took < 5, f"failover took {took:.1f} s"
+        print(f"connector failover: a new connection works again after {took:.2f} s")
+        assert took < FAILOVER_BOUND, f"failover took {took:.2f} s"
         assert f"connector group site now served by cn{other}" in lab.log("gw")
     finally:
         t.set_link(f"cn{serving}", t.wan_interface(f"cn{serving}"), up=True)

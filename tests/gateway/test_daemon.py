@@ -1,6 +1,6 @@
 """The gateway daemon's reconcile logic against an in-memory data plane: what it
-plans into the tunnel, connector failover, endpoints kept across restarts,
-revocation. No root, no network (the namespace tests run the real backend)."""
+plans into the tunnel, connector failover (probes and VRRP master claims),
+endpoints kept across restarts, revocation. No root, no network (the namespace tests run the real backend)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from zerogate.agent.state import DeviceIdentity
 from zerogate.gateway import daemon as gateway_daemon
 from zerogate.gateway.daemon import Gateway
 from zerogate.model.snapshot import GatewaySnapshot, RevokedSnapshot, parse_snapshot
+from zerogate.model.vrrp import CLAIM_TTL, VrrpState, encode
 from zerogate.netops import links
 from zerogate.netops.wireguard import PeerStatus
 
@@ -165,3 +166,105 @@ def test_a_revoked_gateway_tears_everything_down_and_forgets_its_endpoints(
     assert dp.teardowns == 1 and not dp.exists
     assert not (tmp_path / "endpoints.json").exists()
     assert gw.snapshot is None and gw.plan is None and gw.next_deadline() is None
+
+
+# --------------------------------------------------------------------------- VRRP master claims
+
+
+def claim(state: str = "master", seq: int = 1, group: str = "site") -> bytes:
+    return encode(VrrpState(group, state, seq))  # type: ignore[arg-type]
+
+
+CN_A, CN_B = "100.64.255.10", "100.64.255.11"
+
+
+def test_a_vrrp_master_claim_moves_the_group_at_once_over_the_probes_choice(
+    tmp_path: Path, host: list[list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    gw, dp = make(tmp_path)
+    gw.apply(snapshot())
+    gw.set_live_connectors({"cn-a", "cn-b"})
+    assert gw.active == {"site": "cn-a"}
+    caplog.set_level(logging.INFO, logger=gateway_daemon.__name__)
+    applies = dp.applies
+
+    gw.on_state(CN_B, claim())  # keepalived made cn-b master: no probe has failed
+    assert gw.active == {"site": "cn-b"} and dp.applies == applies + 1
+    assert dp.allowed(key(11)) == ("100.64.255.11/32", "10.1.0.0/24")
+    assert dp.allowed(key(10)) == ("100.64.255.10/32",)
+    assert "connector group site now served by cn-b (VRRP master)" in caplog.text
+    assert gw.report()["details"]["vrrp_masters"] == {"site": "cn-b"}
+
+    gw.on_state(CN_B, claim())  # the repeat a second later changes nothing
+    gw.review_claims()
+    assert dp.applies == applies + 1
+    # the probes alone would keep cn-a; the claim keeps cn-b while both answer
+    gw.set_live_connectors({"cn-a"})
+    gw.set_live_connectors({"cn-a", "cn-b"})
+    assert gw.active == {"site": "cn-b"}
+
+
+def test_spoofed_or_foreign_state_datagrams_change_nothing_and_are_logged_without_content(
+    tmp_path: Path, host: list[list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    gw, dp = make(tmp_path)
+    gw.apply(snapshot())
+    gw.set_live_connectors({"cn-a", "cn-b"})
+    applies = dp.applies
+    gw.on_state("100.64.0.2", claim())  # a client
+    gw.on_state(CN_B, claim(group="other"))
+    gw.on_state(CN_B, b'{"v": 1, "group": "site", "state": "master", "seq": "EVIL\\n"}')
+    assert gw.active == {"site": "cn-a"} and dp.applies == applies
+    assert "EVIL" not in caplog.text
+    assert "dropped VRRP state datagrams: 1 from 100.64.0.2 (not from a connector's tunnel address)" in (
+        caplog.text
+    )
+    assert "vrrp_masters" not in gw.report()["details"]
+
+
+def test_a_claim_from_a_connector_the_probes_lost_yields_to_them_once_it_is_stale(
+    tmp_path: Path, host: list[list[str]]
+) -> None:
+    gw, _ = make(tmp_path)
+    gw.apply(snapshot())
+    gw.set_live_connectors({"cn-a"})
+    gw.on_state(CN_B, claim())  # it just arrived through the tunnel: cn-b is alive
+    assert gw.active == {"site": "cn-b"}
+    gw.review_claims()
+    assert gw.active == {"site": "cn-b"}
+    gw.claims.claims["site"].heard -= gw.down_after + 0.1  # no repeat, and no probe answer either
+    gw.review_claims()
+    assert gw.active == {"site": "cn-a"}
+
+
+def test_a_withdrawn_or_expired_claim_hands_the_group_back_to_the_probes(
+    tmp_path: Path, host: list[list[str]]
+) -> None:
+    gw, _ = make(tmp_path)
+    gw.apply(snapshot())
+    gw.set_live_connectors({"cn-a", "cn-b"})
+    gw.on_state(CN_B, claim(seq=1))
+    assert gw.active == {"site": "cn-b"}
+    gw.on_state(CN_B, claim("backup", 2))
+    assert gw.claims.masters(0) == {} and "vrrp_masters" not in gw.report()["details"]
+    gw.set_live_connectors({"cn-a"})  # cn-b stops answering: the probes move the group
+    assert gw.active == {"site": "cn-a"}
+
+    gw.on_state(CN_B, claim(seq=3))
+    gw.set_live_connectors({"cn-a", "cn-b"})
+    assert gw.active == {"site": "cn-b"}
+    gw.claims.claims["site"].heard -= CLAIM_TTL + 1  # not repeated: forgotten
+    gw.set_live_connectors({"cn-a"})
+    assert gw.active == {"site": "cn-a"}
+
+
+def test_the_policy_table_admits_state_datagrams_to_the_gateways_tunnel_address_only(
+    tmp_path: Path, host: list[list[str]]
+) -> None:
+    gw, dp = make(tmp_path)
+    gw.apply(snapshot())
+    assert dp.nft is not None
+    rules = [line.strip() for line in dp.nft.splitlines() if "dport 3784" in line]
+    assert rules == [
+        'iifname "zg-test" ip daddr 100.64.0.1 udp dport 3784 limit rate 200/second burst 400 packets accept'
+    ]

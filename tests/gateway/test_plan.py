@@ -14,6 +14,7 @@ import shutil
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,22 @@ def test_choose_active_starts_with_the_first_by_name_so_traffic_can_flow_at_once
     assert choose_active(CONNECTORS, {"cn-c"}, {"site": "cn-gone"})["site"] == "cn-c"
 
 
+def test_a_vrrp_master_claim_overrides_the_probes_for_its_own_group_only() -> None:
+    # cn-c claims: it carries site though cn-a is current and live, and even if no probe answered yet
+    assert choose_active(CONNECTORS, {"cn-a", "cn-c"}, {"site": "cn-a"}, {"site": "cn-c"})["site"] == "cn-c"
+    assert choose_active(CONNECTORS, set(), {"site": "cn-a"}, {"site": "cn-c"}) == {
+        "site": "cn-c",
+        "cloud": "cloud-1",
+    }
+    # a claimant that is not (or no longer) in the group counts for nothing
+    assert choose_active(CONNECTORS, {"cn-a"}, {"site": "cn-a"}, {"site": "cloud-1"})["site"] == "cn-a"
+    assert choose_active(CONNECTORS, {"cn-a"}, {"site": "cn-a"}, {"site": "cn-gone"})["site"] == "cn-a"
+    # without claims: today's behaviour
+    assert choose_active(CONNECTORS, {"cn-b"}, {"site": "cn-a"}, {}) == choose_active(
+        CONNECTORS, {"cn-b"}, {"site": "cn-a"}
+    )
+
+
 def test_choose_active_decides_each_group_on_its_own() -> None:
     got = choose_active(CONNECTORS, {"cn-b"}, {"site": "cn-a", "cloud": "cloud-1"})
     assert got == {"site": "cn-b", "cloud": "cloud-1"}
@@ -266,7 +283,13 @@ def test_listen_port_and_tunnel_addresses_come_from_the_snapshot() -> None:
     plan = plan_gateway(snapshot(), interface="zg0", now=NOW, active={})
     assert plan.listen_port == 51900
     assert plan.addresses == ("100.64.0.1/16",)
-    empty = {"gateway": None, "client_blocks": [], "tunnel_addresses": [], "connectors": [], "clients": []}
+    empty: dict[str, Any] = {
+        "gateway": None,
+        "client_blocks": [],
+        "tunnel_addresses": [],
+        "connectors": [],
+        "clients": [],
+    }
     bare = plan_gateway(
         snapshot(**empty, policy={"grants": [], "valid_until": None}), interface="zg0", now=NOW, active={}
     )
@@ -275,7 +298,7 @@ def test_listen_port_and_tunnel_addresses_come_from_the_snapshot() -> None:
 
 def test_nft_body_is_the_rendering_of_the_live_clients_and_grants() -> None:
     plan = plan_gateway(snapshot(), interface="zg0", now=NOW, active={})
-    assert plan.nft_body.text == render_gateway_nft("zg0", list(plan.live_clients), GRANTS)
+    assert plan.nft_body.text == render_gateway_nft("zg0", list(plan.live_clients), GRANTS, ["100.64.0.1"])
 
 
 def test_render_gateway_nft_matches_the_golden_file() -> None:
@@ -387,7 +410,8 @@ def test_the_gateway_updates_elements_and_reloads_when_its_table_was_edited(
     ]
     modes = []
     for i, live in enumerate(lives):
-        ns.call(lambda live=live: dp._apply_table(render_gateway_table("zg0", live, GRANTS)))
+        table = render_gateway_table("zg0", live, GRANTS)
+        ns.call(partial(dp._apply_table, table))
         modes.append(dp.last_nft_mode)
         if i == 1:  # someone removes an element behind our back
             ns.run("nft", "delete", "element", "inet", "zerogate", "clients", "{ 100.64.0.3 }")
@@ -503,3 +527,18 @@ def test_real_packets_follow_the_grants(site: dict[str, Netns]) -> None:
     # nothing from outside the tunnel reaches a client, nor does the LAN open flows to one
     assert tcp(out, "198.18.0.2", client, "100.64.0.2", 7000) == "dropped"
     assert tcp(lan, "10.1.0.5", client, "100.64.0.2", 7000) == "dropped"
+
+
+@needs_root_nft
+def test_the_tunnel_reaches_the_gateway_itself_only_with_vrrp_state_to_its_tunnel_address(
+    site: dict[str, Netns],
+) -> None:
+    gw, client, out = site["gw"], site["client"], site["out"]
+    assert udp(client, "100.64.0.2", gw, "192.168.201.1", 3784)  # without our table: open
+    plan = plan_gateway(snapshot(), interface="zgt*", now=NOW, active={"site": "cn-a"})
+    load(gw, plan.nft_body.text)
+    assert udp(client, "100.64.0.99", gw, "100.64.0.1", 3784)  # any tunnel peer: the receiver checks who
+    assert not udp(client, "100.64.0.2", gw, "100.64.0.1", 3785)
+    assert not udp(client, "100.64.0.2", gw, "192.168.201.1", 3784)  # not the tunnel address
+    assert tcp(client, "100.64.0.2", gw, "100.64.0.1", 3784) == "dropped"
+    assert udp(out, "198.18.0.2", gw, "198.18.0.1", 3784)  # the input chain leaves other interfaces alone

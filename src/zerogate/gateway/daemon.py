@@ -1,5 +1,7 @@
 """``zerogate gateway run``: follow the snapshot, keep WireGuard, routes and the
 nftables policy in line with it, probe connectors and fail over between them.
+A connector that says it is its group's VRRP master (:mod:`zerogate.gateway.claims`)
+gets the group's traffic at once; the probes stay the safety net.
 
 The data plane is injected (:class:`~zerogate.agent.backend.DataplaneBackend`):
 the real adapter in production, an in-memory fake in tests/gateway/test_daemon.py.
@@ -22,6 +24,7 @@ from zerogate.agent.follower import SnapshotFollower
 from zerogate.agent.reporting import report_loop
 from zerogate.agent.runtime import guard_firewalld, serve
 from zerogate.agent.state import DeviceIdentity, StateDir
+from zerogate.gateway.claims import ClaimBook, ClaimReceiver, DropLog, Verdict
 from zerogate.gateway.endpoints import endpoints_to_keep, load_endpoints, nudge, tunnel_peers
 from zerogate.gateway.plan import GatewayPlan, choose_active, plan_gateway, render_gateway_table
 from zerogate.model.dataplane import TableBody
@@ -69,13 +72,15 @@ class Gateway:
         self.responder: threading.Thread | None = None
         self.rtt: dict[str, float] = {}
         self._nft_grants: Sequence[GatewayGrant] | None = None
-        self._nft_live: tuple[str, ...] = ()
+        self._nft_live: tuple[str, ...] = ()  # the live clients, "/", the tunnel addresses
         self._nft_table: TableBody | None = None
         self.endpoints_path = identity.state / StateDir.ENDPOINTS
         self._saved_endpoints: dict[str, str] | None = None  # what endpoints.json holds
         self._restored = False
         self._silent_since: dict[str, float] = {}  # connector -> monotonic time it was last seen down
         self._reported_missing: set[str] = set()
+        self.claims = ClaimBook()  # VRRP master claims, guarded by self.lock
+        self.drops = DropLog()
 
     # -- reconcile
 
@@ -88,6 +93,7 @@ class Gateway:
                 self.snapshot = self.plan = None
                 return
             self.snapshot = snapshot
+            self.claims.forget_except(snapshot.connectors)
             self._reconcile()
             assert self.plan is not None
             if not self._restored:
@@ -109,7 +115,7 @@ class Gateway:
 
     def _reconcile(self) -> None:
         assert self.snapshot is not None
-        self.active = choose_active(self.snapshot.connectors, self.up, self.active)
+        self.active = choose_active(self.snapshot.connectors, self.up, self.active, self._masters())
         plan = plan_gateway(
             self.snapshot,
             interface=self.dp.interface,
@@ -127,12 +133,14 @@ class Gateway:
         )
         self.plan = plan
 
-    def _render_nft(self, interface: str, live: Sequence[str], grants: Sequence[GatewayGrant]) -> TableBody:
-        """The policy table depends on the snapshot's grants and the live clients
-        only; a failover (probe thread) must not re-render 500k elements."""
-        key = tuple(live)
+    def _render_nft(
+        self, interface: str, live: Sequence[str], grants: Sequence[GatewayGrant], own: Sequence[str]
+    ) -> TableBody:
+        """The policy table depends on the snapshot's grants, the live clients and
+        the tunnel addresses only; a failover (probe thread) must not re-render 500k elements."""
+        key = (*live, "/", *own)
         if self._nft_table is None or grants is not self._nft_grants or key != self._nft_live:
-            self._nft_table = render_gateway_table(interface, live, grants)
+            self._nft_table = render_gateway_table(interface, live, grants, own)
             self._nft_grants, self._nft_live = grants, key
         return self._nft_table
 
@@ -216,6 +224,7 @@ class Gateway:
                 up = {name for name, addr in targets.items() if prober.alive(addr, self.down_after)}
                 self._report_missing(targets, up, time.monotonic())
                 self.set_live_connectors(up)
+                self.review_claims()  # a claim may have expired, or its claimant gone silent
                 self.rtt = dict(prober.rtt_ms)
         finally:
             prober.close()
@@ -232,14 +241,67 @@ class Gateway:
         with self.lock:
             self.up = up
             if self.snapshot is not None:
-                before = dict(self.active)
-                try:
-                    self._reconcile()
-                except Exception as exc:
-                    log.error("failover reconcile failed: %s", exc)
-                for group, name in self.active.items():
-                    if before.get(group) != name:
-                        log.warning("connector group %s now served by %s", group, name)
+                self._reconcile_and_log()
+
+    def _reconcile_and_log(self) -> None:
+        """Reconcile (the caller holds the lock) and log each group that changed hands."""
+        before = dict(self.active)
+        try:
+            self._reconcile()
+        except Exception as exc:
+            log.error("failover reconcile failed: %s", exc)
+        masters = self._masters()
+        for group, name in self.active.items():
+            if before.get(group) != name:
+                why = " (VRRP master)" if masters.get(group) == name else ""
+                log.warning("connector group %s now served by %s%s", group, name, why)
+
+    # -- VRRP master claims
+
+    def _masters(self) -> dict[str, str]:
+        """The claims that count (group -> connector): unexpired, and from a connector
+        that answers probes or whose claim is younger than a probe's patience
+        (a claim arriving through the tunnel is itself a sign of life)."""
+        now = time.monotonic()
+        return {
+            group: claim.connector
+            for group, claim in self.claims.masters(now).items()
+            if claim.connector in self.up or now - claim.heard <= self.down_after
+        }
+
+    def on_state(self, source: str, data: bytes) -> None:
+        """One VRRP state datagram from ``source`` (the receiver thread)."""
+        now = time.monotonic()
+        with self.lock:
+            connectors = self.snapshot.connectors if self.snapshot else ()
+            verdict, group, name = self.claims.offer(source, data, connectors, now)
+            if not verdict.accepted:
+                self.drops.drop(verdict, source, now)
+                return
+            if verdict is Verdict.NEW_MASTER:
+                log.info("connector %s says it is the VRRP master of group %s", name, group)
+            elif verdict is Verdict.WITHDRAWN:
+                log.info(
+                    "connector %s is no longer the VRRP master of group %s: claim withdrawn", name, group
+                )
+            self.review_claims()
+
+    def review_claims(self) -> None:
+        """Reconcile when the claims now give a group another connector (a new
+        master, a claim withdrawn or expired); nothing otherwise."""
+        with self.lock:
+            if self.snapshot is None:
+                return
+            want = choose_active(self.snapshot.connectors, self.up, self.active, self._masters())
+            if want != self.active:
+                self._reconcile_and_log()
+
+    def _own_addresses(self) -> list[str]:
+        with self.lock:
+            return [str(a) for a in self.snapshot.tunnel_addresses] if self.snapshot else []
+
+    def claim_loop(self, stop: threading.Event) -> None:
+        ClaimReceiver(self.dp.interface, self._own_addresses, self.on_state).run(stop)
 
     def _report_missing(self, targets: Mapping[str, str], up: set[str], now: float) -> None:
         """Warn once about a connector that stays silent since the start, since it
@@ -301,7 +363,8 @@ class Gateway:
                     "wireguard": self.dp.implementation,
                     "controller_connected": self.follower.connected,
                     "active_connectors": dict(self.active),
-                },
+                }
+                | ({"vrrp_masters": masters} if (masters := self._masters()) else {}),
             }
 
     # -- lifecycle
@@ -323,7 +386,7 @@ class Gateway:
             self.dp,
             self.lock,
             follow,
-            [self.probe_loop, self.endpoint_loop, self.report_loop],
+            [self.probe_loop, self.claim_loop, self.endpoint_loop, self.report_loop],
             stop,
             keep_on_exit,
         )

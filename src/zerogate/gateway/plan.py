@@ -11,7 +11,9 @@ source and the destination/protocol/port in its rules. WireGuard only accepts a
 packet from a peer whose allowed-IPs hold the source address, so a client
 cannot use another client's address. The grants arrive as the sets' elements
 (the controller cut the policy rules into disjoint intervals): this module
-only renders them.
+only renders them. Into the gateway itself the tunnel admits only replies,
+pings and the connectors' VRRP state datagrams (to the gateway's own tunnel
+address).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import datetime
 from zerogate.model import nft
 from zerogate.model.dataplane import TableBody, WgPeer
 from zerogate.model.snapshot import ClientPeer, ConnectorEntry, GatewayGrant, GatewaySnapshot
+from zerogate.model.vrrp import STATE_PORT
 
 
 @dataclass(frozen=True)
@@ -41,19 +44,29 @@ def _expired(client: ClientPeer, now: datetime) -> bool:
 
 
 def choose_active(
-    connectors: Sequence[ConnectorEntry], up: set[str], current: Mapping[str, str]
+    connectors: Sequence[ConnectorEntry],
+    up: set[str],
+    current: Mapping[str, str],
+    masters: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Per connector group, the connector that carries its subnets.
 
-    Keep the current one while it answers; else the first (by name) that
-    answers; with none answering keep the current, else the first by name, so
-    traffic flows as soon as a tunnel comes up.
+    A connector of the group that claims to be its VRRP master (``masters``:
+    group -> connector, the unexpired claims) carries it: keepalived decided,
+    and the LAN sends the virtual IP's traffic to that one. Without a claim:
+    keep the current one while it answers probes; else the first (by name)
+    that answers; with none answering keep the current, else the first by
+    name, so traffic flows as soon as a tunnel comes up.
     """
     by_group: dict[str, list[str]] = {}
     for c in sorted(connectors, key=lambda c: c.name):
         by_group.setdefault(c.connector_group, []).append(c.name)
-    active = {}
+    active: dict[str, str] = {}
     for group, names in by_group.items():
+        claimant = (masters or {}).get(group)
+        if claimant in names:
+            active[group] = claimant
+            continue
         cur = current.get(group)
         live = [n for n in names if n in up]
         if cur in live:
@@ -67,7 +80,7 @@ def choose_active(
     return active
 
 
-RenderNft = Callable[[str, Sequence[str], Sequence[GatewayGrant]], TableBody]
+RenderNft = Callable[[str, Sequence[str], Sequence[GatewayGrant], Sequence[str]], TableBody]
 
 
 def plan_gateway(
@@ -106,7 +119,9 @@ def plan_gateway(
         addresses=addresses,
         routes=tuple(sorted(routes)),
         peers=tuple(peers),
-        nft_body=(render_nft or render_gateway_table)(interface, live, snapshot.policy.grants),
+        nft_body=(render_nft or render_gateway_table)(
+            interface, live, snapshot.policy.grants, [str(a) for a in tunnel]
+        ),
         live_clients=tuple(live),
         next_expiry=min(expiries) if expiries else None,
     )
@@ -147,16 +162,26 @@ def _by_address(addresses: Iterable[str]) -> list[str]:
     return sorted(addresses, key=lambda a: tuple(int(x) for x in a.split(".")))
 
 
-def render_gateway_nft(interface: str, live_clients: Sequence[str], grants: Sequence[GatewayGrant]) -> str:
+def render_gateway_nft(
+    interface: str,
+    live_clients: Sequence[str],
+    grants: Sequence[GatewayGrant],
+    own_addresses: Sequence[str] = (),
+) -> str:
     """The body of ``table inet zerogate`` for the gateway."""
-    return render_gateway_table(interface, live_clients, grants).text
+    return render_gateway_table(interface, live_clients, grants, own_addresses).text
 
 
 def render_gateway_table(
-    interface: str, live_clients: Sequence[str], grants: Sequence[GatewayGrant]
+    interface: str,
+    live_clients: Sequence[str],
+    grants: Sequence[GatewayGrant],
+    own_addresses: Sequence[str] = (),
 ) -> TableBody:
     """The gateway's table, with the live clients and every grant's sources as
-    plain sets, so that a change of who may connect is an element update."""
+    plain sets, so that a change of who may connect is an element update.
+    ``own_addresses`` (the gateway's tunnel addresses) receive the connectors'
+    VRRP state datagrams (:mod:`zerogate.gateway.claims`)."""
     plain: dict[str, frozenset[str]] = {"clients": frozenset(live_clients)}
     skeleton = [_set("clients", "ipv4_addr", (), False)]
     text = [_set("clients", "ipv4_addr", sorted(plain["clients"]), False)]
@@ -171,11 +196,11 @@ def render_gateway_table(
         skeleton.append(_set(name, "ipv4_addr", (), False) + sets)
         text.append(_set(name, "ipv4_addr", _by_address(sources), False) + sets)
         rules += grant_rules
-    chains = _gateway_chains(interface, rules)
+    chains = _gateway_chains(interface, rules, own_addresses)
     return TableBody("".join(text) + chains, "".join(skeleton) + chains, plain)
 
 
-def _gateway_chains(interface: str, grant_rules: Sequence[str]) -> str:
+def _gateway_chains(interface: str, grant_rules: Sequence[str], own_addresses: Sequence[str]) -> str:
     into, out_of = nft.iifname(interface), nft.oifname(interface)
     forward = nft.chain(
         "forward",
@@ -196,12 +221,27 @@ def _gateway_chains(interface: str, grant_rules: Sequence[str]) -> str:
             nft.statement("counter", "reject with icmpx admin-prohibited"),
         ],
     )
+    # VRRP state from connectors (zerogate.gateway.claims): to our own tunnel address only;
+    # one datagram a second per master, so the limit only bounds a flood from a peer
+    vrrp_state = (
+        [
+            nft.statement(
+                into,
+                nft.address("ip", "daddr", nft.one_or_set(_by_address(own_addresses))),
+                nft.port("udp", "dport", STATE_PORT),
+                "limit rate 200/second burst 400 packets accept",
+            )
+        ]
+        if own_addresses
+        else []
+    )
     input_ = nft.chain(
         "input",
         [
             nft.base_chain("filter", "input", "filter", "accept"),
             nft.statement(into, nft.ct_state("established", "related"), "accept"),
             nft.statement(into, nft.icmp_type("icmp", ["echo-request"]), "limit rate 20/second accept"),
+            *vrrp_state,
             nft.statement(into, "drop"),
         ],
     )
