@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from tests.dbaccess import run_sql
+
 from zerogate.testbed.lab import Lab, wait_for
 
 PROBE_TIMEOUT = 0.3  # a TCP connect through the tunnel takes a few ms; no SYN retry is needed
@@ -52,3 +54,18 @@ def ensure_reaches(lab: Lab, user: str, port: int) -> None:
     lab.client_login(user)
     lab.client_up(user, force=True)
     wait_for(lambda: tcp_connects(lab, user, port, SURE_TIMEOUT), 30, f"{user} reaches port {port} again")
+
+
+def address(lab: Lab, user: str) -> str:
+    return str(run_sql(lab.controller, f"select address from devices where id = {lab.device_id(user)}")[0][0])
+
+
+def serving_connector(lab: Lab) -> int:
+    """Which connector the gateway sends the LAN to now: the peer whose allowed IPs hold it."""
+    gw = lab.topo.run("gw", ["wg", "show", lab.topo.wg_interface("gw"), "allowed-ips"]).stdout
+    holder = next(line.split()[0] for line in gw.splitlines() if str(lab.topo.lan) in line.split()[1:])
+    for i in (1, 2):
+        key = lab.topo.run(f"cn{i}", ["wg", "show", lab.topo.wg_interface(f"cn{i}"), "public-key"]).stdout
+        if key.strip() == holder:
+            return i
+    raise AssertionError(f"no connector holds {lab.topo.lan}:\n{gw}")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.dataplane.reach import assert_cut_within, ensure_reaches
+from tests.dataplane.reach import address, assert_cut_within, ensure_reaches, serving_connector
 from tests.dbaccess import run_sql
 
 from zerogate.testbed.apps import Apps, start_apps
@@ -86,10 +86,6 @@ def psql(lab: Lab, apps: Apps, user: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def address(lab: Lab, user: str) -> str:
-    return str(run_sql(lab.controller, f"select address from devices where id = {lab.device_id(user)}")[0][0])
-
-
 def test_allowed_user_reaches_allowed_apps(env: tuple[Lab, Apps]) -> None:
     lab, apps = env
     r = http(lab, apps, "alice")
@@ -140,17 +136,6 @@ def test_split_tunnel_routes_only_allowed_destinations(env: tuple[Lab, Apps]) ->
         ["ip", "-4", "route", "show", "dev", lab.topo.wg_interface(lab.client_ns("alice"))],
     ).stdout
     assert str(lab.topo.lan) not in routes  # not the whole LAN, only the app
-
-
-def serving_connector(lab: Lab) -> int:
-    """Which connector the gateway sends the LAN to now: the peer whose allowed IPs hold it."""
-    gw = lab.topo.run("gw", ["wg", "show", lab.topo.wg_interface("gw"), "allowed-ips"]).stdout
-    holder = next(line.split()[0] for line in gw.splitlines() if str(lab.topo.lan) in line.split()[1:])
-    for i in (1, 2):
-        key = lab.topo.run(f"cn{i}", ["wg", "show", lab.topo.wg_interface(f"cn{i}"), "public-key"]).stdout
-        if key.strip() == holder:
-            return i
-    raise AssertionError(f"no connector holds {lab.topo.lan}:\n{gw}")
 
 
 def test_snat_off_app_sees_client_address(env: tuple[Lab, Apps]) -> None:

@@ -17,10 +17,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from tests.connector.test_plan import Counters, send_tcp_segment
-from tests.dataplane.test_e2e import address, serving_connector
+from tests.dataplane.reach import address, serving_connector
 
 from nstools import call_in_netns
+from packets import Counters, send_tcp_segment
+from zerogate.netops.command import CommandError
 from zerogate.testbed.apps import Sshd, start_sshd
 from zerogate.testbed.lab import Lab, wait_for
 from zerogate.testbed.topology import Topology
@@ -48,8 +49,14 @@ def env() -> Iterator[tuple[Lab, Sshd]]:
             lab.close()
 
 
-def ssh(lab: Lab, sshd: Sshd, command: str) -> subprocess.CompletedProcess[str]:
-    return lab.topo.run("cl1", sshd.ssh_argv(lab.topo.app_address, command), check=False, timeout=20)
+def ssh(lab: Lab, sshd: Sshd, command: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """alice's ssh to the app; a session that hangs (the app's route still points at the
+    other connector) counts as a failure, exit status 124, like timeout(1)."""
+    argv = sshd.ssh_argv(lab.topo.app_address, command)
+    try:
+        return lab.topo.run("cl1", argv, check=False, timeout=timeout)
+    except CommandError as exc:
+        return subprocess.CompletedProcess(argv, 124, "", str(exc))
 
 
 def routed_to_serving(lab: Lab, sshd: Sshd) -> int:
@@ -62,7 +69,7 @@ def routed_to_serving(lab: Lab, sshd: Sshd) -> int:
         nonlocal serving
         serving = serving_connector(lab)
         lab.topo.app_route_clients(serving)
-        r = ssh(lab, sshd, "echo $SSH_CLIENT")
+        r = ssh(lab, sshd, "echo $SSH_CLIENT", timeout=5)
         return r.returncode == 0 and r.stdout.split()[:1] == [want]
 
     wait_for(sees_client, 30, "alice reaches sshd, which sees her own address (SNAT off)", interval=0.2)
