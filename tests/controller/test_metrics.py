@@ -18,6 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from apiaccess import enroll_connector, raw
+from zerogate.pki.ca import create_csr, generate_private_key
+from zerogate.pki.wireguard import generate_keypair
 from zerogate.testbed.lab import wait_for
 from zerogate.testbed.localrun import AccountSession, LocalController
 from zerogate.testbed.prometheus import Prometheus
@@ -140,6 +142,41 @@ def test_device_reports_become_series(
     assert value(found, "zerogate_peer_tx_bytes", device=name, peer="edge") == 5678
     assert 7 <= value(found, "zerogate_peer_handshake_age_seconds", device=name, peer="edge") < 120
     assert 0 <= value(found, "zerogate_device_report_age_seconds", role="connector", device=name) < 120
+
+
+def test_a_gateway_report_gives_failovers_and_nft_apply_time(
+    controller: LocalController, admin: AccountSession, metrics_token: str
+) -> None:
+    name = f"gw-{uuid.uuid4().hex[:6]}"
+    admin.client.post("/v1/gateways", {"name": name, "public_endpoint": "gw.example.test"})
+    key = admin.client.post(f"/v1/gateways/{name}/provisioning-keys", {})["key"]
+    body = {
+        "key": key,
+        "name": name,
+        "csr": create_csr(generate_private_key(), name).decode(),
+        "wg_public_key": generate_keypair()[1],
+    }
+    credential = raw(controller, "POST", "/v1/enroll", body).json()["credential"]
+    cn = {
+        "role": "connector",
+        "public_key": "c" * 43 + "=",
+        "name": "cn1",
+        "up": True,
+        "active": True,
+        "rtt_ms": 2.5,
+    }
+    details = {"failovers": 3, "nft_apply_mode": "elements", "nft_apply_ms": 17.0, "report_interval": 5.0}
+    report = {"version": "0.1.0", "interface": "zg-gw", "peers": [cn], "details": details}
+    assert raw(controller, "POST", "/v1/report", report, token=credential).status_code == 204
+    found = samples(controller, metrics_token)
+    assert value(found, "zerogate_gateway_failovers_total", gateway=name) == 3
+    assert value(found, "zerogate_gateway_nft_apply_seconds", gateway=name, mode="elements") == 0.017
+    assert value(found, "zerogate_connector_active", gateway=name, connector="cn1") == 1
+    assert value(found, "zerogate_connector_rtt_seconds", gateway=name, connector="cn1") == 0.0025
+    assert value(found, "zerogate_device_online", role="gateway", device=name) == 1
+    assert value(found, "zerogate_gateway_peers", gateway=name, role="connector") == 1
+    report["details"] = details | {"nft_apply_mode": "sometimes"}
+    assert raw(controller, "POST", "/v1/report", report, token=credential).status_code == 422
 
 
 def test_a_real_prometheus_scrapes_the_controller_with_a_pinned_ca_and_a_metrics_token(

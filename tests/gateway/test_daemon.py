@@ -115,6 +115,9 @@ def test_failover_moves_the_subnets_to_a_live_connector_and_stays_there(
     assert gw.active == {"site": "cn-b"}
     gw.set_live_connectors(set())  # none answers: keep the current one
     assert gw.active == {"site": "cn-b"}
+    details = gw.report()["details"]
+    assert details["failovers"] == 1  # reported, for zerogate_gateway_failovers_total
+    assert details["nft_apply_mode"] == "full" and details["nft_apply_ms"] >= 0
 
 
 def test_a_failed_failover_is_logged_and_the_probe_loop_goes_on(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -88,7 +88,7 @@ class ControllerMetrics:
         ):  # every outcome from the start: rate() needs a zero
             self.signins.labels(outcome)
 
-    def render(self, devices: Iterable[GaugeMetricFamily]) -> bytes:
+    def render(self, devices: Iterable[GaugeMetricFamily | CounterMetricFamily]) -> bytes:
         """The exposition text: the controller's series, then this scrape's device series."""
         scrape = CollectorRegistry()
         scrape.register(_Families(list(devices)))
@@ -96,10 +96,10 @@ class ControllerMetrics:
 
 
 class _Families(Collector):
-    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+    def __init__(self, families: list[GaugeMetricFamily | CounterMetricFamily]) -> None:
         self.families = families
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         return iter(self.families)
 
 
@@ -148,7 +148,7 @@ def _method(method: str) -> str:
 
 def device_families(
     devices: Iterable[tuple[str, str, StoredReport | None, datetime | None, bool]], now: datetime
-) -> list[GaugeMetricFamily]:
+) -> list[GaugeMetricFamily | CounterMetricFamily]:
     """Series from each gateway's and connector's latest report:
     ``(role, name, report, last_seen, online)`` (online: :mod:`zerogate.controller.health`)."""
     up = GaugeMetricFamily(
@@ -202,6 +202,16 @@ def device_families(
     tunnel = GaugeMetricFamily(
         "zerogate_connector_tunnel_up", "1 when the connector's tunnel is up", labels=["connector"]
     )
+    failovers = CounterMetricFamily(
+        "zerogate_gateway_failovers",
+        "Groups moved to another connector since the gateway started",
+        labels=["gateway"],
+    )
+    nft_apply = GaugeMetricFamily(
+        "zerogate_gateway_nft_apply_seconds",
+        "Time of the gateway's last nftables change (elements or the full table)",
+        labels=["gateway", "mode"],
+    )
     unix_now = now.timestamp()
     for role, name, report, last_seen, online in devices:
         up.add_metric([role, name], float(online))
@@ -231,8 +241,30 @@ def device_families(
                 if p.rtt_ms is not None:
                     rtt.add_metric([name, peer], p.rtt_ms / 1000)
         if role == "gateway":
+            if report.details.failovers is not None:
+                failovers.add_metric([name], float(report.details.failovers))
+            if report.details.nft_apply_mode and report.details.nft_apply_ms is not None:
+                nft_apply.add_metric(
+                    [name, report.details.nft_apply_mode], report.details.nft_apply_ms / 1000
+                )
             for peer_role, n in sorted(counts.items()):
                 peers.add_metric([name, peer_role], float(n))
             clients_rx.add_metric([name], float(sums[0]))
             clients_tx.add_metric([name], float(sums[1]))
-    return [up, age, seen, peers, cn_up, cn_active, rtt, handshake, rx, tx, clients_rx, clients_tx, tunnel]
+    return [
+        up,
+        age,
+        seen,
+        failovers,
+        nft_apply,
+        peers,
+        cn_up,
+        cn_active,
+        rtt,
+        handshake,
+        rx,
+        tx,
+        clients_rx,
+        clients_tx,
+        tunnel,
+    ]

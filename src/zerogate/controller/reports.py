@@ -107,6 +107,9 @@ class ReportDetails(_Report):
     # seconds between the device's reports: it is offline after three missed (controller/health.py)
     report_interval: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] | None = None
     vrrp: VrrpReport | None = None  # a connector whose group has a virtual IP
+    failovers: Counter | None = None  # a gateway: groups moved to another connector since it started
+    nft_apply_mode: Literal["full", "elements"] | None = None  # a gateway's last table change
+    nft_apply_ms: Annotated[float, Field(ge=0, le=3_600_000, allow_inf_nan=False)] | None = None
     vrrp_masters: dict[Text64, Text64] = Field(
         default_factory=dict, max_length=1000
     )  # a gateway: group -> master

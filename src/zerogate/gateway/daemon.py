@@ -77,6 +77,8 @@ class Gateway:
         self.endpoints_path = identity.state / StateDir.ENDPOINTS
         self._saved_endpoints: dict[str, str] | None = None  # what endpoints.json holds
         self._restored = False
+        self.failovers = 0  # groups moved from one connector to another since start (reported)
+        self.nft_apply: tuple[str, float] | None = None  # the last real table change: (mode, ms)
         self._silent_since: dict[str, float] = {}  # connector -> monotonic time it was last seen down
         self._reported_missing: set[str] = set()
         self.claims = ClaimBook()  # VRRP master claims, guarded by self.lock
@@ -131,6 +133,8 @@ class Gateway:
             routes=plan.routes,
             nft_body=plan.nft_body,
         )
+        if self.dp.last_nft_mode:
+            self.nft_apply = (self.dp.last_nft_mode, self.dp.last_nft_ms)
         self.plan = plan
 
     def _render_nft(
@@ -253,6 +257,7 @@ class Gateway:
         masters = self._masters()
         for group, name in self.active.items():
             if before.get(group) != name:
+                self.failovers += before.get(group) is not None  # a first choice is no failover
                 why = " (VRRP master)" if masters.get(group) == name else ""
                 log.warning("connector group %s now served by %s%s", group, name, why)
 
@@ -363,7 +368,13 @@ class Gateway:
                     "wireguard": self.dp.implementation,
                     "controller_connected": self.follower.connected,
                     "active_connectors": dict(self.active),
+                    "failovers": self.failovers,
                 }
+                | (
+                    {"nft_apply_mode": self.nft_apply[0], "nft_apply_ms": self.nft_apply[1]}
+                    if self.nft_apply
+                    else {}
+                )
                 | ({"vrrp_masters": masters} if (masters := self._masters()) else {}),
             }
 
