@@ -14,7 +14,7 @@ lint: setup
 	.venv/bin/mypy
 
 test: lint
-	.venv/bin/pytest -n 2 --dist loadgroup -q
+	.venv/bin/pytest -n 2 --dist loadgroup -q --durations=30
 
 bench: setup
 	.venv/bin/python bench/run_all.py
