@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from sqlalchemy import Text, cast, select
-from sqlalchemy.orm import defer
 
 from zerogate.controller.auth import MetricsReader, State
 from zerogate.controller.health import component_health
 from zerogate.controller.metrics import CONTENT_TYPE, device_families
 from zerogate.controller.reports import read_stored
+from zerogate.controller.services import devices
 from zerogate.store.db import utcnow
-from zerogate.store.models import Device
 
 router = APIRouter(tags=["meta"])
 
@@ -25,18 +23,17 @@ class MetricsResponse(Response):
 async def metrics(_: MetricsReader, state: State) -> MetricsResponse:
     """Prometheus exposition. Device series come from the latest stored reports of
     active gateways and connectors (clients are summed per gateway)."""
-    query = (
-        select(Device, cast(Device.report, Text))
-        .options(defer(Device.report))
-        .where(Device.role.in_(("gateway", "connector")), Device.status == "active")
-        .order_by(Device.id)
-    )
     async with state.db.read() as session:
-        rows = (await session.execute(query)).all()
+        rows = [
+            *await devices.list_devices(session, "gateway"),
+            *await devices.list_devices(session, "connector"),
+        ]
     now = utcnow()
-    devices = []
+    series = []
     for d, raw in rows:
+        if d.status != "active":
+            continue
         report, problem = read_stored(raw)
         online = component_health(d.role, d.last_seen_at, report, problem, now).online
-        devices.append((d.role, d.name, report, d.last_seen_at, online))
-    return MetricsResponse(state.metrics.render(device_families(devices, now)))
+        series.append((d.role, d.name, report, d.last_seen_at, online))
+    return MetricsResponse(state.metrics.render(device_families(series, now)))
