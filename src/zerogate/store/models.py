@@ -415,3 +415,8 @@ class AuditRecord(Base):
     # HMAC of ``hash`` with the audit key kept outside the database (store/anchor.py);
     # NULL for records written before the log was anchored (schema 0003).
     mac: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+# Tables kept in their own modules register on Base.metadata when imported; they
+# come last because they import Base from here.
+from zerogate.store import models_flows, models_history  # noqa: E402, F401

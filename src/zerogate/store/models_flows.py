@@ -1,0 +1,3 @@
+"""Tables for the gateway's flow records (schema 0008)."""
+
+from __future__ import annotations
