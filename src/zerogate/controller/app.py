@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from zerogate import __version__
-from zerogate.controller import auth, errors, tokens
+from zerogate.controller import auth, errors, portal, tokens
 from zerogate.controller.api import (
     accounts,
     applications,
@@ -23,6 +23,7 @@ from zerogate.controller.api import (
     connectors,
     devices,
     enrollment,
+    flows,
     gateways,
     groups,
     meta,
@@ -31,6 +32,7 @@ from zerogate.controller.api import (
     pool,
     preflight,
     provisioning_keys,
+    report_history,
     segment,
     segment_jit,
     segment_review,
@@ -93,9 +95,11 @@ def create_app(state: ControllerState) -> FastAPI:
         connectors,
         config,
         client_sessions,
+        flows,
+        report_history,
     )
     segment_side = (segment_servers, segment, segment_review, segment_jit)
-    for module in (auth, tokens, *objects, *device_side, preflight, *segment_side):
+    for module in (auth, tokens, *objects, *device_side, preflight, *segment_side, portal):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
