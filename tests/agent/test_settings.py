@@ -183,6 +183,15 @@ def test_the_segment_ssh_key_exchange_is_openssh_default_unless_chosen() -> None
             load_settings(SegmentSettings, flags={"ssh_kex_algorithms": bad}, environ={})
 
 
+def test_the_segment_asset_dir_is_an_absolute_plain_path_or_the_default() -> None:
+    assert SegmentSettings().asset_dir == ""
+    s, _ = load_settings(SegmentSettings, environ={"ZEROGATE_SEGMENT_ASSET_DIR": "/srv/zg-segment"})
+    assert s.asset_dir == "/srv/zg-segment"
+    for bad in ("relative/dir", "/a/../etc", "/a b", "/a\n", "/a;rm"):
+        with pytest.raises(ConfigError, match="asset_dir"):
+            load_settings(SegmentSettings, flags={"asset_dir": bad}, environ={})
+
+
 def test_the_segment_directory_takes_its_password_from_a_private_file(tmp_path: Path) -> None:
     secret = tmp_path / "ldap.pw"
     secret.write_text("s3cret\n")

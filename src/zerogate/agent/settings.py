@@ -162,6 +162,9 @@ class ClientSettings(_Settings):
     handshake_timeout: float = Field(default=15.0, gt=0, le=300)  # 'client up' waits this long
 
 
+_ASSET_DIR = re.compile(r"/[A-Za-z0-9._/-]*")
+
+
 class SegmentSettings(_Base):
     """The segment server. The directory is optional: without ``directory_url``
     no directory is read or written (every ``directory_*`` key stays empty)."""
@@ -176,6 +179,9 @@ class SegmentSettings(_Base):
     check_timeout: float = Field(default=10.0, gt=0, le=300)  # enforcement's fresh-connection check
     # ssh -o KexAlgorithms= toward the assets; "" keeps OpenSSH's own (post-quantum first)
     ssh_kex_algorithms: str = Field(default="", pattern=r"^([+^-]?[a-z0-9][a-z0-9@.,-]*)?$", max_length=512)
+    # On every Linux asset: where snapshots, ruleset copies and rollback markers go ("" =
+    # /var/lib/zerogate/segment for root, ~/.zerogate-segment for another login)
+    asset_dir: str = Field(default="", max_length=200)
     directory_url: str = ""
     directory_bind_dn: str = ""
     directory_password_file: str = ""
@@ -197,6 +203,13 @@ class SegmentSettings(_Base):
     @classmethod
     def _lower(cls, value: object) -> object:
         return _lower(value)
+
+    @field_validator("asset_dir")
+    @classmethod
+    def _asset_dir(cls, value: str) -> str:
+        if value and (not _ASSET_DIR.fullmatch(value) or ".." in value.split("/")):
+            raise ValueError('asset_dir takes an absolute path of letters, digits and . _ - / (no ..), or ""')
+        return value
 
     @field_validator("jit_listen")
     @classmethod

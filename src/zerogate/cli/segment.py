@@ -143,7 +143,12 @@ def run(
     key = _server_key(settings.state_dir)
 
     def build(ident: DeviceIdentity) -> SegmentDaemon:
-        access = Access(key, settings.state_dir / "assets", kex_algorithms=settings.ssh_kex_algorithms)
+        access = Access(
+            key,
+            settings.state_dir / "assets",
+            remote_dir=settings.asset_dir or None,
+            kex_algorithms=settings.ssh_kex_algorithms,
+        )
         windows, why_not = windows_ops(settings, lambda a: [source_address(a.address, a.ssh_port)])
         return SegmentDaemon(
             ident,
@@ -200,12 +205,14 @@ def break_glass(
     from zerogate.segment.ssh import Access
 
     key = _server_key(state_dir)
-    access = Access(identity=key, state_dir=state_dir / "assets")
-    try:  # only the Windows assets need the settings: the others go ahead without them
+    remote_dir = None
+    try:  # break-glass goes ahead with the defaults; only Windows assets need the settings
         settings, _ = load_settings(SegmentSettings, config=config, flags={})
         windows = WindowsBreakGlass(*windows_ops(settings, lambda a: []))
+        remote_dir = settings.asset_dir or None
     except ConfigError as exc:
         windows = WindowsBreakGlass(None, f"the settings are invalid: {exc}")
+    access = Access(identity=key, state_dir=state_dir / "assets", remote_dir=remote_dir)
     with errors_to_exit():
         try:
             results = break_glass_from_inventory(

@@ -209,6 +209,13 @@ class SegmentServer:
     state_dir: Path
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    # The assets' directory for our files (the setting asset_dir): the fleet's hosts share
+    # this machine's file system, so a root login's default would be left in /var/lib.
+    asset_dir: Path | None = None
+
+    def _env(self, settings: Mapping[str, str]) -> dict[str, str]:
+        extra = {"ZEROGATE_SEGMENT_ASSET_DIR": str(self.asset_dir)} if self.asset_dir else {}
+        return os.environ | dict(settings) | extra
 
     def enroll(self, install_string: str, user: str) -> str:
         """Put the fleet's key pair in a new state directory (enroll keeps it), enroll; its output."""
@@ -227,7 +234,7 @@ class SegmentServer:
             self.process = spawn(
                 ["ip", "netns", "exec", self.fleet.server_ns, *argv],
                 stdout=out,
-                env=os.environ | dict(settings),
+                env=self._env(settings),
             )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
@@ -247,6 +254,8 @@ class SegmentServer:
     def break_glass(self) -> subprocess.CompletedProcess[str]:
         """``zerogate segment break-glass --all`` from the cached inventory (the controller may be down)."""
         argv = [*zerogate_argv(), "segment", "break-glass", "--all", "--state-dir", str(self.state_dir)]
+        if self.asset_dir:
+            argv = ["env", f"ZEROGATE_SEGMENT_ASSET_DIR={self.asset_dir}", *argv]
         return self.fleet.run(self.fleet.server_ns, argv, check=False, timeout=120)
 
     def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
@@ -285,6 +294,8 @@ class SegmentLab:
         namespace and enroll there; ``user`` is the assets' account (for the sudoers
         line). Returns enroll's output."""
         install_string = self.api.create_server(self.server_name)
+        if user == "root":  # another login writes below its own home, which the fleet removes
+            self.server.asset_dir = self.tmp / "on-host"
         self.relay = forward_into(self.fleet.server_ns, self.controller.port)
         return self.server.enroll(install_string, user)
 
