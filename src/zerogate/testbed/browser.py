@@ -50,7 +50,6 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from zerogate.testbed.sshhosts import call_in_netns
@@ -234,7 +233,17 @@ class Browser:
         def click(d: WebDriver) -> None:
             old = d.find_element(By.TAG_NAME, "html")
             d.find_element(By.XPATH, f'//button[normalize-space(.)="{text}"]').click()
-            WebDriverWait(d, CALL_TIMEOUT).until(expected_conditions.staleness_of(old))
+
+            def replaced(_: WebDriver) -> bool:
+                # staleness_of, but Chromium may also answer "node does not belong to the
+                # document" while the old page goes away: that too means it was replaced.
+                try:
+                    old.is_enabled()
+                except WebDriverException:
+                    return True
+                return False
+
+            WebDriverWait(d, CALL_TIMEOUT).until(replaced)
 
         self.call(click)
 
