@@ -43,7 +43,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -51,7 +50,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from _common import percentile, unwind_on_sigterm
+from _common import Poller, percentile, unwind_on_sigterm
 from controller_propagation import GROUP as WATCH_GROUP
 from controller_propagation import Watcher, enroll_connector
 from policy_compile import NOW, make_inputs
@@ -123,31 +122,6 @@ while len(samples) < count and time.monotonic() < deadline:
     samples.append(time.perf_counter() - t)
 s.close()
 print(json.dumps(samples))
-"""
-
-POLLER = r"""
-import socket, sys, threading, time
-host, port = sys.argv[1], int(sys.argv[2])
-interval, timeout, limit = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-stop = threading.Event()
-def stdin_closed():
-    sys.stdin.read()
-    stop.set()
-threading.Thread(target=stdin_closed, daemon=True).start()
-state = None
-end = time.monotonic() + limit
-while not stop.is_set() and time.monotonic() < end:
-    start = time.monotonic()
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        ok = True
-    except OSError:
-        ok = False
-    done = time.monotonic()
-    if ok != state:
-        state = ok
-        print(("up" if ok else "down"), f"{start:.6f}", f"{done:.6f}", flush=True)
-    stop.wait(max(0.0, interval - (done - start)))
 """
 
 NFT_LOADER = r"""
@@ -788,78 +762,6 @@ def throughput_part(lab: Lab, args: argparse.Namespace, report: Report) -> None:
     )
 
 
-@dataclass
-class Poller:
-    """The connection poller running inside the client namespace; records each flip of the result."""
-
-    proc: subprocess.Popen[str]
-    flips: list[tuple[bool, float, float]] = field(default_factory=list)  # (up, attempt start, attempt end)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    reader: threading.Thread | None = None
-
-    @classmethod
-    def start(cls, topo: Topology, ns: str, host: str, port: int, limit: float) -> Poller:
-        argv = [
-            sys.executable,
-            "-I",
-            "-c",
-            POLLER,
-            host,
-            str(port),
-            str(POLL_INTERVAL),
-            str(PROBE_TIMEOUT),
-            str(limit),
-        ]
-        proc = subprocess.Popen(
-            netns.exec_argv(topo.ns(ns), argv),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        poller = cls(proc)
-        poller.reader = threading.Thread(target=poller._read, name="poller-reader", daemon=True)
-        poller.reader.start()
-        return poller
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            words = line.split()
-            if len(words) == 3:
-                with self.cond:
-                    self.flips.append((words[0] == "up", float(words[1]), float(words[2])))
-                    self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def wait_flip(self, up: bool, after: float, timeout: float) -> float | None:
-        """End time of the first attempt that started after ``after`` and saw ``up``."""
-
-        def found() -> float | None:
-            return next((end for state, start, end in self.flips if state == up and start >= after), None)
-
-        with self.cond:
-            self.cond.wait_for(lambda: found() is not None or self.proc.poll() is not None, timeout=timeout)
-            return found()
-
-    def state(self) -> bool | None:
-        with self.cond:
-            return self.flips[-1][0] if self.flips else None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                if self.proc.stdin is not None:
-                    self.proc.stdin.close()  # the poller ends when its stdin closes
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()  # our own child, by PID
-                self.proc.wait(timeout=5)
-        if self.reader is not None:
-            self.reader.join(timeout=5)
-
-
 _APPLIED = re.compile(r"applied revision (\d+): .*\(nft (?:full|elements|unchanged) (\d+) ms\)")
 
 
@@ -888,7 +790,14 @@ def propagation_part(lab: Lab, args: argparse.Namespace, report: Report, base_ap
         if not watcher.wait_past(revision - 1, deadline):
             raise BenchError(f"the revision watcher never received its first snapshot: {watcher.errors}")
         limit = args.changes * 2 * (CHANGE_TIMEOUT + 1) + 30
-        poller = Poller.start(topo, lab.client_ns("alice"), str(topo.app_address), RR_PORT, limit)
+        poller = Poller.start(
+            topo.ns(lab.client_ns("alice")),
+            str(topo.app_address),
+            RR_PORT,
+            every=POLL_INTERVAL,
+            attempt=PROBE_TIMEOUT,
+            limit=limit,
+        )
         if poller.wait_flip(True, 0.0, CHANGE_TIMEOUT) is None:
             raise BenchError(f"the poller in the client namespace never reached the app {BENCH_APP!r}")
         for i in range(args.changes):

@@ -1,6 +1,6 @@
 """Benchmark: connector failover -- the traffic gap a client sees when the serving connector dies.
 
-Run (as root): .venv/bin/python bench/failover.py [--kills N] [--modes a,b,c] [--verbose]
+Run (as root): .venv/bin/python bench/failover.py [--kills N] [--modes a,b,c,d] [--verbose]
 
 Needs root (network namespaces), wireguard-go, wg, nft, nginx and, for the
 VRRP rows, keepalived. One testbed Lab (controller, gateway, two connectors of
@@ -12,9 +12,13 @@ group ``site``, alice's client, nginx on the LAN), reused for every mode:
     app routing the client pool via the virtual IP; the gateway follows the
     new master's state message.
 (c) VRRP tuned: the connector's default advertisement interval.
-(d) active-active loss of one member: not built in this round ("not built").
+(d) active-active (SNAT on, no virtual IP): both connectors carry new flows,
+    spread by hash buckets; a kill alternates between them. Besides the gap
+    (new connections as a whole), a second row gives how long the dead member's
+    share of new connections kept failing: from the kill to the start of the
+    last attempt that failed, until the gateway's probes moved its buckets.
 
-A poller inside alice's namespace starts a fresh TCP connection to the app
+A poller inside alice's namespace (``_common.Poller``) starts a fresh TCP connection to the app
 every 20 ms (each may take 250 ms; slower counts as failed). Each kill is
 :meth:`Lab.crash_connector` on the connector serving now (SIGKILL to its
 keepalived, daemon and wireguard-go, its tunnel interface deleted). The gap is
@@ -26,148 +30,34 @@ freshly started connector sits in FAULT until its tunnel check passes), so
 kills alternate between the two. Each kill line says whether the gateway moved
 the group on the new master's claim or by its probes; --verbose adds the
 gateway's and the new master's log lines. Prints one table: p50 and max per
-mode. The default run (5 kills per mode) takes about three minutes.
+mode. The default run (5 kills per mode) takes about four minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 
-from _common import percentile, unwind_on_sigterm
+from _common import Poller, percentile, unwind_on_sigterm
 
 from dataplane import print_table
-from zerogate.netops import netns
 from zerogate.testbed.apps import start_nginx
 from zerogate.testbed.lab import Lab, wait_for
 from zerogate.testbed.topology import Topology
 
-MODES = ("a", "b", "c")
+MODES = ("a", "b", "c", "d")
 KEEPALIVED_DEFAULT_ADVERT = "1"  # seconds: keepalived's own advert_int default
 EVERY = 0.02  # seconds between the poller's connection starts
 ATTEMPT = 0.25  # a connection not made within this counts as failed
 GIVE_UP = 30.0  # a failover (or a rejoin) slower than this is an error
 STANDBY_WAIT = 10.0  # seconds to wait for the backup to be ready before a VRRP kill
-
-# Inside the client namespace: start a non-blocking connect every EVERY s, keep
-# each for ATTEMPT s; print "ok START END" for every one that connected. Ends
-# when its stdin closes or after its time limit.
-POLLER = r"""
-import errno, selectors, socket, sys, threading, time
-host, port = sys.argv[1], int(sys.argv[2])
-every, attempt, limit = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-stop = threading.Event()
-def stdin_closed():
-    sys.stdin.read()
-    stop.set()
-threading.Thread(target=stdin_closed, daemon=True).start()
-sel = selectors.DefaultSelector()
-end = time.monotonic() + limit
-next_start = time.monotonic()
-while not stop.is_set() and time.monotonic() < end:
-    now = time.monotonic()
-    if now >= next_start:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setblocking(False)
-        if s.connect_ex((host, port)) in (0, errno.EINPROGRESS):
-            sel.register(s, selectors.EVENT_WRITE, now)
-        else:
-            s.close()
-        next_start = now + every
-    for key, _ in sel.select(timeout=max(0.0, next_start - time.monotonic())):
-        s, started = key.fileobj, key.data
-        sel.unregister(s)
-        done = time.monotonic()
-        try:
-            s.getpeername()  # raises unless connected
-            ok = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-        except OSError:
-            ok = False
-        if ok and done - started <= attempt:
-            print("ok", f"{started:.6f}", f"{done:.6f}", flush=True)
-        s.close()
-    now = time.monotonic()
-    for key in list(sel.get_map().values()):
-        if now - key.data > attempt:
-            sel.unregister(key.fileobj)
-            key.fileobj.close()
-"""
-
-
-@dataclass
-class Poller:
-    """The connection poller in the client namespace: the (start, end) of each success."""
-
-    proc: subprocess.Popen[str]
-    ok: list[tuple[float, float]] = field(default_factory=list)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    reader: threading.Thread | None = None
-
-    @classmethod
-    def start(cls, lab: Lab, limit: float) -> Poller:
-        host = str(lab.topo.app_address)
-        argv = [sys.executable, "-I", "-c", POLLER, host, "80", str(EVERY), str(ATTEMPT), str(limit)]
-        proc = subprocess.Popen(
-            netns.exec_argv(lab.topo.ns(lab.client_ns("alice")), argv),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        poller = cls(proc)
-        poller.reader = threading.Thread(target=poller._read, name="poller-reader", daemon=True)
-        poller.reader.start()
-        return poller
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            words = line.split()
-            if len(words) == 3 and words[0] == "ok":
-                with self.cond:
-                    self.ok.append((float(words[1]), float(words[2])))
-                    self.cond.notify_all()
-
-    def gap(self, kill_started: float, kill_done: float) -> float:
-        """The longest time between two successive successes, from the last one before
-        ``kill_started`` to the first one started after ``kill_done`` (the connector dies
-        somewhere in between: its processes one by one, then its tunnel interface)."""
-        with self.cond:
-            if not self.cond.wait_for(lambda: any(s > kill_done for s, _ in self.ok), timeout=GIVE_UP):
-                raise TimeoutError(f"alice reached the app no more within {GIVE_UP:.0f} s of the kill")
-            before = [e for _, e in self.ok if e <= kill_started]
-            after = next(e for s, e in self.ok if s > kill_done)
-            if not before:
-                raise RuntimeError("the poller saw no success before the kill")
-            ends = sorted({max(before), after, *(e for _, e in self.ok if max(before) < e < after)})
-        return max(b - a for a, b in itertools.pairwise(ends))
-
-    def working(self, since: float) -> bool:
-        with self.cond:
-            return any(s > since for s, _ in self.ok)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                if self.proc.stdin is not None:
-                    self.proc.stdin.close()  # the poller ends when its stdin closes
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()  # our own child, by PID
-                self.proc.wait(timeout=5)
-        if self.reader is not None:
-            self.reader.join(timeout=5)
 
 
 def vrrp_available() -> str | None:
@@ -264,7 +154,7 @@ def kills(
         offset, other_offset = len(lab.log("gw")), len(lab.log(f"cn{3 - victim}"))
         killed = time.monotonic()
         lab.crash_connector(victim)
-        gaps.append(poller.gap(killed, time.monotonic()))
+        gaps.append(poller.gap(killed, time.monotonic(), GIVE_UP))
         moved = f"now served by cn{3 - victim}"
         wait_for(partial(logged, lab, moved, offset), GIVE_UP, f"the gateway logging '{moved}'")
         how = "VRRP claim" if logged(lab, f"{moved} (VRRP master)", offset) else "probes"
@@ -280,6 +170,43 @@ def kills(
                     print(f"    cn{3 - victim}: {line[:200]}")
         rejoin(lab, victim, vrrp)
     return gaps
+
+
+def aa_kills(lab: Lab, poller: Poller, n: int, verbose: bool) -> tuple[list[float], list[float]]:
+    """(d): kill each member in turn; (gaps, how long the dead member's share failed)."""
+    gaps, failing = [], []
+    for k in range(n):
+        victim = k % 2 + 1
+        wait_for(lambda: poller.working(time.monotonic() - 0.1), GIVE_UP, "alice reaching the app", 0.02)
+        offset = len(lab.log("gw"))
+        killed = time.monotonic()
+        lab.crash_connector(victim)
+        gaps.append(poller.gap(killed, time.monotonic(), GIVE_UP))
+        moved = f"spread over cn{3 - victim} 64"
+        wait_for(partial(logged, lab, moved, offset), GIVE_UP, f"the gateway logging '{moved}'")
+        settled = time.monotonic()
+        wait_for(partial(poller.working, settled + 2 * ATTEMPT), GIVE_UP, "connections after the move", 0.02)
+        fails = [s for w, s, _ in list(poller.attempts) if not w and killed <= s <= settled]
+        failing.append(max(fails) - killed if fails else 0.0)
+        print(
+            f"  (d) kill {k + 1}/{n}: cn{victim} killed, gap {gaps[-1]:.2f} s, "
+            f"its share failed for {failing[-1]:.2f} s ({len(fails)} connections)",
+            flush=True,
+        )
+        if verbose:
+            for line in lab.log("gw")[offset:].splitlines():
+                if "spread over" in line or "is down" in line:
+                    print(f"    gw: {line[:200]}")
+        offset = len(lab.log("gw"))
+        rejoin(lab, victim, vrrp=False)
+        wait_for(partial(spread_over_both, lab, offset), GIVE_UP, "both members serving again")
+    return gaps, failing
+
+
+def spread_over_both(lab: Lab, offset: int) -> bool:
+    return any(
+        "spread over cn1 " in line and ", cn2 " in line for line in lab.log("gw")[offset:].splitlines()
+    )
 
 
 def row(what: str, gaps: list[float]) -> list[str]:
@@ -305,7 +232,8 @@ def run(args: argparse.Namespace) -> None:
             start_connectors(lab, None)
             lab.client_login("alice")
             lab.client_up("alice")
-            poller = Poller.start(lab, limit=3600)
+            client = topo.ns(lab.client_ns("alice"))
+            poller = Poller.start(client, str(topo.app_address), 80, every=EVERY, attempt=ATTEMPT, limit=3600)
             started = time.monotonic()
             wait_for(lambda: poller is not None and poller.working(started), GIVE_UP, "alice reaches the app")
             if "a" in args.modes:
@@ -347,7 +275,16 @@ def run(args: argparse.Namespace) -> None:
                     verbose=args.verbose,
                 )
                 rows.append(row(f"{label} (advert {advert} s, SNAT off)", gaps))
-            rows.append(["(d) active-active, loss of one member: not built", "", "", ""])
+            if "d" in args.modes:
+                lab.admin.patch(
+                    "/v1/connector-groups/site",
+                    {"vrrp_virtual_ip": "", "snat": True, "mode": "active-active"},
+                )
+                topo.app_route_clients_remove()
+                start_connectors(lab, None)
+                gaps, failing = aa_kills(lab, poller, args.kills, args.verbose)
+                rows.append(row("(d) active-active, loss of one member of 2 (SNAT on)", gaps))
+                rows.append(row("    (d) its share of new connections failing for", failing))
             print()
             print_table(["traffic gap after a kill (seconds)", "kills", "p50", "max"], rows)
             print(
@@ -369,13 +306,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=5, help="kills per mode (default 5)")
     parser.add_argument(
-        "--modes", default=",".join(MODES), help="comma-separated modes of a,b,c to run (default all)"
+        "--modes", default=",".join(MODES), help="comma-separated modes of a,b,c,d to run (default all)"
     )
     parser.add_argument("--verbose", action="store_true", help="print the gateway's failover log lines")
     args = parser.parse_args(argv)
     args.modes = set(args.modes.split(","))
     if not 1 <= args.kills <= 50 or not args.modes <= set(MODES):
-        parser.error("--kills must be from 1 to 50, --modes from a,b,c")
+        parser.error("--kills must be from 1 to 50, --modes from a,b,c,d")
     if os.geteuid() != 0:
         print("error: the failover benchmark creates network namespaces; run it as root", file=sys.stderr)
         return 2

@@ -125,7 +125,7 @@ def test_what_the_controller_builds_is_what_the_device_parses(role: str) -> None
     sent = built()[role]
     parsed = parse_snapshot(role, over_the_wire(sent))
     assert parsed == sent
-    assert type(parsed) is type(sent) and parsed.schema_version == SCHEMA_VERSION == "1.1"
+    assert type(parsed) is type(sent) and parsed.schema_version == SCHEMA_VERSION == "1.2"
     assert over_the_wire(parsed) == over_the_wire(sent)  # and back to the same JSON
 
 

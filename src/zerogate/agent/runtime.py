@@ -10,7 +10,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from zerogate import __version__
 from zerogate.agent.backend import DataplaneBackend
+from zerogate.agent.metrics_local import start_local_metrics
+from zerogate.agent.settings import metrics_address
 from zerogate.agent.state import DeviceIdentity
 
 log = logging.getLogger(__name__)
@@ -68,9 +71,19 @@ def guard_firewalld(
 
 
 def run_until_signalled(
-    identity: DeviceIdentity, build: Callable[[DeviceIdentity], Daemon], keep_on_exit: bool
+    identity: DeviceIdentity,
+    build: Callable[[DeviceIdentity], Daemon],
+    keep_on_exit: bool,
+    metrics_listen: str = "",
 ) -> None:
-    """Build the daemon and run it until SIGTERM/SIGINT; its errors propagate."""
+    """Build the daemon and run it until SIGTERM/SIGINT; its errors propagate.
+
+    With ``metrics_listen`` (a checked setting, see agent/settings.py) the daemon's own
+    ``/metrics`` is served there while it runs (:mod:`zerogate.agent.metrics_local`),
+    from its ``report()`` when it has one (gateway, connector) and from the process.
+    Here rather than in :func:`serve`: every daemon comes through this function,
+    the segment server too, which has no snapshot follower for :func:`serve`.
+    """
     stop = threading.Event()
 
     def on_signal(*_: object) -> None:
@@ -89,7 +102,17 @@ def run_until_signalled(
         identity.device_id,
         identity.controller_url,
     )
+    listen = metrics_address(metrics_listen)
+    metrics = None
+    if listen is not None:
+        report = getattr(daemon, "report", None)
+        metrics = start_local_metrics(
+            listen, identity.role, identity.name, __version__, report if callable(report) else None
+        )
     try:
         daemon.run(stop, keep_on_exit=keep_on_exit)
     except StopRequested:
         pass
+    finally:
+        if metrics is not None:
+            metrics.stop()

@@ -61,6 +61,31 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value  # "INFO" from the environment
 
 
+def check_metrics_listen(value: str) -> str:
+    """``metrics_listen`` (agent/metrics_local.py): "" (off), or ADDRESS:PORT / [V6]:PORT with
+    a specific address. The listener has no authentication, so never every address at once:
+    0.0.0.0 or [::] would show it on the gateway's public side."""
+    if not value:
+        return value
+    parsed = parse_listen(value)
+    if parsed is None or parsed[1] == 0:
+        raise ValueError(
+            'metrics_listen takes ADDRESS:PORT (e.g. 127.0.0.1:9400 or [::1]:9400), or "" for off'
+        )
+    address = ipaddress.ip_address(parsed[0])
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(
+            "metrics_listen must name one address (127.0.0.1, or a management address of this host), "
+            "not every address: the metrics listener has no authentication"
+        )
+    return value
+
+
+def metrics_address(value: str) -> tuple[str, int] | None:
+    """A checked ``metrics_listen`` as (address, port); None when off."""
+    return parse_listen(value) if value else None
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,11 +107,17 @@ class _Settings(_Base):
 class _DaemonSettings(_Settings):
     log_level: LogLevel = "info"
     report_interval: float = Field(default=5.0, gt=0, le=3600)
+    metrics_listen: str = Field(default="", max_length=64)  # the daemon's own /metrics; "" = off
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return _lower(value)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return check_metrics_listen(value)
 
 
 class GatewaySettings(_DaemonSettings):
@@ -96,6 +127,7 @@ class GatewaySettings(_DaemonSettings):
     interface: str = DEFAULT_INTERFACES["gateway"]
     probe_interval: float = Field(default=0.2, gt=0, le=10)  # seconds between connector probe rounds
     down_after: float = Field(default=0.9, gt=0, le=60)  # no answer this long: the connector is down
+    flow_records: bool = True  # record forwarded and refused flows for the controller (gateway.flows)
 
     @model_validator(mode="after")
     def _probe_before_down(self) -> GatewaySettings:
@@ -198,11 +230,17 @@ class SegmentSettings(_Base):
     winrm_password_file: str = ""  # "" = none: Windows assets then say so in their state
     winrm_auth: Literal["kerberos", "ntlm", "negotiate"] = "kerberos"
     winrm_transport: Literal["https", "http"] = "https"
+    metrics_listen: str = Field(default="", max_length=64)  # the daemon's own /metrics; "" = off
 
     @field_validator("log_level", "winrm_auth", "winrm_transport", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return _lower(value)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return check_metrics_listen(value)
 
     @field_validator("asset_dir")
     @classmethod

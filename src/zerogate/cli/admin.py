@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from zerogate.cli import objects, segment_admin, session
+from zerogate.cli import flows, objects, report_history, segment_admin, session
 from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, say, show_audit_verification, visible
 from zerogate.cli.session import client
 
@@ -41,6 +41,7 @@ app.command()(session.whoami)
 for _kind, _sub in objects.apps.items():
     app.add_typer(_sub, name=_kind)
 app.add_typer(segment_admin.app, name="segment")
+app.command("flows")(flows.flows)
 
 
 def _table(path: str, columns: list[str], as_json: bool, params: dict[str, Any] | None = None) -> None:
@@ -116,6 +117,7 @@ device_app = typer.Typer(
     help="Enrolled gateways, connectors, segment servers and client devices.", no_args_is_help=True
 )
 app.add_typer(device_app, name="device")
+device_app.command("history")(report_history.device_history)
 
 
 @device_app.command("list")

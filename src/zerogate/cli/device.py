@@ -89,14 +89,21 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _serve(role: str, state_dir: Path, build: Callable[[DeviceIdentity], Daemon], keep: bool) -> None:
-    """Run a daemon until SIGTERM/SIGINT; exit 1 with one line on a setup error."""
+def _serve(
+    role: str,
+    state_dir: Path,
+    build: Callable[[DeviceIdentity], Daemon],
+    keep: bool,
+    metrics_listen: str = "",
+) -> None:
+    """Run a daemon until SIGTERM/SIGINT (its /metrics on ``metrics_listen``, if set); exit 1
+    with one line on a setup error."""
     try:
         identity = DeviceIdentity.load(state_dir, role)
     except (NotEnrolled, OSError, ValueError) as exc:
         fail(str(exc))
     try:
-        run_until_signalled(identity, build, keep)
+        run_until_signalled(identity, build, keep, metrics_listen)
     except CommandError as exc:
         fail(str(exc))
 
@@ -196,9 +203,10 @@ def gateway_run(
             down_after=settings.down_after,
             watch_seconds=settings.watch_seconds,
             report_interval=settings.report_interval,
+            flow_records=settings.flow_records,
         )
 
-    _serve("gateway", settings.state_dir, build, keep_on_exit)
+    _serve("gateway", settings.state_dir, build, keep_on_exit, settings.metrics_listen)
 
 
 @connector_app.command("run")
@@ -254,4 +262,4 @@ def connector_run(
             vrrp=vrrp,
         )
 
-    _serve("connector", settings.state_dir, build, keep_on_exit)
+    _serve("connector", settings.state_dir, build, keep_on_exit, settings.metrics_listen)

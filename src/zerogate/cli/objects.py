@@ -27,12 +27,21 @@ RESOURCES: dict[str, tuple[str, str, list[str]]] = {
     "connector-group": (
         "/v1/connector-groups",
         "name",
-        ["name", "subnets", "snat", "vrrp_virtual_ip", "connectors"],
+        ["name", "subnets", "snat", "vrrp_virtual_ip", "mode", "connectors"],
     ),
     "connector": (
         "/v1/connectors",
         "name",
-        ["name", "connector_group", "status", "tunnel", "last_handshake_at", "last_seen_at", "location"],
+        [
+            "name",
+            "connector_group",
+            "status",
+            "draining",
+            "tunnel",
+            "last_handshake_at",
+            "last_seen_at",
+            "location",
+        ],
     ),
     "gateway": ("/v1/gateways", "name", ["name", "public_endpoint", "port_first", "port_last", "status"]),
     "application": ("/v1/applications", "name", ["name", "connector_group", "destinations"]),

@@ -165,7 +165,7 @@ def run(
             else None,
         )
 
-    _serve("segment", settings.state_dir, build, False)
+    _serve("segment", settings.state_dir, build, False, settings.metrics_listen)
 
 
 def _server_key(state_dir: Path) -> Path:

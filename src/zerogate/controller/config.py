@@ -64,6 +64,16 @@ class ControllerSettings(BaseModel):
     segment_jit_durations: list[int] = Field(
         default_factory=lambda: [3600, 14400, 28800, 43200, 86400], min_length=1, max_length=16
     )
+    # Report history (controller/services/report_history.py): one sample per device per
+    # interval (seconds), kept this many days; 0 days keeps none (and deletes what is kept).
+    report_history_interval: int = Field(default=60, ge=5, le=86400)
+    report_history_days: float = Field(default=7, ge=0, le=366)
+    # Flow records (controller/services/flows.py): kept this many days; each also sent as
+    # RFC 5424 syslog to flow_syslog ("udp://host:port" or "tcp://host:port"; "" = none).
+    flow_retention_days: float = Field(default=30, ge=0, le=3660)
+    flow_syslog: str = Field(
+        default="", max_length=300, pattern=r"^((udp|tcp)://[A-Za-z0-9.:\[\]-]{1,260})?$"
+    )
 
     @field_validator("database")
     @classmethod

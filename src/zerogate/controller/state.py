@@ -23,6 +23,7 @@ from zerogate.controller.config import ControllerSettings
 from zerogate.controller.metrics import ControllerMetrics
 from zerogate.controller.policy_cache import PolicyCache
 from zerogate.controller.refusals import RefusalAudit
+from zerogate.controller.services.report_history import HistoryPolicy, Recorder
 from zerogate.controller.throttle import Throttle, retry_after
 from zerogate.store.db import Database, WriteTx
 
@@ -206,8 +207,12 @@ class ControllerState:
     refusals: RefusalAudit
     policies: PolicyCache = field(default_factory=PolicyCache)
     metrics: ControllerMetrics = field(init=False)
+    history: Recorder = field(init=False)  # samples of the devices' reports (report_history)
 
     def __post_init__(self) -> None:
+        self.history = Recorder(
+            HistoryPolicy(self.settings.report_history_interval, self.settings.report_history_days)
+        )
         watch = self.watch
         self.metrics = ControllerMetrics(lambda: watch.current, lambda: watch.waiting)
         self.policies.observe_compile = self.metrics.policy_compile_seconds.observe

@@ -1,7 +1,9 @@
 """``zerogate gateway run``: follow the snapshot, keep WireGuard, routes and the
 nftables policy in line with it, probe connectors and fail over between them.
 A connector that says it is its group's VRRP master (:mod:`zerogate.gateway.claims`)
-gets the group's traffic at once; the probes stay the safety net.
+gets the group's traffic at once; the probes stay the safety net. Active-active
+groups get one interface per connector and spread new flows over the live ones
+(:mod:`zerogate.gateway.spread`, applied by :mod:`zerogate.gateway.spread_net`).
 
 The data plane is injected (:class:`~zerogate.agent.backend.DataplaneBackend`):
 the real adapter in production, an in-memory fake in tests/gateway/test_daemon.py.
@@ -26,11 +28,15 @@ from zerogate.agent.runtime import guard_firewalld, serve
 from zerogate.agent.state import DeviceIdentity, StateDir
 from zerogate.gateway.claims import ClaimBook, ClaimReceiver, DropLog, Verdict
 from zerogate.gateway.endpoints import endpoints_to_keep, load_endpoints, nudge, tunnel_peers
+from zerogate.gateway.flows import FlowRecorder
 from zerogate.gateway.plan import GatewayPlan, choose_active, plan_gateway, render_gateway_table
+from zerogate.gateway.spread import BUCKETS, serving, spread_report
+from zerogate.gateway.spread_net import SpreadBackend, SpreadNet
 from zerogate.model.dataplane import TableBody
 from zerogate.model.snapshot import GatewayGrant, GatewaySnapshot, RevokedSnapshot
 from zerogate.netops import links
 from zerogate.netops.command import CommandError
+from zerogate.netops.dataplane import Dataplane
 from zerogate.netops.icmp import Prober
 
 log = logging.getLogger(__name__)
@@ -54,9 +60,15 @@ class Gateway:
         down_after: float = DOWN_AFTER,
         watch_seconds: float | None = None,
         report_interval: float | None = None,
+        spread: SpreadBackend | None = None,
+        flow_records: bool = True,
     ) -> None:
         self.identity = identity
         self.dp = dp
+        # active-active groups' interfaces: beside the real data plane only, unless given
+        if spread is None and isinstance(dp, Dataplane):
+            spread = SpreadNet(dp.interface, dp.private_key)
+        self.spread = spread
         self.probe_interval = probe_interval
         self.down_after = down_after
         self.report_interval = report_interval
@@ -72,7 +84,7 @@ class Gateway:
         self.responder: threading.Thread | None = None
         self.rtt: dict[str, float] = {}
         self._nft_grants: Sequence[GatewayGrant] | None = None
-        self._nft_live: tuple[str, ...] = ()  # the live clients, "/", the tunnel addresses
+        self._nft_live: tuple[str, ...] = ()  # live clients, "/", tunnel addresses, "/", links
         self._nft_table: TableBody | None = None
         self.endpoints_path = identity.state / StateDir.ENDPOINTS
         self._saved_endpoints: dict[str, str] | None = None  # what endpoints.json holds
@@ -83,6 +95,7 @@ class Gateway:
         self._reported_missing: set[str] = set()
         self.claims = ClaimBook()  # VRRP master claims, guarded by self.lock
         self.drops = DropLog()
+        self.flows = FlowRecorder(identity, lambda: self.snapshot, enabled=flow_records)  # gateway.flows
 
     # -- reconcile
 
@@ -91,6 +104,8 @@ class Gateway:
             if isinstance(snapshot, RevokedSnapshot):
                 log.error("this gateway was revoked: removing its tunnel and policy")
                 self.dp.teardown()
+                if self.spread is not None:
+                    self.spread.teardown()
                 self.endpoints_path.unlink(missing_ok=True)
                 self.snapshot = self.plan = None
                 return
@@ -124,6 +139,7 @@ class Gateway:
             now=datetime.now(UTC),
             active=self.active,
             render_nft=self._render_nft,
+            up=self.up,
         )
         links.enable_forwarding()
         self.dp.apply(
@@ -133,18 +149,33 @@ class Gateway:
             routes=plan.routes,
             nft_body=plan.nft_body,
         )
+        if self.spread is not None:
+            self.spread.apply(plan.spread)
         if self.dp.last_nft_mode:
             self.nft_apply = (self.dp.last_nft_mode, self.dp.last_nft_ms)
+        spread_before = self.plan.spread.groups if self.plan else ()
         self.plan = plan
+        if plan.spread.groups != spread_before:
+            for group, shares in spread_report(plan.spread).items():
+                spread = ", ".join(f"{name} {n}" for name, n in sorted(shares.items()))
+                log.info(
+                    "active-active group %s: new flows spread over %s (of %d buckets)", group, spread, BUCKETS
+                )
 
     def _render_nft(
-        self, interface: str, live: Sequence[str], grants: Sequence[GatewayGrant], own: Sequence[str]
+        self,
+        interface: str,
+        live: Sequence[str],
+        grants: Sequence[GatewayGrant],
+        own: Sequence[str],
+        links: Sequence[str],
     ) -> TableBody:
-        """The policy table depends on the snapshot's grants, the live clients and
-        the tunnel addresses only; a failover (probe thread) must not re-render 500k elements."""
-        key = (*live, "/", *own)
+        """The policy table depends on the snapshot's grants, the live clients, the
+        tunnel addresses and the active-active interfaces only; a failover (probe
+        thread) must not re-render 500k elements."""
+        key = (*live, "/", *own, "/", *links)
         if self._nft_table is None or grants is not self._nft_grants or key != self._nft_live:
-            self._nft_table = render_gateway_table(interface, live, grants, own)
+            self._nft_table = render_gateway_table(interface, live, grants, own, links)
             self._nft_grants, self._nft_live = grants, key
         return self._nft_table
 
@@ -337,8 +368,11 @@ class Gateway:
         with self.lock:
             snap = self.snapshot
             listen, peers = self.dp.status()
+            peers += self.spread.status() if self.spread is not None else []
             by_key: dict[str, dict[str, Any]] = {}
-            for c in snap.connectors if snap else ():
+            connectors = snap.connectors if snap else ()
+            spreading = {c.name for c in serving([c for c in connectors if c.slot is not None], self.up)}
+            for c in connectors:
                 address = str(c.address) if c.address is not None else None
                 by_key[c.wg_public_key] = {
                     "role": "connector",
@@ -346,7 +380,9 @@ class Gateway:
                     "address": address,
                     "up": c.name in self.up,
                     "rtt_ms": self.rtt.get(str(address)),
-                    "active": self.active.get(c.connector_group) == c.name,
+                    "active": self.active.get(c.connector_group) == c.name
+                    if c.slot is None
+                    else c.name in spreading,
                 }
             for cl in snap.clients if snap else ():
                 by_key[cl.wg_public_key] = {
@@ -392,15 +428,26 @@ class Gateway:
             finally:  # before serve() removes the interface, and the endpoints with it
                 self.save_endpoints()
 
-        serve(
-            "gateway",
-            self.dp,
-            self.lock,
-            follow,
-            [self.probe_loop, self.claim_loop, self.endpoint_loop, self.report_loop],
-            stop,
-            keep_on_exit,
-        )
+        try:
+            serve(
+                "gateway",
+                self.dp,
+                self.lock,
+                follow,
+                [
+                    self.probe_loop,
+                    self.claim_loop,
+                    self.endpoint_loop,
+                    self.report_loop,
+                    self.flows.flow_loop,
+                ],
+                stop,
+                keep_on_exit,
+            )
+        finally:
+            if not keep_on_exit and self.spread is not None:
+                with self.lock:
+                    self.spread.teardown()
 
 
 def start_probe_responder(

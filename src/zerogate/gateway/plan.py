@@ -14,14 +14,21 @@ cannot use another client's address. The grants arrive as the sets' elements
 only renders them. Into the gateway itself the tunnel admits only replies,
 pings and the connectors' VRRP state datagrams (to the gateway's own tunnel
 address).
+
+Connectors of active-active groups (``slot`` set) are not peers of the main
+interface: each has its own interface (:mod:`zerogate.gateway.spread`), which
+the policy table treats as part of the tunnel. A draining connector is chosen
+as its standby group's active one only when no other answers probes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from zerogate.gateway import flow_rules
+from zerogate.gateway.spread import SpreadPlan, plan_spread
 from zerogate.model import nft
 from zerogate.model.dataplane import TableBody, WgPeer
 from zerogate.model.snapshot import ClientPeer, ConnectorEntry, GatewayGrant, GatewaySnapshot
@@ -37,6 +44,7 @@ class GatewayPlan:
     nft_body: TableBody
     live_clients: tuple[str, ...]
     next_expiry: datetime | None
+    spread: SpreadPlan = field(default_factory=SpreadPlan)
 
 
 def _expired(client: ClientPeer, now: datetime) -> bool:
@@ -56,11 +64,15 @@ def choose_active(
     and the LAN sends the virtual IP's traffic to that one. Without a claim:
     keep the current one while it answers probes; else the first (by name)
     that answers; with none answering keep the current, else the first by
-    name, so traffic flows as soon as a tunnel comes up.
+    name, so traffic flows as soon as a tunnel comes up. Draining connectors
+    count as answering only when no other one does. Active-active groups
+    (connectors with a slot) have no active connector.
     """
     by_group: dict[str, list[str]] = {}
+    draining = {c.name for c in connectors if c.draining}
     for c in sorted(connectors, key=lambda c: c.name):
-        by_group.setdefault(c.connector_group, []).append(c.name)
+        if c.slot is None:
+            by_group.setdefault(c.connector_group, []).append(c.name)
     active: dict[str, str] = {}
     for group, names in by_group.items():
         claimant = (masters or {}).get(group)
@@ -68,7 +80,7 @@ def choose_active(
             active[group] = claimant
             continue
         cur = current.get(group)
-        live = [n for n in names if n in up]
+        live = [n for n in names if n in up and n not in draining] or [n for n in names if n in up]
         if cur in live:
             active[group] = cur
         elif live:
@@ -80,7 +92,7 @@ def choose_active(
     return active
 
 
-RenderNft = Callable[[str, Sequence[str], Sequence[GatewayGrant], Sequence[str]], TableBody]
+RenderNft = Callable[[str, Sequence[str], Sequence[GatewayGrant], Sequence[str], Sequence[str]], TableBody]
 
 
 def plan_gateway(
@@ -90,9 +102,11 @@ def plan_gateway(
     now: datetime,
     active: Mapping[str, str],
     render_nft: RenderNft | None = None,
+    up: set[str] | None = None,
 ) -> GatewayPlan:
     """``render_nft`` (default :func:`render_gateway_table`) lets the daemon reuse the
-    table text when only the active connectors changed (a failover)."""
+    table text when only the active connectors changed (a failover). ``up``: the
+    connectors answering probes (active-active groups spread over those)."""
     tunnel, blocks = snapshot.tunnel_addresses, snapshot.client_blocks
     addresses = tuple(f"{a}/{b.prefixlen}" for a, b in zip(tunnel, blocks, strict=False))
 
@@ -107,7 +121,10 @@ def plan_gateway(
         if c.session_expires_at is not None:
             expiries.append(c.session_expires_at)
     routes: set[str] = set()
+    spread = plan_spread(interface, snapshot.connectors, up or set(), [str(a) for a in tunnel])
     for cn in snapshot.connectors:
+        if cn.slot is not None and cn.listen_port is not None:
+            continue  # its own interface (spread)
         allowed = [f"{cn.address}/32"] if cn.address is not None else []
         if active.get(cn.connector_group) == cn.name:
             allowed += [str(n) for n in cn.subnets]
@@ -120,10 +137,11 @@ def plan_gateway(
         routes=tuple(sorted(routes)),
         peers=tuple(peers),
         nft_body=(render_nft or render_gateway_table)(
-            interface, live, snapshot.policy.grants, [str(a) for a in tunnel]
+            interface, live, snapshot.policy.grants, [str(a) for a in tunnel], spread.interfaces
         ),
         live_clients=tuple(live),
         next_expiry=min(expiries) if expiries else None,
+        spread=spread,
     )
 
 
@@ -155,7 +173,7 @@ def render_grant(grant: GatewayGrant) -> tuple[str, list[str]]:
     if grant.any_protocol:
         sets += _set(f"p{pid}_any", "ipv4_addr", grant.any_protocol, True)
         rules.append(nft.statement(src, nft.address("ip", "daddr", nft.set_ref(f"p{pid}_any")), "accept"))
-    return sets, rules
+    return sets, flow_rules.mark_accepts(rules, pid)  # the policy id in the ct mark: flow records
 
 
 def _by_address(addresses: Iterable[str]) -> list[str]:
@@ -167,9 +185,10 @@ def render_gateway_nft(
     live_clients: Sequence[str],
     grants: Sequence[GatewayGrant],
     own_addresses: Sequence[str] = (),
+    links: Sequence[str] = (),
 ) -> str:
     """The body of ``table inet zerogate`` for the gateway."""
-    return render_gateway_table(interface, live_clients, grants, own_addresses).text
+    return render_gateway_table(interface, live_clients, grants, own_addresses, links).text
 
 
 def render_gateway_table(
@@ -177,11 +196,13 @@ def render_gateway_table(
     live_clients: Sequence[str],
     grants: Sequence[GatewayGrant],
     own_addresses: Sequence[str] = (),
+    links: Sequence[str] = (),
 ) -> TableBody:
     """The gateway's table, with the live clients and every grant's sources as
     plain sets, so that a change of who may connect is an element update.
     ``own_addresses`` (the gateway's tunnel addresses) receive the connectors'
-    VRRP state datagrams (:mod:`zerogate.gateway.claims`)."""
+    VRRP state datagrams (:mod:`zerogate.gateway.claims`); ``links`` (the
+    active-active connectors' interfaces) are part of the tunnel."""
     plain: dict[str, frozenset[str]] = {"clients": frozenset(live_clients)}
     skeleton = [_set("clients", "ipv4_addr", (), False)]
     text = [_set("clients", "ipv4_addr", sorted(plain["clients"]), False)]
@@ -196,12 +217,17 @@ def render_gateway_table(
         skeleton.append(_set(name, "ipv4_addr", (), False) + sets)
         text.append(_set(name, "ipv4_addr", _by_address(sources), False) + sets)
         rules += grant_rules
-    chains = _gateway_chains(interface, rules, own_addresses)
+    chains = _gateway_chains(interface, rules, own_addresses, links)
     return TableBody("".join(text) + chains, "".join(skeleton) + chains, plain)
 
 
-def _gateway_chains(interface: str, grant_rules: Sequence[str], own_addresses: Sequence[str]) -> str:
+def _gateway_chains(
+    interface: str, grant_rules: Sequence[str], own_addresses: Sequence[str], links: Sequence[str] = ()
+) -> str:
     into, out_of = nft.iifname(interface), nft.oifname(interface)
+    if links:
+        into = nft.iifname_in([interface, *links])
+        out_of = "oifname " + nft.anonymous_set(nft.quoted(n, "interface name") for n in [interface, *links])
     forward = nft.chain(
         "forward",
         [
@@ -217,6 +243,7 @@ def _gateway_chains(interface: str, grant_rules: Sequence[str], own_addresses: S
             *nft.conntrack_preamble(),
             nft.statement(not_live, "drop", nft.comment("only live client peers open flows")),
             *grant_rules,
+            *flow_rules.refusal_rules(),
             nft.statement("counter", nft.l4proto("tcp"), "reject with tcp reset"),
             nft.statement("counter", "reject with icmpx admin-prohibited"),
         ],
@@ -245,4 +272,4 @@ def _gateway_chains(interface: str, grant_rules: Sequence[str], own_addresses: S
             nft.statement(into, "drop"),
         ],
     )
-    return forward + from_tunnel + input_
+    return flow_rules.refused_set() + forward + from_tunnel + input_

@@ -50,29 +50,94 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal, overload
 
 from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     StrictBool,
     StrictInt,
     StrictStr,
-    StringConstraints,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
 
+from zerogate.model.snapshot_fields import (
+    SSH_HOST_KEY,
+    SSH_USER,
+    WINRM_USER,
+    X509_PIN,
+    AccountName,
+    Address,
+    AddressRange,
+    AnyAddress,
+    AnyPrefix,
+    AssetName,
+    EndpointHost,
+    HostKeyText,
+    Port,
+    Prefix,
+    SchemaVersion,
+    ServiceElement,
+    SourceText,
+    Timestamp,
+    WgKeyText,
+    Wire,
+)
 from zerogate.policy.intervals import disjoint
 
+# the field types are re-exported: devices and the controller import them from here
+__all__ = [
+    "SCHEMA_MAJOR",
+    "SCHEMA_MINOR",
+    "SCHEMA_VERSION",
+    "SSH_HOST_KEY",
+    "SSH_USER",
+    "WINRM_USER",
+    "X509_PIN",
+    "AccountName",
+    "Address",
+    "AddressRange",
+    "AnyAddress",
+    "AnyPrefix",
+    "AssetName",
+    "ClientPeer",
+    "ClientSnapshot",
+    "ConnectorEntry",
+    "ConnectorGroupConfig",
+    "ConnectorSnapshot",
+    "EndpointHost",
+    "GatewayConfig",
+    "GatewayEntry",
+    "GatewayGrant",
+    "GatewayPolicy",
+    "GatewaySnapshot",
+    "HostKeyText",
+    "InvalidSnapshot",
+    "JitOpening",
+    "Port",
+    "Prefix",
+    "RevokedSnapshot",
+    "RuleTuple",
+    "SchemaVersion",
+    "SegmentAsset",
+    "SegmentRule",
+    "SegmentSnapshot",
+    "ServiceElement",
+    "Snapshot",
+    "SnapshotBase",
+    "SnapshotError",
+    "SourceText",
+    "Timestamp",
+    "UnsupportedSchema",
+    "WgKeyText",
+    "Wire",
+    "parse_snapshot",
+]
+
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 1  # 1.1: segment assets carry their just-in-time openings and os
+SCHEMA_MINOR = 2  # 1.1: segment assets' openings and os; 1.2: connectors' active-active slot, port, drain
 SCHEMA_VERSION = f"{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 
 
@@ -95,76 +160,6 @@ class UnsupportedSchema(SnapshotError):
 
 class InvalidSnapshot(SnapshotError):
     """The snapshot is not valid JSON of the expected shape and types."""
-
-
-# --------------------------------------------------------------------------- field types
-
-
-def _text(value: object) -> object:
-    """Addresses, prefixes and times come as text (or, from the controller, as
-    the typed value); ipaddress and pydantic would also take a number."""
-    if isinstance(value, str | IPv4Address | IPv6Address | IPv4Network | IPv6Network | datetime):
-        return value
-    raise ValueError("expected text")
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat()
-
-
-Address = Annotated[IPv4Address, BeforeValidator(_text)]
-Prefix = Annotated[IPv4Network, BeforeValidator(_text)]
-AnyPrefix = Annotated[IPv4Network | IPv6Network, BeforeValidator(_text)]
-AnyAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_text)]
-# isoformat() as the controller wrote it before ("+00:00", not pydantic's "Z")
-Timestamp = Annotated[
-    AwareDatetime, BeforeValidator(_text), PlainSerializer(_iso, return_type=str, when_used="json")
-]
-Port = Annotated[StrictInt, Field(ge=1, le=65535)]
-# Rendered into the WireGuard config: 44 base64 characters, the length of a key
-# (the controller checked the key itself at enrollment).
-WgKeyText = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}[A-Za-z0-9+/=]$")]
-# A hostname or IP address, as the controller accepted it; rendered as "Endpoint = host:port".
-EndpointHost = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,253}$")]
-# A segment asset's name as the inventory holds it (host name or directory cn).
-AssetName = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")]
-# The account the segment server logs in with: a POSIX user name for a Linux asset (SSH);
-# for a Windows asset the WinRM account (user, DOMAIN\user or user@REALM), checked per os
-# by SegmentAsset. 32 characters at most either way (the controller's column).
-SSH_USER = r"[a-z_][a-z0-9_-]{0,31}"
-WINRM_USER = r"[A-Za-z0-9][A-Za-z0-9._@\\-]{0,31}"
-AccountName = Annotated[StrictStr, StringConstraints(pattern=rf"^(?:{SSH_USER}|{WINRM_USER})$")]
-# A pinned SSH host key as OpenSSH writes it in known_hosts: type and base64 key, no comment;
-# or, for a Windows asset, its WinRM listener certificate: the base64 SHA-256 of its DER.
-SSH_HOST_KEY = r"(?:ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa) [A-Za-z0-9+/]{16,1400}={0,3}"
-X509_PIN = r"x509-sha256 [A-Za-z0-9+/]{43}="
-HostKeyText = Annotated[StrictStr, StringConstraints(pattern=rf"^(?:{SSH_HOST_KEY}|{X509_PIN})$")]
-SchemaVersion = Annotated[StrictStr, StringConstraints(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")]
-
-# nftables element text, checked by pattern (fast for the half million elements of a large site).
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
-_RANGE = rf"{_IPV4}(?:-{_IPV4})?"
-_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)"
-SourceText = Annotated[StrictStr, StringConstraints(pattern=rf"^{_IPV4}$")]
-AddressRange = Annotated[StrictStr, StringConstraints(pattern=rf"^{_RANGE}$")]
-ServiceElement = Annotated[
-    StrictStr, StringConstraints(pattern=rf"^{_RANGE} \. (?:tcp|udp) \. {_PORT}(?:-{_PORT})?$")
-]
-
-
-class Wire(BaseModel):
-    """Base of every snapshot part: frozen, unknown fields refused unless the
-    document is of a newer minor version (see the module docstring)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _newer_minor(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping) and isinstance(info.context, Mapping) and info.context.get("newer"):
-            return {k: v for k, v in data.items() if k in cls.model_fields}
-        return data
 
 
 # --------------------------------------------------------------------------- shared parts
@@ -192,6 +187,11 @@ class ConnectorEntry(Wire):
     address: Address | None
     connector_group: StrictStr
     subnets: tuple[Prefix, ...]
+    # 1.2: in an active-active group, the connector's slot (its conntrack mark's high byte,
+    # its routing table) and the gateway port it dials (its own WireGuard interface there)
+    slot: Annotated[StrictInt, Field(ge=1, le=255)] | None = None
+    listen_port: Port | None = None
+    draining: StrictBool = False  # 1.2: gets no new flows
 
 
 class ClientPeer(Wire):

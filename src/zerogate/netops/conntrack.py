@@ -27,6 +27,19 @@ are strict on the fields used (family and protocol numbers that agree, two
 address tuples of the announced family, ports 1-65535 written in ASCII digits).
 Other protocols (ICMP, SCTP, GRE...) are counted as ``unsupported``.
 
+With ``net.netfilter.nf_conntrack_acct=1`` and ``nf_conntrack_timestamp=1``, an
+event printed with ``-o timestamp,extended,id`` also carries ``packets=`` and
+``bytes=`` per direction, the connection mark, ``delta-time=`` (seconds the
+entry lived) and the entry id::
+
+    [1796532006.896785]	[DESTROY] ipv4     2 tcp      6 TIME_WAIT src=127.0.0.1 dst=127.0.0.1 \
+sport=54946 dport=5000 packets=6 bytes=398 src=127.0.0.1 dst=127.0.0.1 sport=5000 dport=54946 \
+packets=6 bytes=3388 [ASSURED] mark=7 delta-time=1 id=3454568811
+
+Those extras arrive as :class:`FlowCounters` on the event (None where absent), the
+type the gateway's flow records use (their events come from ctnetlink directly:
+:mod:`zerogate.gateway.flow_netlink`).
+
 Conntrack in a network namespace only tracks once something in it registers
 the conntrack hooks (a ``ct`` expression in nftables, NAT...); during learning
 the segment server loads :func:`learning_table` for that, and removes it with
@@ -73,10 +86,26 @@ class ConntrackEntries:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowCounters:
+    """What an event says beyond the tuple (each None when the kernel did not add it)."""
+
+    packets_out: int | None = None  # original direction (client -> destination)
+    bytes_out: int | None = None
+    packets_in: int | None = None  # reply direction
+    bytes_in: int | None = None
+    mark: int = 0
+    seconds: int | None = None  # delta-time: how long the entry lived
+    entry_id: int | None = None
+    assured: bool = False  # traffic was seen both ways (conntrack's ASSURED)
+    started: datetime | None = None  # when the entry was created (nf_conntrack_timestamp)
+
+
+@dataclass(frozen=True, slots=True)
 class ConntrackEvent:
     at: datetime
     kind: str  # NEW, UPDATE or DESTROY
     connection: Connection
+    counters: FlowCounters | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +224,43 @@ def _entry(tokens: list[str]) -> Connection:
     )
 
 
+_COUNTED = frozenset({"packets", "bytes", "mark", "delta-time", "id"})
+_MAX_COUNTER = 1 << 64
+
+
+def _counters(tokens: list[str]) -> FlowCounters | None:
+    """The accounting, mark, lifetime and id tokens of an event line; None when it has none.
+    A malformed value raises (the line is skipped, as for a bad tuple)."""
+    values: dict[str, list[int]] = {}
+    assured = False
+    for word in tokens:
+        key, sep, value = word.partition("=")
+        if sep and key in _COUNTED:
+            if not _NUMBER.fullmatch(value) or len(value) > 20 or int(value) >= _MAX_COUNTER:
+                raise SegmentValueError(f"not a counter: {key}")
+            values.setdefault(key, []).append(int(value))
+        elif word == "[ASSURED]":
+            assured = True
+    if not values and not assured:
+        return None
+    packets, octets = values.get("packets", []), values.get("bytes", [])
+    if len(packets) not in (0, 2) or len(octets) not in (0, 2):
+        raise SegmentValueError("accounting needs both directions")
+    mark, seconds, entry = values.get("mark", [0]), values.get("delta-time", []), values.get("id", [])
+    if len(mark) != 1 or len(seconds) > 1 or len(entry) > 1 or mark[0] >= 1 << 32:
+        raise SegmentValueError("repeated mark, delta-time or id")
+    return FlowCounters(
+        packets_out=packets[0] if packets else None,
+        bytes_out=octets[0] if octets else None,
+        packets_in=packets[1] if packets else None,
+        bytes_in=octets[1] if octets else None,
+        mark=mark[0],
+        seconds=seconds[0] if seconds else None,
+        entry_id=entry[0] if entry else None,
+        assured=assured,
+    )
+
+
 def _is_noise(line: str) -> bool:
     return not line.strip() or _SUMMARY.fullmatch(line.strip()) is not None
 
@@ -242,7 +308,8 @@ def parse_events(text: str) -> ConntrackEvents:
             kind = tokens[1][1:-1] if len(tokens) > 1 else ""
             if kind not in _EVENT_KINDS or tokens[1] != f"[{kind}]":
                 raise SegmentValueError("not an event line")
-            events.append(ConntrackEvent(_stamp(tokens[0]), kind, _entry(tokens[2:])))
+            entry = tokens[2:]
+            events.append(ConntrackEvent(_stamp(tokens[0]), kind, _entry(entry), _counters(entry)))
         except _Unsupported:
             unsupported += 1
         except SegmentValueError:

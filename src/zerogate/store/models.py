@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     String,
     Table,
     Text,
@@ -136,6 +137,9 @@ class ConnectorGroup(Base):
     subnets: Mapped[list[str]] = mapped_column(JSON)
     snat: Mapped[bool] = mapped_column(Boolean, default=True)
     vrrp_virtual_ip: Mapped[str | None] = mapped_column(String(45))
+    # "standby": one connector carries the group, the others are hot standby;
+    # "active-active": the gateway spreads new flows over all live connectors
+    mode: Mapped[str] = mapped_column(String(16), default="standby", server_default="standby")
     created_at: Mapped[datetime]
 
 
@@ -170,6 +174,7 @@ class Device(Base):
 
 class Connector(Base):
     __tablename__ = "connectors"
+    __table_args__ = (Index("ix_connectors_slot", "slot", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(50), unique=True)
     description: Mapped[str] = mapped_column(String(255), default="")
@@ -178,6 +183,10 @@ class Connector(Base):
     owner: Mapped[str] = mapped_column(String(100), default="")
     connector_group_id: Mapped[int] = mapped_column(ForeignKey("connector_groups.id", ondelete="RESTRICT"))
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="RESTRICT"))
+    # no new flows (an upgrade ahead); its established flows go on
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)
+    # in an active-active group: 1..255, unique (the gateway's mark and port per connector)
+    slot: Mapped[int | None]
     created_at: Mapped[datetime]
     device: Mapped[Device] = relationship(lazy="joined")
 

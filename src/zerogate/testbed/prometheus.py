@@ -28,25 +28,27 @@ class PrometheusError(RuntimeError):
     pass
 
 
-def render_config(target: str, ca_file: Path, token_file: Path, interval: float) -> str:
-    """prometheus.yml for one job scraping the controller (JSON is valid YAML)."""
-    job = {
-        "job_name": "zerogate-controller",
-        "scheme": "https",
+def render_config(target: str, ca_file: Path | None, token_file: Path | None, interval: float) -> str:
+    """prometheus.yml for one job (JSON is valid YAML): the controller over HTTPS pinned to
+    ``ca_file`` with the token in ``token_file``; without them a daemon's plain-HTTP /metrics."""
+    job: dict[str, object] = {
+        "job_name": "zerogate-controller" if ca_file else "zerogate-daemon",
+        "scheme": "https" if ca_file else "http",
         "metrics_path": "/metrics",
         "scrape_interval": f"{int(interval * 1000)}ms",
         "scrape_timeout": f"{int(interval * 1000)}ms",
-        "tls_config": {"ca_file": str(ca_file)},
-        "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
         "static_configs": [{"targets": [target]}],
     }
+    if ca_file and token_file:
+        job["tls_config"] = {"ca_file": str(ca_file)}
+        job["authorization"] = {"type": "Bearer", "credentials_file": str(token_file)}
     return json.dumps({"global": {"evaluation_interval": "1s"}, "scrape_configs": [job]}, indent=1) + "\n"
 
 
 @dataclass
 class Prometheus:
     base: Path
-    target: str  # host:port of the controller
+    target: str  # host:port of the controller (or of a daemon: ca_pem b"" scrapes plain HTTP)
     ca_pem: bytes
     token: str
     interval: float = 1.0
@@ -64,10 +66,13 @@ class Prometheus:
                 "prometheus is not installed (Debian package 'prometheus'; scripts/bootstrap)"
             )
         self.base.mkdir(parents=True, exist_ok=True)
-        ca, token = self.base / "ca.pem", self.base / "token"
-        ca.write_bytes(self.ca_pem)
-        token.touch(mode=0o600)
-        token.write_text(self.token + "\n")
+        ca: Path | None = None
+        token: Path | None = None
+        if self.ca_pem:
+            ca, token = self.base / "ca.pem", self.base / "token"
+            ca.write_bytes(self.ca_pem)
+            token.touch(mode=0o600)
+            token.write_text(self.token + "\n")
         config = self.base / "prometheus.yml"
         config.write_text(render_config(self.target, ca, token, self.interval))
         self.port = free_port()

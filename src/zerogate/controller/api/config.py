@@ -87,4 +87,4 @@ async def report(body: s.DeviceReport, who: DeviceCaller, state: State) -> None:
     Not audited and no revision bump: it changes nothing anyone is told.
     """
     async with state.db.write() as tx:
-        await devices.store_report(tx.session, who.id, body)
+        await devices.store_report(tx.session, who.id, body, state.history)

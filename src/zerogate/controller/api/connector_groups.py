@@ -29,6 +29,7 @@ async def show(session: AsyncSession, g: ConnectorGroup) -> s.ConnectorGroupOut:
         subnets=g.subnets,
         snat=g.snat,
         vrrp_virtual_ip=g.vrrp_virtual_ip,
+        mode=g.mode,
         connectors=await connector_groups.connector_names(session, g),
         created_at=g.created_at,
     )

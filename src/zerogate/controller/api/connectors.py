@@ -1,9 +1,9 @@
 """``/v1/connectors``: list, show, update and delete (connectors are created by enrollment).
 
 A connector's name may hold ``/`` (``{name:path}``). Its answer carries its
-tunnel state from its latest report. An update only describes it (location,
-bandwidth class, owner) and changes no config revision; a delete revokes its
-device.
+tunnel state from its latest report. An update describes it (location,
+bandwidth class, owner: no new config revision) or drains it (``draining``: a
+new revision, the gateways send it no new flows); a delete revokes its device.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def _connector_out(c: Connector, group: str, raw_report: str | None) -> s.Connec
         owner=c.owner,
         connector_group=group,
         device_id=c.device_id,
+        draining=c.draining,
         status=c.device.status,
         last_seen_at=c.device.last_seen_at,
         created_at=c.created_at,
@@ -55,7 +56,8 @@ async def show(session: AsyncSession, c: Connector) -> s.ConnectorOut:
 
 
 async def update(change: Change, c: Connector, body: s.ConnectorUpdate) -> s.ConnectorOut:
-    connectors.update(c, body)
+    if connectors.update(c, body):
+        change.mutation.config_change = True  # the gateways must hear of the drain
     return await show(change.session, c)
 
 

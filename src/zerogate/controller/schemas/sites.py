@@ -20,6 +20,16 @@ from zerogate.controller.fields import (
 from zerogate.controller.schemas.base import Strict
 
 BANDWIDTH_CLASSES = ("15mbps", "50mbps", "100mbps")
+GroupMode = Literal["standby", "active-active"]
+ACTIVE_ACTIVE_NEEDS_SNAT = (
+    "mode active-active needs snat true: with SNAT off the application hosts send replies to the "
+    "client pool through one next hop, but in active-active every connector carries flows, so the "
+    "replies of flows through the others would be lost"
+)
+ACTIVE_ACTIVE_NO_VIP = (
+    "mode active-active and vrrp_virtual_ip do not go together: the virtual IP is held by one "
+    "connector (the master), while in active-active all connectors carry flows; use one or the other"
+)
 
 
 class ConnectorGroupBody(Strict):
@@ -27,10 +37,15 @@ class ConnectorGroupBody(Strict):
     subnets: list[SiteSubnet] = Field(min_length=1, max_length=64)
     snat: bool = True
     vrrp_virtual_ip: str | None = None
+    mode: GroupMode = "standby"
 
     @model_validator(mode="after")
     def _consistent(self) -> ConnectorGroupBody:
         no_overlap(self.subnets, "subnets")
+        if self.mode == "active-active" and not self.snat:
+            raise ValueError(ACTIVE_ACTIVE_NEEDS_SNAT)
+        if self.mode == "active-active" and self.vrrp_virtual_ip is not None:
+            raise ValueError(ACTIVE_ACTIVE_NO_VIP)
         if self.vrrp_virtual_ip is not None:
             try:
                 vip = ip_address(ip_text(self.vrrp_virtual_ip))
@@ -57,6 +72,7 @@ class ConnectorGroupUpdate(Strict):
     subnets: list[SiteSubnet] | None = Field(default=None, min_length=1, max_length=64)
     snat: bool | None = None
     vrrp_virtual_ip: str | None = None
+    mode: GroupMode | None = None
 
 
 class ConnectorGroupOut(BaseModel):
@@ -66,6 +82,7 @@ class ConnectorGroupOut(BaseModel):
     subnets: list[str]
     snat: bool
     vrrp_virtual_ip: str | None
+    mode: str = "standby"
     connectors: list[str]
     created_at: datetime
 
@@ -75,6 +92,7 @@ class ConnectorUpdate(Strict):
     location: ShortText | None = None
     bandwidth_class: Literal["15mbps", "50mbps", "100mbps"] | None = None
     owner: ShortText | None = None
+    draining: bool | None = None  # True: no new flows go to it (its established flows go on)
 
 
 class ConnectorOut(BaseModel):
@@ -86,6 +104,7 @@ class ConnectorOut(BaseModel):
     owner: str
     connector_group: str
     device_id: int
+    draining: bool = False
     status: str
     last_seen_at: datetime | None
     created_at: datetime

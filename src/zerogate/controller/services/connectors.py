@@ -5,6 +5,11 @@ listed, described (location, bandwidth class, owner) and deleted, which
 revokes its device. Its tunnel state comes from its latest stored report:
 "up", "down" or "unknown" (no report, an unreadable one, or none recent),
 with the last handshake and, when it is not up, a hint of what to check.
+
+``draining`` is the one field of an update that devices are told (the
+gateways stop sending new flows to the connector); the others only describe.
+A connector enrolled into an active-active group gets its slot on insert
+(:func:`slot_for_new`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypedDict
 
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Connection, Text, cast, event, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapper
 
 from zerogate.controller import schemas as s
 from zerogate.controller.reports import StoredReport, read_stored
@@ -81,10 +87,28 @@ async def group_names(session: AsyncSession) -> dict[int, str]:
     return {g.id: g.name for g in await session.scalars(select(ConnectorGroup))}
 
 
-def update(connector: Connector, body: s.ConnectorUpdate) -> None:
-    """Apply the fields given (descriptive only: no device is told)."""
+def update(connector: Connector, body: s.ConnectorUpdate) -> bool:
+    """Apply the fields given; True when devices must be told (``draining`` changed)."""
+    told = body.draining is not None and body.draining != connector.draining
     for field, value in body.model_dump(exclude_none=True).items():
         setattr(connector, field, value)
+    return told
+
+
+@event.listens_for(Connector, "before_insert")
+def slot_for_new(_mapper: Mapper[Connector], connection: Connection, target: Connector) -> None:
+    """A connector enrolled into an active-active group takes the lowest free slot
+    (none left: it gets none and serves as if its group were standby; the group
+    update that made it active-active checked the room)."""
+    if target.slot is not None:
+        return
+    mode = connection.scalar(
+        select(ConnectorGroup.mode).where(ConnectorGroup.id == target.connector_group_id)
+    )
+    if mode != "active-active":
+        return
+    used = set(connection.scalars(select(Connector.slot).where(Connector.slot.is_not(None))))
+    target.slot = next((n for n in range(1, 256) if n not in used), None)
 
 
 async def delete(session: AsyncSession, connector: Connector) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import defer
 
 from zerogate.controller.ids import row_id, shown_id
 from zerogate.controller.reports import DeviceReport
+from zerogate.controller.services import report_history
 from zerogate.controller.state import NotFound, Unauthorized
 from zerogate.store.db import utcnow
 from zerogate.store.models import Account, Device
@@ -87,11 +88,21 @@ async def mark_seen(session: AsyncSession, device_id: int) -> None:
     )
 
 
-async def store_report(session: AsyncSession, device_id: int, report: DeviceReport) -> None:
-    """Replace the device's data-plane report (stamped now); Unauthorized when it was revoked.
+async def store_report(
+    session: AsyncSession,
+    device_id: int,
+    report: DeviceReport,
+    history: report_history.Recorder | None = None,
+) -> None:
+    """Replace the device's data-plane report (stamped now) and give ``history`` a sample
+    of it (kept when one is due, see :mod:`~zerogate.controller.services.report_history`);
+    Unauthorized when it was revoked.
 
     Not a config change: it changes nothing any device is told.
     """
     device = await active_device(session, device_id, with_report=False)
-    device.report = report.model_dump(mode="json") | {"at": utcnow().isoformat()}
-    device.last_seen_at = utcnow()
+    now = utcnow()
+    device.report = report.model_dump(mode="json") | {"at": now.isoformat()}
+    device.last_seen_at = now
+    if history is not None:
+        await history.record_if_due(session, device_id, report, now)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller import schemas as s
 from zerogate.controller.services.lookup import ensure_free
 from zerogate.controller.services.merge import merged
+from zerogate.controller.state import Unprocessable
 from zerogate.store.db import utcnow
-from zerogate.store.models import Gateway
+from zerogate.store.models import Connector, Gateway
 
 
 async def list_gateways(session: AsyncSession) -> Sequence[Gateway]:
@@ -42,6 +43,13 @@ async def update(session: AsyncSession, gateway: Gateway, body: s.GatewayUpdate)
         port_first=gateway.port_first if body.port_first is None else body.port_first,
         port_last=gateway.port_last if body.port_last is None else body.port_last,
     )
+    # Active-active connectors dial port_first + 1 + their slot (gateway/spread.py).
+    top = await session.scalar(select(func.max(Connector.slot)))
+    if top is not None and whole.port_first + 1 + top > whole.port_last:
+        raise Unprocessable(
+            f"port range {whole.port_first}-{whole.port_last} leaves no port for active-active "
+            f"connector slot {top} (it needs {whole.port_first + 1 + top}); widen the range"
+        )
     gateway.description, gateway.public_endpoint = whole.description, whole.public_endpoint
     gateway.port_first, gateway.port_last = whole.port_first, whole.port_last
 

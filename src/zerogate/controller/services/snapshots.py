@@ -4,7 +4,8 @@ A gateway gets its own settings, every active connector, the client devices
 policy lets in and the policy itself, cut the way it renders it; a connector
 gets its group (subnets, SNAT, VRRP) and the gateways to dial; a client gets
 its address, the gateways, and the routes and applications its user's
-policies allow; a segment server gets the assets it manages
+policies allow (a connector of an active-active group dials each gateway on
+its own port, :func:`~.connector_groups.slot_port`); a segment server gets the assets it manages
 (:func:`~.segment.build_segment_snapshot`). No snapshot holds anyone else's secrets. The typed shapes are
 :mod:`zerogate.model.snapshot`'s.
 """
@@ -18,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller.policy_cache import PolicyCache
+from zerogate.controller.services.connector_groups import ACTIVE_ACTIVE, slot_port
 from zerogate.controller.services.segment import build_segment_snapshot
 from zerogate.controller.state import NotFound
 from zerogate.model.snapshot import (
@@ -59,8 +61,13 @@ async def build_snapshot(
     )
     groups = {g.id: g for g in await session.scalars(select(ConnectorGroup))}
     base: dict[str, Any] = {"revision": revision, "device_id": device.id, "name": device.name}
+
+    def spread_slot(c: Connector) -> int | None:
+        return c.slot if groups[c.connector_group_id].mode == ACTIVE_ACTIVE else None
+
     if device.role == "gateway":
         view = await policies.get(session, revision)
+        gw = await session.scalar(select(Gateway).where(Gateway.device_id == device.id))
         connectors = tuple(
             ConnectorEntry(
                 name=c.name,
@@ -69,9 +76,13 @@ async def build_snapshot(
                 address=c.device.address,
                 connector_group=groups[c.connector_group_id].name,
                 subnets=tuple(groups[c.connector_group_id].subnets),
+                slot=slot if gw is not None else None,
+                listen_port=slot_port(gw.port_first, slot) if gw is not None and slot else None,
+                draining=c.draining,
             )
             for c in await session.scalars(select(Connector).order_by(Connector.name))
             if c.device.status == "active"
+            for slot in [spread_slot(c)]
         )
         client_devices = {d.device_id: d for d in view.inputs.devices}
         clients = tuple(
@@ -84,7 +95,6 @@ async def build_snapshot(
             for d in await session.scalars(select(Device).where(Device.role == "client").order_by(Device.id))
             if d.id in client_devices
         )
-        gw = await session.scalar(select(Gateway).where(Gateway.device_id == device.id))
         return GatewaySnapshot(
             **base,
             gateway=GatewayConfig(
@@ -106,6 +116,12 @@ async def build_snapshot(
         if c is None:
             raise NotFound("this connector was removed")
         g = groups[c.connector_group_id]
+        if (slot := spread_slot(c)) is not None:  # its own port on each gateway
+            gateways = tuple(
+                gw_entry.model_copy(update={"port": slot_port(gw_entry.port_first, slot)})
+                for gw_entry in gateways
+                if gw_entry.port_first is not None
+            )
         return ConnectorSnapshot(
             **base,
             address=device.address,
