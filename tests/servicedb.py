@@ -2,19 +2,29 @@
 
 ``steps(url)`` runs each unit of work in a transaction of its own that commits
 on success and rolls back on a refusal, as a request would.
+
+``migrated`` runs the migrations once per test process into a template database
+and hands each test a copy (SQLite's online backup): migrating took 1-2.5 s per
+test, a copy takes milliseconds, and the copy is the same schema, triggers and
+Alembic revision that migrating would have produced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
+import sqlite3
+import tempfile
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.policy.pool import DEFAULT_BLOCKS
-from zerogate.store.db import Database, upgrade_schema, utcnow
+from zerogate.store.db import Database, create_private_sqlite_file, upgrade_schema, utcnow
 from zerogate.store.models import AddressPoolRow
 
 T = TypeVar("T")
@@ -24,10 +34,26 @@ class Step(Protocol):
     def __call__(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T: ...
 
 
+_template: list[Path] = []  # this process's migrated template database, made on first use
+
+
+def _migrated_template() -> Path:
+    if not _template:
+        directory = Path(tempfile.mkdtemp(prefix="zerogate-schema-"))
+        atexit.register(shutil.rmtree, directory, True)
+        path = directory / "template.db"
+        upgrade_schema(f"sqlite:///{path}")
+        _template.append(path)
+    return _template[0]
+
+
 def migrated(tmp_path: Path) -> str:
     """A fresh SQLite database below ``tmp_path`` at the current schema; its URL."""
-    url = f"sqlite:///{tmp_path / 'zerogate.db'}"
-    upgrade_schema(url)
+    path = tmp_path / "zerogate.db"
+    url = f"sqlite:///{path}"
+    create_private_sqlite_file(url)  # 0600, as upgrade_schema would make it
+    with closing(sqlite3.connect(_migrated_template())) as source, closing(sqlite3.connect(path)) as copy:
+        source.backup(copy)
     return url
 
 

@@ -21,6 +21,13 @@ from zerogate.pki.ca import create_csr, generate_private_key
 from zerogate.pki.wireguard import generate_keypair
 from zerogate.testbed.localrun import AccountSession, LocalController
 
+# One engine: the module's only test is a long CLI flow (a process per command) whose
+# API is covered on SQLite and PostgreSQL by tests/controller/test_segment_jit.py. This
+# overrides the parameters of the shared `controller` fixture (tests/conftest.py).
+pytestmark = pytest.mark.parametrize(
+    "controller", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True, scope="module"
+)
+
 Unique = Callable[[str], str]
 Run = Callable[..., subprocess.CompletedProcess[str]]
 PASSWORD = "user password 12345"

@@ -27,6 +27,12 @@ random seed each time, printed on failure so a finding can be replayed with
 
 * ``ZEROGATE_FUZZ_EXAMPLES``: examples per operation in the fuzzing phase (default 5).
 * ``ZEROGATE_FUZZ_SEED``: an integer, or ``random`` (default: a fixed seed).
+* ``ZEROGATE_FUZZ_DATABASES``: comma-separated engines to fuzz, ``sqlite`` and/or
+  ``postgresql`` (default: ``postgresql`` only, to keep ``make test`` short;
+  ``make fuzz`` runs both). PostgreSQL is the default because it is the stricter
+  engine (no NUL in text, typed integers), so it turns more unvalidated input
+  into a 500 than SQLite does; ``tests/controller/test_input_strictness.py`` and
+  ``test_api_boundary.py`` still cover the hostile values on both engines.
 """
 
 from __future__ import annotations
@@ -59,6 +65,17 @@ from zerogate.pki.wireguard import generate_keypair
 from zerogate.testbed.localrun import LocalController
 
 EXAMPLES = int(os.environ.get("ZEROGATE_FUZZ_EXAMPLES", "5"))
+_ENGINES = {
+    "sqlite": pytest.param("sqlite"),
+    "postgresql": pytest.param("postgresql", marks=pytest.mark.postgres),
+}
+_chosen = [e.strip() for e in os.environ.get("ZEROGATE_FUZZ_DATABASES", "postgresql").split(",") if e.strip()]
+if not _chosen or not set(_chosen) <= set(_ENGINES):
+    raise ValueError(f"ZEROGATE_FUZZ_DATABASES: choose from {', '.join(_ENGINES)}")
+# Overrides the parameters of the shared module-scoped `controller` fixture (conftest.py).
+pytestmark = pytest.mark.parametrize(
+    "controller", [_ENGINES[e] for e in _ENGINES if e in _chosen], indirect=True, scope="module"
+)
 _seed = os.environ.get("ZEROGATE_FUZZ_SEED", "")
 # A fixed seed keeps CI reproducible; schemathesis derives one seed per
 # operation from it, so operations still get different inputs from each other.

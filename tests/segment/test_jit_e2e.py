@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(
 PORT = 5432
 LEARNED = 8080  # the controller protects only an asset with an approved rule: this port's
 LISTEN_PORT = 8443
+PASSWORD = "user password 12345"  # a throwaway test account
 
 
 def test_user_asks_reaches_the_port_and_revocation_closes_it(fleet: SshFleet, tmp_path: Path) -> None:
@@ -75,15 +76,22 @@ def test_user_asks_reaches_the_port_and_revocation_closes_it(fleet: SshFleet, tm
         lab.wait("enforcement", lambda: api.asset("db")["state"] == "enforced", timeout=90)
         assert not reaches(0) and not reaches(1)
 
+        # Activated (TOTP confirmed) but never signed in: a sign-in would use up the
+        # next time step as well, and the request below would wait up to 30 s for a new one.
         admin = lab.controller.sessions[0]
-        user = lab.controller.create_user(admin, "alice", [])
+        created = admin.client.post("/v1/users", {"username": "alice", "groups": []})
+        authenticator = lab.controller.activate_account("alice", created["activation_code"], PASSWORD)
         api.call("POST", "/v1/segment/assets/db/jit-ports", {"port": PORT, "users": ["alice"]}, 201)
 
         url = f"https://{SERVER_ADDRESS}:{LISTEN_PORT}{API_PATH}"
         tls = ssl.create_default_context(cafile=str(ca))
 
+        # One fresh code for both requests: the listener checks the password first, so
+        # the refused request does not use the code up (the accepted one shows it).
+        code = authenticator.code()
+
         def ask(client: int, password: str) -> httpx.Response:
-            body = {"username": "alice", "password": password, "totp": user.authenticator.code(), "asset": "db",
+            body = {"username": "alice", "password": password, "totp": code, "asset": "db",
                     "port": PORT, "protocol": "tcp", "duration": 3600}  # fmt: skip
             return call_in_netns(
                 fleet.client_ns(client), lambda: httpx.post(url, json=body, verify=tls, timeout=60)
@@ -95,7 +103,7 @@ def test_user_asks_reaches_the_port_and_revocation_closes_it(fleet: SshFleet, tm
         )
         wrong = ask(1, "not the password")
         assert wrong.status_code == 401 and not reaches(1)
-        r = ask(0, user.password)
+        r = ask(0, PASSWORD)
         assert r.status_code == 201, r.text
         assert r.json()["source"] == str(client_address(0))
         assert reaches(0) and not reaches(1)  # at once, exactly that source
