@@ -152,6 +152,9 @@ def test_refused_flows_and_the_filters(
     assert allowed and all(f["denied"] is None and f["application"] == org["app"] for f in allowed)
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert listing(controller, admin, since=future) == []
+    for number in ("0.5", "1700000000"):  # not read as a Unix time: ISO 8601 only
+        r = raw(controller, "GET", "/v1/flows", token=admin.token, params={"since": number})
+        assert r.status_code == 422, r.text[:200]
     first = listing(controller, admin, limit=1)
     assert (
         len(first) == 1

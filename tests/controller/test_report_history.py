@@ -149,6 +149,8 @@ def test_history_pages_by_time_and_is_for_admins_only(
     assert raw(controller, "GET", f"/v1/devices/{2**70}/history", token=admin.token).status_code == 404
     naive = {"since": "2026-01-01T00:00:00"}  # no zone: ambiguous, refused
     assert raw(controller, "GET", path, token=admin.token, params=naive).status_code == 422
+    for number in ("0.5", "1700000000"):  # not read as a Unix time: ISO 8601 only
+        assert raw(controller, "GET", path, token=admin.token, params={"since": number}).status_code == 422
     too_many = {"limit": 10081}
     assert raw(controller, "GET", path, token=admin.token, params=too_many).status_code == 422
     assert raw(controller, "GET", path, token=admin.token, params={"device": "1"}).status_code == 422

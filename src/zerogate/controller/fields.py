@@ -17,7 +17,7 @@ from datetime import time
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
 from zerogate.model.text import INVISIBLE_CATEGORIES
 from zerogate.pki.wireguard import InvalidKey, canonical_public_key
@@ -158,6 +158,18 @@ def _totp(value: str) -> str:
     return value
 
 
+_ISO_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:?[0-9]{2})"
+)
+
+
+def _time_text(value: object) -> object:
+    """Points in time come as ISO 8601 text with a zone; a number would be read as a Unix time."""
+    if not isinstance(value, str) or not _ISO_TIME.fullmatch(value):
+        raise ValueError("a time is ISO 8601 text with a time zone, e.g. 2026-12-06T08:00:00Z")
+    return value
+
+
 def _clock_text(value: object) -> object:
     """Times of day come as text ('08:00'); a number would be read as seconds past midnight."""
     if not isinstance(value, str):
@@ -187,6 +199,8 @@ Password = Annotated[str, Field(min_length=1, max_length=1024)]
 TotpCode = Annotated[str, Field(min_length=6, max_length=8), AfterValidator(_totp)]
 # strict=False: JSON has no time type, so strict mode would refuse every "08:00".
 ClockTime = Annotated[time, Field(strict=False), BeforeValidator(_clock_text)]
+# A point in time with its zone, from ISO 8601 text only (query parameters, JSON bodies).
+AwareTime = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_time_text)]
 
 
 def _endpoint_host(value: str) -> str:

@@ -16,10 +16,9 @@ from datetime import UTC
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query
-from pydantic import AwareDatetime
 
 from zerogate.controller.auth import Admin, DeviceCaller, State
-from zerogate.controller.fields import ObjectName, Username
+from zerogate.controller.fields import AwareTime, ObjectName, Username
 from zerogate.controller.flow_export import SyslogExporter, parse_target
 from zerogate.controller.services import flows
 from zerogate.controller.state import ControllerState, Forbidden
@@ -68,7 +67,7 @@ async def list_flows(
     state: State,
     user: Username | None = Query(None, description="Only this user's flows"),
     app: ObjectName | None = Query(None, description="Only flows to this application"),
-    since: AwareDatetime | None = Query(None, description="Flows that started at or after this time"),
+    since: AwareTime | None = Query(None, description="Flows that started at or after this time"),
     denied: bool | None = Query(None, description="true: only refused flows; false: only forwarded"),
     after_id: int = Query(0, ge=0, le=2**62),
     limit: int = Query(100, ge=1, le=flows.MAX_PAGE),

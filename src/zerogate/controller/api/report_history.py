@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, FastAPI, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from zerogate.controller.auth import Admin, State
+from zerogate.controller.fields import AwareTime
 from zerogate.controller.ids import get_row, shown_id
 from zerogate.controller.services import report_history
 from zerogate.controller.state import ControllerState, NotFound
@@ -69,7 +70,7 @@ async def device_history(
     device_id: int,
     admin: Admin,
     state: State,
-    since: AwareDatetime | None = Query(None, description="Samples after this time (default: 24 h ago)"),
+    since: AwareTime | None = Query(None, description="Samples after this time (default: 24 h ago)"),
     limit: int = Query(1440, ge=1, le=MAX_LIMIT),
 ) -> HistoryOut:
     """The device's report samples after ``since``, oldest first (for graphs)."""

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import Field, model_validator
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.controller import background
-from zerogate.controller.fields import IpAddress
+from zerogate.controller.fields import AwareTime, IpAddress
 from zerogate.controller.schemas.base import Strict
 from zerogate.model.policy import PortRange
 from zerogate.store.db import Database, utcnow
@@ -48,8 +48,8 @@ _PORT = Annotated[int, Field(ge=0, le=65535)]
 class FlowIn(Strict):
     """One record as a gateway sends it (:mod:`zerogate.gateway.flow_rules`)."""
 
-    start: Annotated[AwareDatetime, Field(strict=False)]  # ISO 8601 text in JSON
-    end: Annotated[AwareDatetime, Field(strict=False)]
+    start: AwareTime  # ISO 8601 text in JSON
+    end: AwareTime
     client: IpAddress
     device_id: _ID | None = None
     protocol: Literal["tcp", "udp"]
