@@ -15,7 +15,9 @@ Steps, each printed as it runs:
      side not reaching the LAN at all
   7. fail over: cut the serving connector's uplink and time how long alice's
      new connections take to reach the app through the other connector
-  8. tear everything down (processes by PID, namespaces, tunnels)
+  8. print the flow records the gateway made of all this (who reached what,
+     which policy decided, bytes; the refusals) and where the admin portal is
+  9. tear everything down (processes by PID, namespaces, tunnels)
 
 Needs root (namespaces, WireGuard, nftables). With a terminal attached it waits
 for Enter before tearing down, so you can look around; otherwise it cleans up
@@ -36,7 +38,7 @@ from zerogate.testbed.lab import Lab
 from zerogate.testbed.topology import Topology
 
 console = Console(highlight=False, soft_wrap=True)
-STEPS = 8
+STEPS = 9
 
 
 def step(n: int, text: str) -> None:
@@ -119,6 +121,43 @@ def show_failover(lab: Lab, apps: Apps) -> bool:
         t.set_link(f"cn{serving}", t.wan_interface(f"cn{serving}"), up=True)
 
 
+def show_flows(lab: Lab) -> bool:
+    """The gateway's flow records of the steps above, as ``zerogate admin flows`` lists them."""
+    # Forwarded flows are recorded when conntrack forgets them; a listing in the gateway's
+    # namespace makes the kernel reap the expired entries it walks over at once.
+    expected = {("alice", "web"), ("dave", "db")}
+    rows: list[dict[str, object]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        lab.topo.run("gw", ["conntrack", "-L"], check=False)
+        rows = list(lab.admin.get("/v1/flows", {"limit": 1000}))
+        allowed = {(r["user"], r["application"]) for r in rows if not r["denied"]}
+        if expected <= allowed and any(r["denied"] for r in rows):
+            break
+        time.sleep(0.5)
+    else:
+        console.print(
+            f"  [red]the flows of alice's web and dave's db did not arrive within 30 s[/] ({len(rows)} records)"
+        )
+        return False
+    console.print(
+        f"  {'start (UTC)':<11} {'user':<6} {'destination':<20} {'app':<5} {'decided by':<18} {'bytes out/in':>14}"
+    )
+    for r in rows[-14:]:
+        decided = f"denied: {r['denied']}" if r["denied"] else f"policy {r['policy']}"
+        where = f"{r['destination']}:{r['port']}"
+        sizes = f"{r['bytes_out']}/{r['bytes_in']}"
+        start = str(r["start"])[11:19]
+        console.print(
+            f"  {start:<11} {r['user'] or '-':<6} {where:<20} {r['application'] or '-':<5} {decided:<18} {sizes:>14}"
+        )
+    console.print(
+        f"  {len(rows)} records; the same with: zerogate admin flows [--user U] [--app A] [--denied] [--json]\n"
+        f"  admin portal: {lab.controller.url}/portal/ (admin, password + TOTP; while the demo waits for Enter)"
+    )
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,6 +207,9 @@ def main() -> int:
                 4,
                 "Enroll and start the gateway and two connectors (install strings; connectors only dial out)",
             )
+            # Flow records (step 8) come when conntrack forgets a flow: after TIME_WAIT, 120 s by
+            # default. The demo shortens it on its gateway so they arrive while you watch.
+            topo.run("gw", ["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1"])
             lab.start_gateway()
             lab.start_connector(1)
             lab.start_connector(2)
@@ -190,10 +232,14 @@ def main() -> int:
 
             step(7, "Fail over: cut the serving connector's uplink, the gateway moves the group to the other")
             good = show_failover(lab, apps) and good
+
+            step(8, "Flow records: what the gateway forwarded and refused, and which policy decided")
+            good = show_flows(lab) and good
             if sys.stdin.isatty() and not args.no_wait:
                 console.print(
                     f"\n  Look around, e.g.:  ip netns exec {topo.ns('gw')} nft list table inet zerogate\n"
                     f"                      ip netns exec {topo.ns('gw')} wg show\n"
+                    f"                      {lab.controller.url}/portal/ in a browser on this machine\n"
                     "  Press Enter to tear everything down."
                 )
                 input()
@@ -202,7 +248,7 @@ def main() -> int:
             for role in ("gw", "cn1", "cn2"):
                 console.print(f"[dim]--- {role} log ---\n{lab.log(role)[-2000:]}[/]")
         finally:
-            step(8, "Tear down: stop the daemons, delete tunnels and namespaces")
+            step(9, "Tear down: stop the daemons, delete tunnels and namespaces")
             lab.close()
     console.print("  done: no namespaces, tunnels or processes left behind")
     console.print(
