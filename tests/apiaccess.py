@@ -59,3 +59,18 @@ def enroll_connector(
     with controller.client() as c:
         enrolled: dict[str, Any] = c.post("/v1/enroll", body)
     return enrolled
+
+
+def enroll_gateway(controller: LocalController, admin: AccountSession) -> tuple[int, str, str]:
+    """A gateway enrolled with fresh keys: (device id, name, credential)."""
+    name = f"hgw-{uuid.uuid4().hex[:6]}"
+    admin.client.post("/v1/gateways", {"name": name, "public_endpoint": "gw.example.test"})
+    key = admin.client.post(f"/v1/gateways/{name}/provisioning-keys", {})["key"]
+    body = {
+        "key": key,
+        "name": name,
+        "csr": create_csr(generate_private_key(), name).decode(),
+        "wg_public_key": generate_keypair()[1],
+    }
+    enrolled = raw(controller, "POST", "/v1/enroll", body).json()
+    return int(enrolled["device_id"]), name, str(enrolled["credential"])

@@ -16,6 +16,7 @@ import atexit
 import shutil
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
@@ -25,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from zerogate.policy.pool import DEFAULT_BLOCKS
 from zerogate.store.db import Database, create_private_sqlite_file, upgrade_schema, utcnow
-from zerogate.store.models import AddressPoolRow
+from zerogate.store.models import AddressPoolRow, Device
 
 T = TypeVar("T")
 
@@ -86,3 +87,19 @@ def steps(url: str) -> Step:
 async def seed_default_pool(session: AsyncSession) -> None:
     """The default client address pool, as ``controller init`` seeds it."""
     session.add(AddressPoolRow(name="default", blocks=[str(b) for b in DEFAULT_BLOCKS], created_at=utcnow()))
+
+
+async def add_gateway_device(session: AsyncSession, name: str) -> int:
+    """A gateway device row (no enrollment: made-up keys); its id."""
+    device = Device(
+        role="gateway",
+        name=name,
+        credential_digest=uuid.uuid4().hex,
+        wg_public_key=uuid.uuid4().hex,
+        cert_serial="1",
+        cert_pem="",
+        created_at=utcnow(),
+    )
+    session.add(device)
+    await session.flush()
+    return device.id

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from tests.controller.test_flows_syslog import parse_rfc5424
-from tests.controller.test_report_history import _device, enroll_gateway
 
-from apiaccess import raw, register
-from servicedb import on_database
+from apiaccess import enroll_gateway, raw, register
+from servicedb import add_gateway_device, on_database
+from syslogparse import parse_rfc5424
 from zerogate.controller.services import flows
 from zerogate.store.db import Database, upgrade_schema, utcnow
 from zerogate.store.models import DeploymentState
@@ -233,7 +232,7 @@ def test_retention_deletes_only_old_records_in_bounded_batches(database_url: str
             session.add(DeploymentState(id=1, revision=1, created_at=utcnow()))
         now = utcnow()
         async with db.write() as tx:
-            gateway = await _device(tx.session, f"gw-{uuid.uuid4().hex[:6]}")
+            gateway = await add_gateway_device(tx.session, f"gw-{uuid.uuid4().hex[:6]}")
             for age_days, port in ((40, 1), (31, 2), (31, 3), (1, 4)):
                 at = now - timedelta(days=age_days)
                 tx.session.add(

@@ -20,16 +20,13 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import func, inspect, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from apiaccess import raw
+from apiaccess import enroll_gateway, raw
 from dbaccess import run_sql
-from servicedb import on_database
+from servicedb import add_gateway_device, on_database
 from zerogate.controller.services import report_history
-from zerogate.pki.ca import create_csr, generate_private_key
-from zerogate.pki.wireguard import generate_keypair
 from zerogate.store.db import MIGRATIONS_DIR, Database, async_url, upgrade_schema, utcnow
-from zerogate.store.models import DeploymentState, Device
+from zerogate.store.models import DeploymentState
 from zerogate.store.models_history import ReportSample
 from zerogate.testbed.lab import wait_for
 from zerogate.testbed.localrun import AccountSession, LocalController
@@ -40,21 +37,6 @@ INTERVAL = 5  # the smallest report_history_interval: the throttle shows in seco
 @pytest.fixture(scope="module")
 def controller_env() -> dict[str, str]:
     return {"ZEROGATE_REPORT_HISTORY_INTERVAL": str(INTERVAL)}
-
-
-def enroll_gateway(controller: LocalController, admin: AccountSession) -> tuple[int, str, str]:
-    """A gateway enrolled with fresh keys: (device id, name, credential)."""
-    name = f"hgw-{uuid.uuid4().hex[:6]}"
-    admin.client.post("/v1/gateways", {"name": name, "public_endpoint": "gw.example.test"})
-    key = admin.client.post(f"/v1/gateways/{name}/provisioning-keys", {})["key"]
-    body = {
-        "key": key,
-        "name": name,
-        "csr": create_csr(generate_private_key(), name).decode(),
-        "wg_public_key": generate_keypair()[1],
-    }
-    enrolled = raw(controller, "POST", "/v1/enroll", body).json()
-    return int(enrolled["device_id"]), name, str(enrolled["credential"])
 
 
 def gateway_report(handshake_age: int, rx: int, failovers: int) -> dict[str, Any]:
@@ -197,26 +179,11 @@ def test_the_cli_prints_a_devices_history(
 # -- retention -------------------------------------------------------------------------
 
 
-async def _device(session: AsyncSession, name: str) -> int:
-    device = Device(
-        role="gateway",
-        name=name,
-        credential_digest=uuid.uuid4().hex,
-        wg_public_key=uuid.uuid4().hex,
-        cert_serial="1",
-        cert_pem="",
-        created_at=utcnow(),
-    )
-    session.add(device)
-    await session.flush()
-    return device.id
-
-
 async def _seed(db: Database, old: int, recent: int) -> int:
     """A device with ``old`` samples from 8-9 days ago and ``recent`` from the last hour."""
     now = utcnow()
     async with db.write() as tx:
-        device_id = await _device(tx.session, f"gw-{uuid.uuid4().hex[:6]}")
+        device_id = await add_gateway_device(tx.session, f"gw-{uuid.uuid4().hex[:6]}")
         for i in range(old):
             at = now - timedelta(days=9) + timedelta(seconds=i)
             tx.session.add(

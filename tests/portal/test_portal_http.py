@@ -15,7 +15,7 @@ import httpx
 import pytest
 from portal_client import COOKIE, PortalClient
 
-from apiaccess import enroll_connector, raw
+from apiaccess import enroll_connector, enroll_gateway, raw
 from zerogate.testbed.localrun import AccountSession, Authenticator, LocalController
 
 PASSWORD = "correct horse battery staple"
@@ -258,7 +258,7 @@ def test_template_and_static_files_are_package_data() -> None:
 def test_every_page_renders_for_an_admin_with_the_headers(portal: PortalClient) -> None:
     for page in ("/portal/", "/portal/connectors", "/portal/gateways", "/portal/users", "/portal/applications",
                  "/portal/policies", "/portal/address-pool", "/portal/audit", "/portal/audit/verify",
-                 "/portal/segment", "/portal/static/copy.js"):  # fmt: skip
+                 "/portal/segment", "/portal/flows", "/portal/static/copy.js"):  # fmt: skip
         r = portal.http.get(page)
         assert r.status_code == 200, page
         assert_headers(r.headers)
@@ -304,3 +304,53 @@ def test_explain_takes_address_and_port_as_typed(portal: PortalClient, admin: Ac
     for typed in ("10.97.0.1:http", "nonsense", "[fd00::1]:99999"):
         r = portal.post("/portal/policies/explain", {"username": username, "destination": typed}, csrf=token)
         assert r.status_code == 422 and 'id="decision"' not in r.text, typed
+
+
+def test_drain_a_connector_and_resume_it(
+    controller: LocalController, admin: AccountSession, portal: PortalClient
+) -> None:
+    device = enroll_connector(controller, admin, "zpt-dr", "10.96.1.0/24")
+    token = portal.csrf("/portal/connectors")
+
+    def draining() -> bool:
+        return bool(admin.client.get(f"/v1/connectors/{device['name']}")["draining"])
+
+    r = portal.post("/portal/connectors/drain", {"connector": device["name"], "draining": "true"}, csrf=token)
+    assert r.status_code == 200 and "connector draining" in r.text and draining()
+    record = admin.client.get("/v1/audit", {"action": "update-connector"})[-1]
+    assert record["actor"] == f"admin:{portal.username}" and record["details"].get("draining") is True
+    r = portal.post(
+        "/portal/connectors/drain", {"connector": device["name"], "draining": "false"}, csrf=token
+    )
+    assert r.status_code == 200 and "takes new flows" in r.text and not draining()
+    r = portal.post(
+        "/portal/connectors/drain", {"connector": device["name"], "draining": "true"}, csrf="x" * 43
+    )
+    assert r.status_code == 403 and not draining()  # a forged token changes nothing
+
+
+def test_the_flows_page_lists_what_gateways_recorded_with_filters(
+    controller: LocalController, admin: AccountSession, portal: PortalClient
+) -> None:
+    _, _, credential = enroll_gateway(controller, admin)
+    end = datetime.now(UTC)
+    port = 20000 + uuid.uuid4().int % 20000
+    refused = {
+        "start": (end - timedelta(seconds=2)).isoformat(), "end": end.isoformat(), "client": "100.64.9.9",
+        "protocol": "tcp", "destination": "10.96.2.5", "port": port, "denied": "no-policy", "packets_out": 2,
+        "bytes_out": 120,
+    }  # fmt: skip
+    r = raw(controller, "POST", "/v1/flows", {"records": [refused]}, token=credential)
+    assert r.status_code == 202, r.text[:300]
+    shown = portal.http.get("/portal/flows", params={"shown": "refused"})
+    assert (
+        shown.status_code == 200
+        and f"10.96.2.5:{port}/tcp" in shown.text
+        and "refused: no-policy" in shown.text
+    )
+    assert_headers(shown.headers)
+    forwarded = portal.http.get("/portal/flows", params={"shown": "forwarded"})
+    assert f"10.96.2.5:{port}/tcp" not in forwarded.text
+    for bad in ({"shown": "everything"}, {"user": "a b<script>"}, {"after_id": "-1"}):
+        r = portal.http.get("/portal/flows", params=bad)
+        assert r.status_code == 422 and "<script>" not in r.text

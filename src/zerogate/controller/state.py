@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from zerogate.controller import background
 from zerogate.controller.config import ControllerSettings
+from zerogate.controller.flow_export import SyslogExporter
 from zerogate.controller.metrics import ControllerMetrics
 from zerogate.controller.policy_cache import PolicyCache
 from zerogate.controller.refusals import RefusalAudit
@@ -208,6 +209,7 @@ class ControllerState:
     policies: PolicyCache = field(default_factory=PolicyCache)
     metrics: ControllerMetrics = field(init=False)
     history: Recorder = field(init=False)  # samples of the devices' reports (report_history)
+    flow_export: SyslogExporter | None = None  # set while the app runs with flow_syslog (api/flows)
 
     def __post_init__(self) -> None:
         self.history = Recorder(

@@ -23,8 +23,6 @@ from zerogate.controller.flow_export import SyslogExporter, parse_target
 from zerogate.controller.services import flows
 from zerogate.controller.state import ControllerState, Forbidden
 
-_EXPORTERS: dict[int, SyslogExporter] = {}  # id(state) -> its exporter, while the app runs
-
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,12 +33,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     exporter = SyslogExporter(parse_target(settings.flow_syslog)) if settings.flow_syslog else None
     if exporter is not None:
         exporter.start()
-        _EXPORTERS[id(state)] = exporter
+        state.flow_export = exporter
     try:
         yield
     finally:
         if exporter is not None:
-            _EXPORTERS.pop(id(state), None)
+            state.flow_export = None
             await exporter.stop()
         await pruner.stop()
 
@@ -55,9 +53,10 @@ async def post_flows(body: flows.FlowBatch, who: DeviceCaller, state: State) -> 
         raise Forbidden("only gateways post flow records")
     async with state.db.write() as tx:
         rows = await flows.ingest(tx.session, who.id, body)
-        stored = [flows.as_json(r) for r in rows] if id(state) in _EXPORTERS else []
-    if stored and id(state) in _EXPORTERS:
-        _EXPORTERS[id(state)].offer(stored)  # after the commit: only what the database holds
+        exporter = state.flow_export
+        stored = [flows.as_json(r) for r in rows] if exporter is not None else []
+    if exporter is not None and stored:
+        exporter.offer(stored)  # after the commit: only what the database holds
     return {"accepted": len(rows)}
 
 

@@ -1,5 +1,5 @@
-"""The audit log (newest first, filter by action, page back by id, verify the chain) and
-segment assets.
+"""The audit log (newest first, filter by action, page back by id, verify the chain), the
+flow records (the API's ``GET /v1/flows`` with its filters) and segment assets.
 
 "Verify chain" is the API's ``GET /v1/audit/verify`` (store/audit_verify.py): the hash
 chain from the first record to the head, and the anchor outside the database. It changes
@@ -21,6 +21,8 @@ from zerogate.store.models import AuditRecord
 router = APIRouter(route_class=web.PortalRoute, include_in_schema=False)
 AUDIT = f"{web.PATH}/audit"
 _ACTION = re.compile(r"[a-z][a-z0-9-]{0,63}")
+_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # a user or application name as a filter
+FLOWS_PAGE = 200
 
 
 async def newest(session: web.Session, action: str, before_id: int, limit: int) -> list[s.AuditOut]:
@@ -63,6 +65,27 @@ async def verify(request: Request) -> Response:
     session = await web.signed_in(request)
     verified: s.AuditVerifyOut = await session.api("GET", "/v1/audit/verify")
     return await _audit(session, "", 0, 100, verified)
+
+
+@router.get(f"{web.PATH}/flows")
+async def flows_page(
+    request: Request,
+    user: str = Query("", max_length=64),
+    app: str = Query("", max_length=64),
+    shown: str = Query("all", pattern="^(all|forwarded|refused)$"),
+    after_id: int = Query(0, ge=0, le=2**62),
+) -> Response:
+    """Flow records, oldest first from ``after_id``: who reached what, which policy decided."""
+    session = await web.signed_in(request)
+    if (user and not _NAME.fullmatch(user)) or (app and not _NAME.fullmatch(app)):
+        raise web.Refused(422, "the user or application filter is not a valid name")
+    denied = {"all": None, "forwarded": False, "refused": True}[shown]
+    rows = await session.api(
+        "GET", "/v1/flows", user=user or None, app=app or None, since=None, denied=denied,
+        after_id=after_id, limit=FLOWS_PAGE,
+    )  # fmt: skip
+    newer = rows[-1]["id"] if len(rows) == FLOWS_PAGE else None
+    return session.render("flows.html", rows=rows, user=user, app=app, shown=shown, newer=newer)
 
 
 @router.get(f"{web.PATH}/segment")

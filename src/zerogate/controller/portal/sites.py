@@ -3,7 +3,8 @@
 A new provisioning key is shown once, on the answer to the POST that made it (the
 install string, its expiry and a copy button), never stored by the portal and not
 shown again: the list shows only its hint. Revoking a connector is the API's
-``DELETE /v1/connectors/{name}`` (its device is revoked and gateways drop its peer).
+``DELETE /v1/connectors/{name}`` (its device is revoked and gateways drop its peer);
+draining one is ``PATCH`` with ``draining`` (no new flows go to it).
 """
 
 from __future__ import annotations
@@ -77,6 +78,25 @@ async def revoke_connector(request: Request) -> Response:
         error, status = web.failure(exc, form)
         return await _connectors(session, status, error=error)
     return await _connectors(session, notice="connector revoked")
+
+
+@router.post(f"{CONNECTORS}/drain")
+async def drain_connector(request: Request) -> Response:
+    """Drain (no new flows; its established flows go on) or resume a connector: the API's
+    ``PATCH /v1/connectors/{name}`` with ``draining``, audited and sent to the gateways."""
+    session, form = await web.posted(request)
+    draining = form.get("draining") == "true"
+    try:
+        await session.api(
+            "PATCH", "/v1/connectors/{name:path}", name=form.get("connector", ""),
+            body=s.ConnectorUpdate(draining=draining),
+        )  # fmt: skip
+    except ApiProblem as exc:
+        error, status = web.failure(exc, form)
+        return await _connectors(session, status, error=error)
+    return await _connectors(
+        session, notice="connector draining" if draining else "connector takes new flows"
+    )
 
 
 async def _gateways(session: web.Session, status: int = 200, **context: Any) -> Response:

@@ -50,6 +50,7 @@ from zerogate.controller.api import (
     connector_groups,
     connectors,
     devices,
+    flows,
     gateways,
     groups,
     policies,
@@ -78,7 +79,7 @@ HEADERS = {
 MAX_FIELDS = 32
 MAX_FIELD = 4096  # characters of one form value
 _TOKEN = re.compile(r"zgt_[A-Za-z0-9_-]{20,100}")
-API_MODULES = (accounts, applications, audit, connector_groups, connectors, devices, gateways, groups,
+API_MODULES = (accounts, applications, audit, connector_groups, connectors, devices, flows, gateways, groups,
                policies, pool, provisioning_keys, segment, segment_servers)  # fmt: skip
 _CSRF = re.compile(r"[A-Za-z0-9_-]{43}")
 
