@@ -428,4 +428,4 @@ class AuditRecord(Base):
 
 # Tables kept in their own modules register on Base.metadata when imported; they
 # come last because they import Base from here.
-from zerogate.store import models_flows, models_history  # noqa: E402, F401
+from zerogate.store import models_controllers, models_flows, models_history, models_throttle  # noqa: E402, F401

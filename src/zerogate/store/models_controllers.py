@@ -1,0 +1,3 @@
+"""Tables for controllers (see the migration of the same name)."""
+
+from __future__ import annotations
