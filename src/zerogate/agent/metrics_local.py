@@ -40,6 +40,8 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from zerogate.model.report_metrics import ReportSeries
+
 log = logging.getLogger(__name__)
 
 FRESH_SECONDS = 1.0
@@ -104,94 +106,9 @@ class DaemonCollector(Collector):
             )
             revision.add_metric(list(labels.values()), float(details["revision"]))
             yield revision
-        yield from report_families(self.role, self.name, report, time.time())
-
-
-def report_families(role: str, name: str, report: dict[str, Any], unix_now: float) -> list[Metric]:
-    """The series of one gateway's or connector's report dict, named as the controller names them."""
-    peers = GaugeMetricFamily(
-        "zerogate_gateway_peers", "WireGuard peers on the gateway", labels=["gateway", "role"]
-    )
-    cn_up = GaugeMetricFamily(
-        "zerogate_connector_up",
-        "1 when the gateway's probes reach the connector",
-        labels=["gateway", "connector"],
-    )
-    cn_active = GaugeMetricFamily(
-        "zerogate_connector_active",
-        "1 when the connector carries its group's subnets at this gateway",
-        labels=["gateway", "connector"],
-    )
-    rtt = GaugeMetricFamily(
-        "zerogate_connector_rtt_seconds",
-        "Probe round trip gateway -> connector",
-        labels=["gateway", "connector"],
-    )
-    handshake = GaugeMetricFamily(
-        "zerogate_peer_handshake_age_seconds",
-        "Seconds since the last WireGuard handshake with a gateway or connector peer",
-        labels=["device", "peer"],
-    )
-    rx = GaugeMetricFamily(
-        "zerogate_peer_rx_bytes", "Bytes received from the peer", labels=["device", "peer"]
-    )
-    tx = GaugeMetricFamily("zerogate_peer_tx_bytes", "Bytes sent to the peer", labels=["device", "peer"])
-    clients_rx = GaugeMetricFamily(
-        "zerogate_gateway_clients_rx_bytes", "Bytes received from all client peers", labels=["gateway"]
-    )
-    clients_tx = GaugeMetricFamily(
-        "zerogate_gateway_clients_tx_bytes", "Bytes sent to all client peers", labels=["gateway"]
-    )
-    out: list[Metric] = [handshake, rx, tx]
-    counts: dict[str, int] = {}
-    sums = [0, 0]
-    for p in report.get("peers") or ():
-        peer_role = str(p.get("role", "unknown"))
-        counts[peer_role] = counts.get(peer_role, 0) + 1
-        if peer_role == "client":
-            sums[0] += int(p.get("rx_bytes") or 0)
-            sums[1] += int(p.get("tx_bytes") or 0)
-            continue
-        peer = str(p.get("name") or p.get("public_key", ""))
-        if p.get("latest_handshake"):
-            handshake.add_metric([name, peer], max(0.0, unix_now - float(p["latest_handshake"])))
-        rx.add_metric([name, peer], float(p.get("rx_bytes") or 0))
-        tx.add_metric([name, peer], float(p.get("tx_bytes") or 0))
-        if role == "gateway" and peer_role == "connector":
-            cn_up.add_metric([name, peer], float(bool(p.get("up"))))
-            cn_active.add_metric([name, peer], float(bool(p.get("active"))))
-            if p.get("rtt_ms") is not None:
-                rtt.add_metric([name, peer], float(p["rtt_ms"]) / 1000)
-    details = report.get("details") or {}
-    if role == "gateway":
-        for peer_role, n in sorted(counts.items()):
-            peers.add_metric([name, peer_role], float(n))
-        clients_rx.add_metric([name], float(sums[0]))
-        clients_tx.add_metric([name], float(sums[1]))
-        out += [peers, cn_up, cn_active, rtt, clients_rx, clients_tx]
-        if details.get("failovers") is not None:
-            failovers = CounterMetricFamily(
-                "zerogate_gateway_failovers",
-                "Groups moved to another connector since the gateway started",
-                labels=["gateway"],
-            )
-            failovers.add_metric([name], float(details["failovers"]))
-            out.append(failovers)
-        if details.get("nft_apply_mode") and details.get("nft_apply_ms") is not None:
-            nft = GaugeMetricFamily(
-                "zerogate_gateway_nft_apply_seconds",
-                "Time of the gateway's last nftables change (elements or the full table)",
-                labels=["gateway", "mode"],
-            )
-            nft.add_metric([name, str(details["nft_apply_mode"])], float(details["nft_apply_ms"]) / 1000)
-            out.append(nft)
-    if role == "connector" and details.get("tunnel_up") is not None:
-        tunnel = GaugeMetricFamily(
-            "zerogate_connector_tunnel_up", "1 when the connector's tunnel is up", labels=["connector"]
-        )
-        tunnel.add_metric([name], float(bool(details["tunnel_up"])))
-        out.append(tunnel)
-    return out
+        series = ReportSeries()
+        series.add(self.role, self.name, report, time.time())
+        yield from series.families()
 
 
 @dataclass

@@ -25,11 +25,12 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zerogate.controller.reports import StoredReport
+from zerogate.model.report_metrics import ReportSeries
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -88,7 +89,7 @@ class ControllerMetrics:
         ):  # every outcome from the start: rate() needs a zero
             self.signins.labels(outcome)
 
-    def render(self, devices: Iterable[GaugeMetricFamily | CounterMetricFamily]) -> bytes:
+    def render(self, devices: Iterable[Metric]) -> bytes:
         """The exposition text: the controller's series, then this scrape's device series."""
         scrape = CollectorRegistry()
         scrape.register(_Families(list(devices)))
@@ -96,10 +97,10 @@ class ControllerMetrics:
 
 
 class _Families(Collector):
-    def __init__(self, families: list[GaugeMetricFamily | CounterMetricFamily]) -> None:
+    def __init__(self, families: list[Metric]) -> None:
         self.families = families
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         return iter(self.families)
 
 
@@ -148,9 +149,10 @@ def _method(method: str) -> str:
 
 def device_families(
     devices: Iterable[tuple[str, str, StoredReport | None, datetime | None, bool]], now: datetime
-) -> list[GaugeMetricFamily | CounterMetricFamily]:
+) -> list[Metric]:
     """Series from each gateway's and connector's latest report:
-    ``(role, name, report, last_seen, online)`` (online: :mod:`zerogate.controller.health`)."""
+    ``(role, name, report, last_seen, online)`` (online: :mod:`zerogate.controller.health`);
+    the report's own series as :class:`~zerogate.model.report_metrics.ReportSeries` names them."""
     up = GaugeMetricFamily(
         "zerogate_device_online",
         "1 when the device was heard from within three of its report intervals",
@@ -166,52 +168,7 @@ def device_families(
         "Seconds since the device last called the controller (report or snapshot)",
         labels=["role", "device"],
     )
-    peers = GaugeMetricFamily(
-        "zerogate_gateway_peers", "WireGuard peers on the gateway", labels=["gateway", "role"]
-    )
-    cn_up = GaugeMetricFamily(
-        "zerogate_connector_up",
-        "1 when the gateway's probes reach the connector",
-        labels=["gateway", "connector"],
-    )
-    cn_active = GaugeMetricFamily(
-        "zerogate_connector_active",
-        "1 when the connector carries its group's subnets at this gateway",
-        labels=["gateway", "connector"],
-    )
-    rtt = GaugeMetricFamily(
-        "zerogate_connector_rtt_seconds",
-        "Probe round trip gateway -> connector",
-        labels=["gateway", "connector"],
-    )
-    handshake = GaugeMetricFamily(
-        "zerogate_peer_handshake_age_seconds",
-        "Seconds since the last WireGuard handshake with a gateway or connector peer",
-        labels=["device", "peer"],
-    )
-    rx = GaugeMetricFamily(
-        "zerogate_peer_rx_bytes", "Bytes received from the peer", labels=["device", "peer"]
-    )
-    tx = GaugeMetricFamily("zerogate_peer_tx_bytes", "Bytes sent to the peer", labels=["device", "peer"])
-    clients_rx = GaugeMetricFamily(
-        "zerogate_gateway_clients_rx_bytes", "Bytes received from all client peers", labels=["gateway"]
-    )
-    clients_tx = GaugeMetricFamily(
-        "zerogate_gateway_clients_tx_bytes", "Bytes sent to all client peers", labels=["gateway"]
-    )
-    tunnel = GaugeMetricFamily(
-        "zerogate_connector_tunnel_up", "1 when the connector's tunnel is up", labels=["connector"]
-    )
-    failovers = CounterMetricFamily(
-        "zerogate_gateway_failovers",
-        "Groups moved to another connector since the gateway started",
-        labels=["gateway"],
-    )
-    nft_apply = GaugeMetricFamily(
-        "zerogate_gateway_nft_apply_seconds",
-        "Time of the gateway's last nftables change (elements or the full table)",
-        labels=["gateway", "mode"],
-    )
+    series = ReportSeries()
     unix_now = now.timestamp()
     for role, name, report, last_seen, online in devices:
         up.add_metric([role, name], float(online))
@@ -220,51 +177,5 @@ def device_families(
         if report is None:
             continue
         age.add_metric([role, name], max(0.0, (now - report.at).total_seconds()))
-        if role == "connector" and report.details.tunnel_up is not None:
-            tunnel.add_metric([name], float(report.details.tunnel_up))
-        counts: dict[str, int] = {}
-        sums = [0, 0]
-        for p in report.peers:
-            counts[p.role] = counts.get(p.role, 0) + 1
-            if p.role == "client":
-                sums[0] += p.rx_bytes
-                sums[1] += p.tx_bytes
-                continue
-            peer = p.name or p.public_key
-            if p.latest_handshake:
-                handshake.add_metric([name, peer], max(0.0, unix_now - p.latest_handshake))
-            rx.add_metric([name, peer], float(p.rx_bytes))
-            tx.add_metric([name, peer], float(p.tx_bytes))
-            if role == "gateway" and p.role == "connector":
-                cn_up.add_metric([name, peer], float(bool(p.up)))
-                cn_active.add_metric([name, peer], float(bool(p.active)))
-                if p.rtt_ms is not None:
-                    rtt.add_metric([name, peer], p.rtt_ms / 1000)
-        if role == "gateway":
-            if report.details.failovers is not None:
-                failovers.add_metric([name], float(report.details.failovers))
-            if report.details.nft_apply_mode and report.details.nft_apply_ms is not None:
-                nft_apply.add_metric(
-                    [name, report.details.nft_apply_mode], report.details.nft_apply_ms / 1000
-                )
-            for peer_role, n in sorted(counts.items()):
-                peers.add_metric([name, peer_role], float(n))
-            clients_rx.add_metric([name], float(sums[0]))
-            clients_tx.add_metric([name], float(sums[1]))
-    return [
-        up,
-        age,
-        seen,
-        failovers,
-        nft_apply,
-        peers,
-        cn_up,
-        cn_active,
-        rtt,
-        handshake,
-        rx,
-        tx,
-        clients_rx,
-        clients_tx,
-        tunnel,
-    ]
+        series.add(role, name, report.model_dump(mode="json", exclude_none=True), unix_now)
+    return [up, age, seen, *series.families()]
