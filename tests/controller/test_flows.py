@@ -250,6 +250,6 @@ def test_retention_deletes_only_old_records_in_bounded_batches(database_url: str
         assert await flows.prune(db, now - timedelta(days=30), batch=2) == 3
         async with db.read() as session:
             assert [r.port for r in await session.scalars(select(FlowRecordRow))] == [4]
-        assert await flows.Pruner(db, days=0).run_once() == 1  # 0 days: none kept
+        assert await flows.pruner(db, days=0).run_once() == 1  # 0 days: none kept
 
     on_database(database_url, work)

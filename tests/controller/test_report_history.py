@@ -222,7 +222,7 @@ def test_prune_deletes_what_is_past_retention_in_bounded_batches(database_url: s
         assert deleted == 25
         assert len(batches) == 3  # 10 + 10 + 5: no transaction deletes more than a batch
         assert await _count(db, 1) == 0 and await _count(db, 2) == 3
-        pruner = report_history.Pruner(db, days=0)  # 0 days: history off, the rest goes too
+        pruner = report_history.pruner(db, days=0)  # 0 days: history off, the rest goes too
         assert await pruner.run_once() == 3 and await _count(db, 2) == 0
 
     on_database(database_url, work)
@@ -239,7 +239,7 @@ def test_a_running_controller_prunes_in_the_background(tmp_path: Path) -> None:
 
         wait_for(pruned, 30, "the controller to delete samples older than 7 days")
         assert run_sql(lc, "SELECT count(*) FROM report_history WHERE peers = 2") == [("4",)]
-        assert "samples older than 7 days deleted" in lc.output()
+        assert "report history: 12 older than 7 days deleted" in lc.output()
 
 
 # -- schema ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from zerogate.controller.state import ControllerState, Forbidden
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ControllerState = app.state.zg
     settings = state.settings
-    pruner = flows.Pruner(state.db, settings.flow_retention_days)
+    pruner = flows.pruner(state.db, settings.flow_retention_days)
     pruner.start()
     exporter = SyslogExporter(parse_target(settings.flow_syslog)) if settings.flow_syslog else None
     if exporter is not None:

@@ -27,7 +27,7 @@ MAX_LIMIT = 10080  # a week of samples at one a minute
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ControllerState = app.state.zg
-    pruner = report_history.Pruner(state.db, state.settings.report_history_days)
+    pruner = report_history.pruner(state.db, state.settings.report_history_days)
     pruner.start()
     try:
         yield

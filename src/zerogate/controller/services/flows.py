@@ -10,23 +10,22 @@
 - :func:`records` lists with the admin's filters (user, application, since,
   denied), oldest first after a cursor (``after_id``), in bounded pages.
 - :func:`prune` deletes records older than ``flow_retention_days`` in bounded
-  batches; :class:`Pruner` runs it in the background (started with the router).
+  batches; :func:`pruner` runs it in the background (started with the router).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from zerogate.controller import background
+from zerogate.controller import retention
 from zerogate.controller.fields import AwareTime, IpAddress
 from zerogate.controller.schemas.base import Strict
 from zerogate.model.policy import PortRange
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000  # records per POST (the gateway sends at most this many)
 MAX_PAGE = 1000  # records per GET
 PRUNE_BATCH = 5000
-PRUNE_EVERY = 300.0
 _COUNT = Annotated[int, Field(ge=0, le=2**62)]
 _ID = Annotated[int, Field(ge=1, le=2**31 - 1)]
 _PORT = Annotated[int, Field(ge=0, le=65535)]
@@ -233,48 +231,10 @@ async def records(
 
 
 async def prune(db: Database, before: datetime, batch: int = PRUNE_BATCH) -> int:
-    """Delete records that started before ``before``, ``batch`` per transaction; how many."""
-    total = 0
-    while True:
-        async with db.write() as tx:
-            oldest = select(FlowRecordRow.id).where(FlowRecordRow.started_at < before).limit(batch)
-            ids = list(await tx.session.scalars(oldest))
-            if ids:
-                await tx.session.execute(delete(FlowRecordRow).where(FlowRecordRow.id.in_(ids)))
-        total += len(ids)
-        if len(ids) < batch:
-            return total
-        await asyncio.sleep(0)  # let ingests take the write lock between batches
+    """Delete flow records older than ``before``, ``batch`` rows per transaction; how many."""
+    return await retention.delete_older(db, FlowRecordRow.id, FlowRecordRow.started_at, before, batch)
 
 
-@dataclass
-class Pruner:
-    """Deletes records older than ``days`` every ``every`` seconds, in the background."""
-
-    db: Database
-    days: float
-    every: float = PRUNE_EVERY
-    task: asyncio.Task[None] | None = None
-    pruned: int = 0
-
-    def start(self) -> None:
-        self.task = background.start(self._loop(), "flow record pruner")
-
-    async def stop(self) -> None:
-        await background.stop(self.task)
-        self.task = None
-
-    async def run_once(self) -> int:
-        deleted = await prune(self.db, utcnow() - timedelta(days=self.days))
-        self.pruned += deleted
-        if deleted:
-            log.info("flow records: %d older than %g days deleted", deleted, self.days)
-        return deleted
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as exc:  # a database blip must not end pruning for good
-                log.warning("flow record prune failed: %s", exc)
-            await asyncio.sleep(self.every)
+def pruner(db: Database, days: float) -> retention.Pruner:
+    """The background deletion of flow records older than ``days`` (started with the router)."""
+    return retention.Pruner(db, "flow records", FlowRecordRow.id, FlowRecordRow.started_at, days, PRUNE_BATCH)

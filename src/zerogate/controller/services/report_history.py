@@ -5,7 +5,7 @@
 transaction) unless the device already has one younger than the interval; :func:`samples`
 reads them back; :func:`prune` deletes what is older than the retention in
 batches, each its own short transaction, so a week of backlog never holds the
-database's write lock for long. :class:`Pruner` runs it in the background.
+database's write lock for long. :func:`pruner` runs it in the background.
 
 The running controller holds one :class:`Recorder` (``ControllerState.history``,
 made from ``report_history_interval`` and ``report_history_days``); the report
@@ -23,23 +23,21 @@ that device's next sample by one interval at most.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from zerogate.controller import background
+from zerogate.controller import retention
 from zerogate.controller.reports import DeviceReport
-from zerogate.store.db import Database, utcnow
+from zerogate.store.db import Database
 from zerogate.store.models_history import ReportSample
 
 log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 1000  # rows per delete transaction: ~20-30 ms holding the write lock (README)
-PRUNE_EVERY = 300.0  # seconds between prune rounds
 
 
 @dataclass(frozen=True)
@@ -130,51 +128,10 @@ async def samples(
 
 
 async def prune(db: Database, before: datetime, batch: int = PRUNE_BATCH) -> int:
-    """Delete every sample older than ``before``, ``batch`` rows per transaction; how many."""
-    total = 0
-    while True:
-        # one statement: the oldest ``batch`` ids, by the index on at, deleted by primary key
-        oldest = (
-            select(ReportSample.id).where(ReportSample.at < before).order_by(ReportSample.at).limit(batch)
-        )
-        gone = delete(ReportSample).where(ReportSample.id.in_(oldest.scalar_subquery()))
-        async with db.write() as tx:
-            result = await tx.session.execute(gone.execution_options(synchronize_session=False))
-        deleted = int(getattr(result, "rowcount", 0) or 0)
-        total += deleted
-        if deleted < batch:
-            return total
-        await asyncio.sleep(0)  # let report ingests take the write lock between batches
+    """Delete report history older than ``before``, ``batch`` rows per transaction; how many."""
+    return await retention.delete_older(db, ReportSample.id, ReportSample.at, before, batch)
 
 
-@dataclass
-class Pruner:
-    """Deletes samples older than ``days`` every ``every`` seconds, in the background."""
-
-    db: Database
-    days: float
-    every: float = PRUNE_EVERY
-    task: asyncio.Task[None] | None = None
-    pruned: int = 0  # rows deleted since start (tests, logs)
-
-    def start(self) -> None:
-        self.task = background.start(self._loop(), "report history pruner")
-
-    async def stop(self) -> None:
-        await background.stop(self.task)
-        self.task = None
-
-    async def run_once(self) -> int:
-        deleted = await prune(self.db, utcnow() - timedelta(days=self.days))
-        self.pruned += deleted
-        if deleted:
-            log.info("report history: %d samples older than %g days deleted", deleted, self.days)
-        return deleted
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as exc:  # a database blip must not end pruning for good
-                log.warning("report history prune failed: %s", exc)
-            await asyncio.sleep(self.every)
+def pruner(db: Database, days: float) -> retention.Pruner:
+    """The background deletion of report history older than ``days`` (started with the router)."""
+    return retention.Pruner(db, "report history", ReportSample.id, ReportSample.at, days, PRUNE_BATCH)
