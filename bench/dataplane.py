@@ -918,6 +918,19 @@ def delete_links(topo: Topology) -> None:
                     pass  # e.g. the peer of a veth already deleted from the other side
 
 
+def close_lab(lab: Lab, topo: Topology) -> None:
+    """Tear the bench's Lab down whatever happened: stop the daemons, delete the links, and
+    close the Lab (the controller lives in the root namespace, where the topology's cleanup
+    does not reach). A failed step is reported and the next one still runs."""
+    steps: list[Callable[[], None]] = [lambda: stop_daemons(lab, DAEMON_GRACE), lambda: delete_links(topo)]
+    for step in steps:
+        try:
+            step()
+        except Exception as e:
+            print(f"warning: cleanup step failed: {e}", file=sys.stderr)
+    lab.close()
+
+
 def lab_parts(args: argparse.Namespace, report: Report, parts: set[str]) -> None:
     started = time.perf_counter()
     with Topology(clients=2, connectors=1, attacker=False) as topo:
@@ -961,18 +974,7 @@ def lab_parts(args: argparse.Namespace, report: Report, parts: set[str]) -> None
                 print(f"--- {role} log (tail) ---\n{lab.log(role)[-2000:]}", file=sys.stderr)
             raise
         finally:
-            # lab.close() must run whatever happens: the controller lives in the root namespace,
-            # where the topology's cleanup does not reach.
-            steps: list[Callable[[], None]] = [
-                lambda: stop_daemons(lab, DAEMON_GRACE),
-                lambda: delete_links(topo),
-            ]
-            for step in steps:
-                try:
-                    step()
-                except Exception as e:
-                    print(f"warning: cleanup step failed: {e}", file=sys.stderr)
-            lab.close()
+            close_lab(lab, topo)
 
 
 def main(argv: list[str]) -> int:

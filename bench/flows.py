@@ -29,22 +29,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from _common import unwind_on_sigterm
 
 from dataplane import (
-    DAEMON_GRACE,
     IPERF_PORT,
     POLICY,
     BenchError,
-    delete_links,
+    close_lab,
     parse_iperf,
     print_notes,
     print_table,
-    stop_daemons,
     tcp_connects,
     wait_listening,
 )
@@ -311,16 +308,7 @@ def main(argv: list[str]) -> int:
                 print(f"--- {role} log (tail) ---\n{lab.log(role)[-2000:]}", file=sys.stderr)
             raise
         finally:
-            steps: list[Callable[[], None]] = [
-                lambda: stop_daemons(lab, DAEMON_GRACE),
-                lambda: delete_links(topo),
-            ]
-            for step in steps:
-                try:
-                    step()
-                except Exception as e:
-                    print(f"warning: cleanup step failed: {e}", file=sys.stderr)
-            lab.close()
+            close_lab(lab, topo)
     return 0
 
 
