@@ -59,6 +59,7 @@ from zerogate.controller.policy_cache import gateway_grants
 from zerogate.gateway.plan import render_gateway_nft, render_gateway_table
 from zerogate.model.snapshot import GatewayGrant
 from zerogate.netops import netns, nftables
+from zerogate.netops.command import stop as stop_processes
 from zerogate.policy.compiler import CompiledPolicy, PolicyGrant, compile_policy
 from zerogate.policy.intervals import disjoint
 from zerogate.testbed.lab import Lab, wait_for
@@ -888,17 +889,7 @@ def stop_daemons(lab: Lab, grace: float) -> None:
     A daemon parked in its snapshot long-poll only notices SIGTERM when the poll
     returns (up to 25 s); its namespace is about to be deleted, so nothing is lost.
     """
-    procs = list(lab.daemons.values())
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    stop_processes(list(lab.daemons.values()), grace)
 
 
 def delete_links(topo: Topology) -> None:

@@ -14,10 +14,12 @@ which pins the locale the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
@@ -106,3 +108,27 @@ def spawn(
         )
     except FileNotFoundError:
         raise CommandError(args, 127, f"{args[0]} not found") from None
+
+
+def stop(procs: Sequence[subprocess.Popen[bytes]], grace: float = 5.0) -> list[bool]:
+    """Stop processes we started, by PID: SIGTERM to all at once (they wind down in
+    parallel), SIGKILL to whatever still runs ``grace`` seconds later. Never raises;
+    per process, whether it ended on SIGTERM (False also when it had already exited)."""
+    running = [proc.poll() is None for proc in procs]
+    for proc, alive in zip(procs, running, strict=True):
+        if alive:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+    deadline = time.monotonic() + grace
+    ended = []
+    for proc, alive in zip(procs, running, strict=True):
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+            ended.append(alive)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            ended.append(False)
+    return ended

@@ -35,6 +35,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from zerogate.netops.command import run, spawn
+from zerogate.netops.command import stop as stop_processes
 from zerogate.testbed.topology import TestbedError, Topology
 
 __all__ = [
@@ -285,13 +286,7 @@ def launch_sshd(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_processes([proc])
 
 
 @dataclass(frozen=True)

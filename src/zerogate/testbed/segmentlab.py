@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from zerogate.netops.command import spawn
+from zerogate.netops.command import stop as stop_processes
 from zerogate.netops.controller_api import ControllerClient
 from zerogate.testbed.apps import Nginx, netns_launcher, render_nginx_conf
 from zerogate.testbed.lab import wait_for
@@ -240,16 +241,7 @@ class SegmentServer:
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """SIGTERM, then SIGKILL after ``timeout``; True when it was running and ended on SIGTERM."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return False
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-            return False
+        return proc is not None and stop_processes([proc], timeout)[0]
 
     def break_glass(self) -> subprocess.CompletedProcess[str]:
         """``zerogate segment break-glass --all`` from the cached inventory (the controller may be down)."""

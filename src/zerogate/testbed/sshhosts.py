@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 from zerogate.model.snapshot import SegmentAsset
 from zerogate.netops import netns
 from zerogate.netops.command import CommandError, run
+from zerogate.netops.command import stop as stop_processes
 from zerogate.segment.checks import tcp_connects
 from zerogate.segment.ssh import sudoers_line
 from zerogate.testbed.apps import SshdProcess, launch_sshd, netns_launcher
@@ -281,20 +282,9 @@ def _batch_timeout(lines: Sequence[object]) -> float:
 
 
 def _stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every process first (they stop in parallel), then wait for each; SIGKILL
-    one that is still there after 5 s. Never raises."""
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.terminate()
-    for proc in procs:
-        with contextlib.suppress(OSError):
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
+    """SIGTERM every process first (they stop in parallel), then SIGKILL one that is still
+    there after 5 s. Never raises."""
+    stop_processes(procs)
 
 
 def _pids_in(namespaces: Sequence[str]) -> set[int]:
