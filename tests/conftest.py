@@ -37,6 +37,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under ``--dist loadgroup`` (make test), pytest-xdist keeps the tests of one
+    ``xdist_group`` on one worker, in order, by adding ``@group`` to their node ids. When
+    that fails (pytest 9 with pytest-xdist 3.8 silently did), modules with a shared Lab
+    are set up several times and tests that build on the one before fail at random:
+    fail each grouped test with the reason instead."""
+    if getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group"):
+        if "@" not in item.nodeid:
+            pytest.fail(
+                "--dist loadgroup is not grouping (the node id lacks its @group): check the pytest "
+                "and pytest-xdist versions in requirements.lock",
+                pytrace=False,
+            )
+
+
 # ---------------------------------------------------------------------------
 # Databases: a private PostgreSQL server and per-test databases
 # ---------------------------------------------------------------------------
