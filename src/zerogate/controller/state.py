@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from zerogate.controller.policy_cache import PolicyCache
 from zerogate.controller.refusals import RefusalAudit
 from zerogate.controller.services.report_history import HistoryPolicy, Recorder
 from zerogate.controller.throttle import Throttle, retry_after
-from zerogate.store.db import Database, WriteTx
+from zerogate.store.db import REVISION_CHANNEL, Database, WriteTx, asyncpg_dsn
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,14 @@ class Principal:
 class RevisionWatch:
     """Wakes long-polling watchers when the config revision moves.
 
-    Writes in this process notify at once; with PostgreSQL another controller
-    may write, so a poller also reads the revision every ``poll`` seconds.
+    Writes in this process notify at once. With PostgreSQL another controller
+    may write: each revision bump is announced with ``NOTIFY zerogate_revision``
+    (see :mod:`zerogate.store.db`), which a dedicated asyncpg connection
+    LISTENs for. That connection is re-opened whenever it drops (logged), and
+    after each (re)connect the revision is read once, so notifications missed
+    while deaf are caught up. A slow poll every ``poll`` seconds stays as the
+    safety net; ``listen=False`` turns LISTEN off (the old polling behaviour,
+    kept for the benchmark's baseline).
 
     :meth:`go_away` (called when the server is told to stop) wakes every
     watcher at once and makes later waits return at once: ``going_away`` tells
@@ -101,23 +108,37 @@ class RevisionWatch:
     request until the graceful-shutdown timeout cancels it.
     """
 
-    def __init__(self, db: Database, poll: float = 0.25) -> None:
+    LISTENER_NAME = "zerogate-revision-listen"  # application_name of the LISTEN connection
+
+    def __init__(self, db: Database, poll: float = 5.0, *, listen: bool = True, retry: float = 1.0) -> None:
         self.db = db
         self.poll = poll
+        self.listen = listen
+        self.retry = retry  # pause before re-opening a dropped LISTEN connection
         self.current = 0
         self._cond = asyncio.Condition()
         self._poller: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()  # a notification announced a newer revision
         self._wakers: set[asyncio.Task[None]] = set()
         self.going_away = False
         self.waiting = 0  # long-polls waiting now (the metric zerogate_watchers)
+        self.listening = False  # a LISTEN connection is open now
+        self.listens = 0  # how many times LISTEN was (re)established
 
     async def start(self) -> None:
         self.current = await self.db.revision()
         self.db.on_revision = self.notify
         if not self.db.is_sqlite:
             self._poller = background.start(self._poll_loop(), "revision poller")
+            if self.listen:
+                self._refresher = background.start(self._refresh_loop(), "revision refresher")
+                self._listener = background.start(self._listen_loop(), "revision listener")
 
     async def stop(self) -> None:
+        await background.stop(self._listener)
+        await background.stop(self._refresher)
         await background.stop(self._poller)
 
     def notify(self, revision: int) -> None:
@@ -153,6 +174,70 @@ class RevisionWatch:
                 self.notify(await self.db.revision())
             except Exception as exc:  # keep watching through a database blip
                 log.warning("revision poll failed: %s", exc)
+
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        # Any role that can connect may NOTIFY on this channel, so the payload
+        # is only a hint: the revision itself is read from the database.
+        if not re.fullmatch(r"[0-9]{1,18}", payload):
+            log.warning("ignored a malformed revision notification")
+        elif int(payload) > self.current:
+            self._kick.set()
+
+    async def _refresh_loop(self) -> None:
+        """Read the revision after notifications; a burst of them costs one read."""
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                self.notify(await self.db.revision())
+            except Exception as exc:  # the poll and the next notification retry
+                log.warning("revision read after a notification failed: %s", exc)
+
+    async def _listen_loop(self) -> None:
+        """Keep one LISTEN connection open for as long as the controller runs."""
+        import asyncpg  # type: ignore[import-untyped]  # no stubs; used through a few calls
+
+        dsn = asyncpg_dsn(self.db.url)
+        failures = 0
+        while True:
+            conn = None
+            try:
+                conn = await asyncio.wait_for(
+                    asyncpg.connect(dsn, server_settings={"application_name": self.LISTENER_NAME}), self.poll
+                )
+                dropped = asyncio.Event()
+                conn.add_termination_listener(lambda _c, ev=dropped: ev.set())
+                await conn.add_listener(REVISION_CHANNEL, self._on_notification)
+                self.listening = True
+                self.listens += 1
+                if failures or self.listens > 1:
+                    log.warning("revision listener connected again")
+                failures = 0
+                # Catch up on whatever was announced while nobody listened.
+                self.notify(
+                    int(await conn.fetchval("SELECT revision FROM deployment_state WHERE id = 1") or 0)
+                )
+                while not dropped.is_set():
+                    try:
+                        await asyncio.wait_for(dropped.wait(), self.poll)
+                    except TimeoutError:
+                        # A quiet connection may be dead without the socket
+                        # knowing (a partition): prove it alive now and then.
+                        await asyncio.wait_for(conn.fetchval("SELECT 1"), self.poll)
+                log.warning("revision listener lost its connection; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnect after any failure, quietly after the first
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "revision listener failed (%s); retrying every %.1f s", type(exc).__name__, self.retry
+                    )
+            finally:
+                self.listening = False
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(self.retry)
 
     async def wait_past(self, revision: int, seconds: float) -> int:
         """Return the current revision as soon as it is above ``revision``, or at

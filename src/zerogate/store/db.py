@@ -9,6 +9,13 @@ the audit chain commit together or not at all. With an :class:`AuditAnchor`
 each record also gets its MAC, and after the commit the newest record is
 checkpointed to the anchor file outside the database.
 
+Several controllers may share one PostgreSQL database. A write that bumps the
+revision also sends ``NOTIFY zerogate_revision, '<revision>'`` in its own
+transaction (delivered only if it commits), so the other controllers' watchers
+wake at once (see ``RevisionWatch``); and :func:`upgrade_schema` holds a
+PostgreSQL advisory lock around Alembic, so two controllers starting together
+cannot both run the same migration: the second waits, then finds nothing to do.
+
 Errors: :class:`DatabaseError` for a URL we cannot use or a database we cannot
 reach or migrate; SQLAlchemy errors from queries propagate unchanged.
 """
@@ -42,6 +49,12 @@ from zerogate.store.models import AuditRecord, DeploymentState
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# The channel every revision bump is announced on (payload: the new revision).
+REVISION_CHANNEL = "zerogate_revision"
+# pg_advisory_lock key held around schema upgrades: any fixed 64-bit number
+# nothing else in the database uses ("zgschema" as ASCII).
+SCHEMA_LOCK_KEY = 0x7A67736368656D61
 
 
 class DatabaseError(Exception):
@@ -94,6 +107,18 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
     return engine
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The ``postgresql://`` DSN of a PostgreSQL URL, for a plain asyncpg connection
+    (schema lock, revision listener) outside SQLAlchemy's pool."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseError(f"not a database URL: {exc}") from None
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise DatabaseError("not a PostgreSQL URL")
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @dataclass
@@ -187,6 +212,12 @@ class Database:
                     raise DatabaseError("the database is not initialised: run 'zerogate controller init'")
                 tx = WriteTx(session=session, state=state, anchor=self.anchor)
                 yield tx
+                if tx.bumped and not self.is_sqlite:
+                    # Sent by PostgreSQL at commit, and only if it commits.
+                    await session.execute(
+                        text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": REVISION_CHANNEL, "payload": str(tx.state.revision)},
+                    )
             # Committed. Still under the lock, so this controller's checkpoints
             # are in id order; one short append, no fsync (a lost checkpoint
             # only makes the anchor a little older, never wrong).
@@ -219,8 +250,15 @@ async def read_revision(session: AsyncSession) -> int:
     return int(rev or 0)
 
 
-def upgrade_schema(url: str) -> None:
-    """Apply every pending Alembic migration (synchronous; call outside an event loop)."""
+def upgrade_schema(url: str, *, lock: bool = True) -> None:
+    """Apply every pending Alembic migration (synchronous; call outside an event loop).
+
+    On PostgreSQL this holds ``pg_advisory_lock(SCHEMA_LOCK_KEY)`` on a
+    dedicated connection across the whole upgrade, so controllers starting at
+    once upgrade one after the other (the later ones find the schema current).
+    ``lock=False`` is for tests that show the race the lock prevents.
+    SQLite needs no lock: its file lock serialises the migrations already.
+    """
     from alembic import command
     from alembic.config import Config
 
@@ -229,11 +267,36 @@ def upgrade_schema(url: str) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["database_url"] = async_url(url)
     try:
-        command.upgrade(cfg, "head")
+        if lock and sqlite_path(url) is None:
+            asyncio.run(_upgrade_locked(url, lambda: command.upgrade(cfg, "head")))
+        else:
+            command.upgrade(cfg, "head")
     except DatabaseError:
         raise
     except Exception as exc:  # translate driver errors at the boundary
         raise DatabaseError(f"cannot migrate {redact_url(url)}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _upgrade_locked(url: str, upgrade: Callable[[], None]) -> None:
+    """Run ``upgrade`` (it starts its own event loop, hence the thread) while
+    this connection holds the schema lock. The lock is a session lock: it goes
+    when we unlock or when the connection ends, even if this process dies."""
+    import asyncpg  # type: ignore[import-untyped]  # no stubs; used through a few calls
+
+    conn = await asyncpg.connect(
+        asyncpg_dsn(url), server_settings={"application_name": "zerogate-schema-upgrade"}
+    )
+    try:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SCHEMA_LOCK_KEY):
+            log.info("waiting for the schema lock: another controller is upgrading %s", redact_url(url))
+            await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK_KEY)
+            log.info("got the schema lock")
+        try:
+            await asyncio.to_thread(upgrade)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", SCHEMA_LOCK_KEY)
+    finally:
+        await conn.close()
 
 
 def sqlite_path(url: str) -> Path | None:
