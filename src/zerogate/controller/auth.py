@@ -31,7 +31,7 @@ from zerogate.controller.state import (
     Unauthorized,
     Unprocessable,
 )
-from zerogate.controller.throttle import retry_after
+from zerogate.controller.throttle import retry_after, sharing
 from zerogate.pki.credentials import (
     check_password_strength,
     hash_password,
@@ -45,7 +45,8 @@ from zerogate.pki.totp import new_totp_secret, provisioning_uri, verify_totp
 from zerogate.store.db import utcnow
 from zerogate.store.models import Account, ApiToken, Device
 
-router = APIRouter(prefix="/v1/auth", tags=["auth"])
+# The throttle is shared through the database while the app runs (controller/throttle.py).
+router = APIRouter(prefix="/v1/auth", tags=["auth"], lifespan=sharing)
 
 
 def get_state(request: Request) -> ControllerState:

@@ -111,7 +111,7 @@ def serve(
         db=db,
         ca_pem=ca_pem,
         ca_key_pem=ca_key,
-        throttle=Throttle(throttle_limits(settings)),
+        throttle=Throttle(throttle_limits(settings), db=db),  # shared with the other controllers
         watch=RevisionWatch(db),
         refusals=RefusalAudit(db, settings.audit_refusal_window_seconds),
     )
