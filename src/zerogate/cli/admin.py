@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from zerogate.cli import flows, objects, report_history, segment_admin, session
+from zerogate.cli import controllers_admin, flows, objects, report_history, segment_admin, session
 from zerogate.cli.common import JsonOpt, emit, errors_to_exit, fail, say, show_audit_verification, visible
 from zerogate.cli.session import client
 
@@ -41,6 +41,7 @@ app.command()(session.whoami)
 for _kind, _sub in objects.apps.items():
     app.add_typer(_sub, name=_kind)
 app.add_typer(segment_admin.app, name="segment")
+app.add_typer(controllers_admin.app, name="controller")
 app.command("flows")(flows.flows)
 
 

@@ -186,3 +186,55 @@ def audit_verify(data_dir: Path = DataDir, as_json: bool = typer.Option(False, "
         show_audit_verification(v.as_json())
     if not v.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def join(
+    database: str = typer.Option(
+        ..., "--database", help="The deployment's PostgreSQL URL: postgresql://USER:PASS@HOST:PORT/DB."
+    ),
+    data_dir: Path = DataDir,
+    name: str = typer.Option(
+        ..., "--name", help="This controller's host name (shown in 'admin controller list')."
+    ),
+    server_name: list[str] = typer.Option(
+        None,
+        "--server-name",
+        help="DNS name or IP for this controller's certificate; repeat for several (default: --name).",
+    ),
+    listen: str = typer.Option(None, "--listen", help="HOST:PORT for the HTTPS API (default 0.0.0.0:443)."),
+    public_url: str = typer.Option("", "--public-url", help="URL devices use (e.g. the load balancer's)."),
+    secret_file: Path = typer.Option(
+        None, "--secret-file", help="File holding the join secret (default: prompt, not echoed)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Make another controller of an existing deployment (PostgreSQL only).
+
+    The CA comes sealed from the database under a one-time secret made with
+    'zerogate admin controller join-secret'; this controller gets a new server
+    certificate for its own names, signed by that CA.
+    """
+    from zerogate.controller.services.controllers import JoinError, join_deployment
+
+    if secret_file is not None:
+        try:
+            if secret_file.stat().st_size > 4096:
+                fail(f"{secret_file} is too large for a join secret")
+            secret = secret_file.read_text(errors="replace")
+        except OSError as exc:
+            fail(f"cannot read {secret_file}: {exc.strerror}")
+    else:
+        secret = typer.prompt("Join secret", hide_input=True)
+    overrides: dict[str, object] = {"database": database, "public_url": public_url or None, **_listen(listen)}
+    overrides["server_names"] = server_name or [name]
+    try:
+        settings = join_deployment(data_dir.resolve(), name, secret, overrides)
+    except (ConfigError, DeploymentError, DatabaseError, JoinError) as exc:
+        fail(str(exc))
+    info = {"data_dir": str(settings.data_dir), "name": name, "database": redact_url(settings.database_url)}
+    if as_json:
+        emit(info | {"url": settings.url}, True)
+        return
+    say("[green]Joined[/] the deployment in {} as {}", settings.data_dir, name)
+    say("Start it:  zerogate controller run --data-dir {}", settings.data_dir)

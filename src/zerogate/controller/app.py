@@ -21,6 +21,7 @@ from zerogate.controller.api import (
     config,
     connector_groups,
     connectors,
+    controllers,
     devices,
     enrollment,
     flows,
@@ -85,7 +86,7 @@ def create_app(state: ControllerState) -> FastAPI:
     app.add_middleware(BodyLimit, max_body_bytes=state.settings.max_body_bytes, caller_kind=caller_kind)
     app.add_middleware(RequestMetrics, metrics=state.metrics)  # outside BodyLimit: counts its 413s too
 
-    objects = (accounts, groups, connector_groups, gateways, applications, policies, pool, audit)
+    objects = (accounts, groups, connector_groups, gateways, applications, policies, pool, audit, controllers)
     device_side = (
         meta,
         metrics_api,
