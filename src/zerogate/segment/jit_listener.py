@@ -49,6 +49,7 @@ from zerogate.agent.state import DeviceIdentity
 from zerogate.deploy.firewall.errors import FirewallApplyError
 from zerogate.model.snapshot import JitOpening
 from zerogate.model.text import INVISIBLE_CATEGORIES
+from zerogate.model.web import is_cross_site
 from zerogate.netops.controller_api import ApiError, ControllerError
 from zerogate.segment.jit import JitKeeper
 
@@ -373,18 +374,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(201, "text/html; charset=utf-8", page(opened=opened))
 
     def _same_site(self) -> None:
-        """Refuse a cross-site POST (a browser says so in ``Sec-Fetch-Site`` / ``Origin``).
-
-        ``Sec-Fetch-Site`` decides when it is there (no page can set it): under the page's
-        ``Referrer-Policy: no-referrer`` a browser sends ``Origin: null`` even for the page's
-        own form, so the origin is compared only when a client sends no fetch metadata."""
-        site = self.headers.get("Sec-Fetch-Site")
-        if site is not None:
-            if site not in ("same-origin", "none"):
-                raise RequestError(403, "cross-site request refused")
-            return
-        origin = self.headers.get("Origin")
-        if origin is not None and origin != f"https://{self.headers.get('Host', '')}":
+        """Refuse a cross-site POST (:func:`zerogate.model.web.is_cross_site`)."""
+        if is_cross_site(self.headers.get):
             raise RequestError(403, "cross-site request refused")
 
     def _body(self) -> bytes:

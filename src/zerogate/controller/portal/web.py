@@ -61,6 +61,7 @@ from zerogate.controller.api import (
 )
 from zerogate.controller.auth import client_source, resolve_credential
 from zerogate.controller.state import ApiProblem, ControllerState, Principal
+from zerogate.model.web import is_cross_site
 
 COOKIE = "__Secure-zgportal"
 PATH = "/portal"
@@ -157,16 +158,8 @@ def csrf_token(state: ControllerState, session_token: str) -> str:
 
 
 def same_origin(request: Request) -> None:
-    """Refuse a cross-site POST. ``Sec-Fetch-Site`` decides when the browser sends it (no
-    page can set it); ``Origin`` is compared only when there is no fetch metadata, since
-    under ``Referrer-Policy: no-referrer`` a browser may send ``Origin: null`` for our own form."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None:
-        if site not in ("same-origin", "none"):
-            raise Refused(403, "cross-site request refused")
-        return
-    origin = request.headers.get("origin")
-    if origin is not None and origin != f"https://{request.headers.get('host', '')}":
+    """Refuse a cross-site POST (:func:`zerogate.model.web.is_cross_site`)."""
+    if is_cross_site(request.headers.get):
         raise Refused(403, "cross-site request refused")
 
 
