@@ -27,7 +27,7 @@ import secrets
 import shutil
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +107,6 @@ def unseal(raw: bytes, row: ControllerJoinSecret) -> tuple[bytes, bytes]:
         raise JoinError("the join secret does not open the stored CA material") from None
 
 
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite returns naive times
-
-
 # ---------------------------------------------------------------------------
 # join secrets
 # ---------------------------------------------------------------------------
@@ -167,7 +163,7 @@ async def open_join_secret(session: AsyncSession, raw: bytes) -> tuple[Controlle
         )
     if row.used_at is not None:
         raise JoinError("this join secret was already used: make a new one")
-    if _aware(row.expires_at) <= utcnow():
+    if row.expires_at <= utcnow():
         raise JoinError("this join secret has expired: make a new one")
     ca_cert, ca_key = unseal(raw, row)
     return row, ca_cert, ca_key
@@ -251,9 +247,9 @@ async def list_controllers(session: AsyncSession) -> list[dict[str, Any]]:
             "name": r.name,
             "url": r.url,
             "version": r.version,
-            "started_at": _aware(r.started_at).isoformat(timespec="seconds"),
-            "last_seen": _aware(r.last_seen).isoformat(timespec="seconds"),
-            "status": "online" if _aware(r.last_seen) >= cutoff else "offline",
+            "started_at": r.started_at.isoformat(timespec="seconds"),
+            "last_seen": r.last_seen.isoformat(timespec="seconds"),
+            "status": "online" if r.last_seen >= cutoff else "offline",
         }
         for r in rows
     ]
